@@ -1,0 +1,34 @@
+"""SQLAlchemy ORM: the schema of the fifteen tables, and nothing else."""
+
+from models.base import Base
+from models.brokers import UserBrokerConnection
+from models.market import Asset, PriceHistory
+from models.portfolios import Portfolio, PortfolioHolding, TradingTransaction
+from models.smallcases import (
+    Smallcase,
+    SmallcaseConstituent,
+    SmallcaseExecutionOrder,
+    SmallcaseExecutionRun,
+    UserSmallcaseInvestment,
+    UserSmallcasePositionHistory,
+)
+from models.users import AuditLog, User, UserSession
+
+__all__ = [
+    "Asset",
+    "AuditLog",
+    "Base",
+    "Portfolio",
+    "PortfolioHolding",
+    "PriceHistory",
+    "Smallcase",
+    "SmallcaseConstituent",
+    "SmallcaseExecutionOrder",
+    "SmallcaseExecutionRun",
+    "TradingTransaction",
+    "User",
+    "UserBrokerConnection",
+    "UserSession",
+    "UserSmallcaseInvestment",
+    "UserSmallcasePositionHistory",
+]

@@ -1,0 +1,3 @@
+"""Saras: the batch side of a multi-broker smallcase trading platform."""
+
+__version__ = "0.1.0"

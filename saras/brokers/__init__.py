@@ -1,0 +1,1 @@
+"""Broker protocol, error classes, adapters (paper, alpaca, zerodha) and their registry."""

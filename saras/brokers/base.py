@@ -1,0 +1,199 @@
+"""The broker protocol: what the flows need from any broker, in our own types.
+
+SDK objects never leave an adapter. Money and quantities are ``Decimal``; times are aware UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from pydantic import SecretStr
+
+from saras.domain.enums import OrderSide, OrderType
+
+
+class BrokerOrderStatus(StrEnum):
+    """An order's status as the broker reports it, mapped explicitly by each adapter."""
+
+    PENDING = "pending"  # received, not yet working (new, pending_new, accepted, AMO req received)
+    OPEN = "open"  # working at the exchange
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+TERMINAL_BROKER_STATUSES: frozenset[BrokerOrderStatus] = frozenset(
+    {
+        BrokerOrderStatus.FILLED,
+        BrokerOrderStatus.CANCELLED,
+        BrokerOrderStatus.REJECTED,
+        BrokerOrderStatus.EXPIRED,
+    }
+)
+
+
+@dataclass(frozen=True)
+class BrokerCredentials:
+    """Decrypted credentials for one connection; every value masked in repr."""
+
+    api_key: SecretStr | None = None
+    api_secret: SecretStr | None = None
+    access_token: SecretStr | None = None  # Kite's daily access token
+    extra: dict[str, SecretStr] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """What an adapter needs to know about a connection row (no secrets here)."""
+
+    connection_id: str
+    broker_type: str
+    paper_trading: bool
+    metadata: dict[str, object] = field(default_factory=dict)  # base_url, data_url, root, ...
+
+
+@dataclass(frozen=True)
+class AccountInfo:
+    """Cash and buying power of a broker account."""
+
+    cash: Decimal
+    buying_power: Decimal
+    currency: str
+
+
+@dataclass(frozen=True)
+class BrokerPosition:
+    """A position as the broker reports it."""
+
+    symbol: str
+    quantity: Decimal
+    average_price: Decimal | None = None
+    market_value: Decimal | None = None
+    exchange: str | None = None
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    """An order to place, carrying our own deterministic id.
+
+    ``client_order_id`` is derived from our order row (see ``saras.brokers.ids``); the adapter
+    may shorten or re-encode it to the broker's rules (Kite ``tag``), deterministically.
+    Exactly one of ``quantity`` and ``notional`` is set.
+    """
+
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    quantity: Decimal | None = None
+    notional: Decimal | None = None
+    order_type: OrderType = OrderType.MARKET
+    limit_price: Decimal | None = None
+    exchange: str | None = None
+    fractionable: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.quantity is None) == (self.notional is None):
+            raise ValueError(f"order {self.client_order_id}: give exactly one of quantity, notional")
+        if self.quantity is not None and self.quantity <= 0:
+            raise ValueError(f"order {self.client_order_id}: quantity must be positive")
+        if self.notional is not None and self.notional <= 0:
+            raise ValueError(f"order {self.client_order_id}: notional must be positive")
+        if self.order_type is OrderType.LIMIT and self.limit_price is None:
+            raise ValueError(f"order {self.client_order_id}: a limit order needs a limit price")
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution (trade) of an order."""
+
+    fill_id: str  # broker's trade / activity id, unique per broker order
+    quantity: Decimal
+    price: Decimal
+    fees: Decimal
+    filled_at: datetime
+
+
+@dataclass(frozen=True)
+class BrokerOrder:
+    """An order as the broker knows it."""
+
+    broker_order_id: str
+    client_order_id: str | None
+    symbol: str
+    side: OrderSide
+    quantity: Decimal | None
+    filled_quantity: Decimal
+    average_fill_price: Decimal | None
+    status: BrokerOrderStatus
+    submitted_at: datetime | None = None
+    updated_at: datetime | None = None
+    reason: str | None = None  # the broker's rejection / cancellation reason
+    fees: Decimal = Decimal("0")
+    fills: tuple[Fill, ...] = ()
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the broker will not change this order any more."""
+        return self.status in TERMINAL_BROKER_STATUSES
+
+
+@dataclass(frozen=True)
+class MarketClock:
+    """Whether the market is open now, and when it next opens."""
+
+    is_open: bool
+    next_open: datetime | None
+    next_close: datetime | None = None
+
+
+@runtime_checkable
+class Broker(Protocol):
+    """What the flows need from a broker account."""
+
+    broker_type: str
+
+    def get_account(self) -> AccountInfo:
+        """Return cash, buying power and currency."""
+        ...
+
+    def get_positions(self) -> Sequence[BrokerPosition]:
+        """Return every position the broker holds for the account."""
+        ...
+
+    def place_order(self, request: OrderRequest, *, resume: bool = False) -> BrokerOrder:
+        """Place an order exactly once.
+
+        With ``resume=True`` (the order may already have been sent by an earlier attempt) the
+        adapter first looks the order up by our id and returns it if found. An ambiguous answer
+        (timeout or lost response after sending) is resolved by looking the order up before
+        anything is sent again; if it still cannot be told, ``AmbiguousOrderError`` is raised and
+        a later ``place_order(..., resume=True)`` resolves it. No caller can place it twice.
+        """
+        ...
+
+    def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an order up by our id; None when the broker has no such order."""
+        ...
+
+    def get_order(self, broker_order_id: str) -> BrokerOrder:
+        """Look an order up by the broker's id."""
+        ...
+
+    def list_orders(self, since: datetime) -> Sequence[BrokerOrder]:
+        """List the account's orders submitted since ``since`` (aware)."""
+        ...
+
+    def cancel_order(self, broker_order_id: str) -> None:
+        """Ask the broker to cancel an order."""
+        ...
+
+    def get_clock(self) -> MarketClock:
+        """Return whether the market is open and when it next opens."""
+        ...
