@@ -26,9 +26,11 @@ def _configure(connection: Connection) -> None:
     if connection.dialect.name == "sqlite":
         # Batch migrations rebuild tables; SQLite would check (and cascade) foreign keys while
         # a parent table is dropped and recreated. Off for the migration, back on by each new
-        # connection (saras.db). A no-op inside a transaction, so it runs before one begins.
-        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
-        connection.commit()
+        # connection (saras.db). A no-op inside a transaction, so it goes straight to the
+        # driver before SQLAlchemy begins one.
+        cursor = connection.connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=OFF")
+        cursor.close()
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

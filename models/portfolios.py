@@ -39,9 +39,7 @@ class PortfolioHolding(Timestamps, Base):
     )
 
     id: Mapped[PrimaryKey]
-    portfolio_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("portfolios.id", ondelete="CASCADE")
-    )
+    portfolio_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("portfolios.id", ondelete="CASCADE"))
     asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="RESTRICT"))
     quantity: Mapped[Quantity]
     average_price: Mapped[Price | None]
@@ -75,9 +73,7 @@ class TradingTransaction(Timestamps, Base):
     portfolio_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("portfolios.id", ondelete="RESTRICT")
     )
-    asset_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("assets.id", ondelete="RESTRICT")
-    )
+    asset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("assets.id", ondelete="RESTRICT"))
     transaction_type: Mapped[Str20]
     quantity: Mapped[Quantity]
     price: Mapped[Price | None]

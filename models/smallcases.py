@@ -70,16 +70,12 @@ class SmallcaseConstituent(Timestamps, Base):
     __tablename__ = "smallcase_constituents"
     __table_args__ = (
         UniqueConstraint("smallcase_id", "asset_id"),
-        CheckConstraint(
-            "weight_percentage > 0 AND weight_percentage <= 100", name="weight_range"
-        ),
+        CheckConstraint("weight_percentage > 0 AND weight_percentage <= 100", name="weight_range"),
         Index(None, "asset_id"),
     )
 
     id: Mapped[PrimaryKey]
-    smallcase_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("smallcases.id", ondelete="CASCADE")
-    )
+    smallcase_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("smallcases.id", ondelete="CASCADE"))
     asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="RESTRICT"))
     weight_percentage: Mapped[Weight]
     rationale: Mapped[str | None] = mapped_column(String(1000))
@@ -216,7 +212,10 @@ class UserSmallcasePositionHistory(CreatedAt, Base):
     __tablename__ = "user_smallcase_position_history"
     __table_args__ = (
         UniqueConstraint(
-            "investment_id", "asset_id", "snapshot_date", name="uq_position_history_investment_asset_day"
+            "investment_id",
+            "asset_id",
+            "snapshot_date",
+            name="uq_position_history_investment_asset_day",
         ),
         Index(None, "snapshot_date"),
         Index(None, "asset_id"),

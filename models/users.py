@@ -56,9 +56,7 @@ class AuditLog(CreatedAt, Base):
     user_agent: Mapped[str | None] = mapped_column(Text)
     path: Mapped[str | None] = mapped_column(String(500))
     method: Mapped[str | None] = mapped_column(String(20))
-    user_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("users.id", ondelete="SET NULL")
-    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
     status_code: Mapped[int | None]
     processing_time_ms: Mapped[Millis | None]
     success: Mapped[bool]

@@ -24,12 +24,16 @@ def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(url, echo=echo, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, echo=echo, **kwargs)
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling skips BEGIN for DDL and breaks SAVEPOINT; take it
+    # over (SQLAlchemy's documented recipe) so transactions, savepoints and DDL all behave.
+    dbapi_connection.isolation_level = None
     # SQLite leaves foreign keys off unless asked, per connection; WAL lets readers and a
     # writer (parallel Prefect tasks) work at once.
     cursor = dbapi_connection.cursor()
@@ -37,6 +41,10 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN")
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,433 @@
+"""The ``saras`` console command: database, admin, keys and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from saras.errors import SarasError
+
+app = typer.Typer(
+    help="Saras: the batch side of a multi-broker smallcase platform.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(
+    help="Migrate the database (Alembic history in migrations/).", no_args_is_help=True
+)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+assets_app = typer.Typer(help="Manage the asset master.", no_args_is_help=True)
+connections_app = typer.Typer(help="Manage users' broker connections.", no_args_is_help=True)
+portfolios_app = typer.Typer(help="Manage portfolios.", no_args_is_help=True)
+smallcases_app = typer.Typer(help="Manage smallcases and their constituents.", no_args_is_help=True)
+keys_app = typer.Typer(help="Manage the keys that encrypt broker secrets.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(users_app, name="users")
+app.add_typer(assets_app, name="assets")
+app.add_typer(connections_app, name="connections")
+app.add_typer(portfolios_app, name="portfolios")
+app.add_typer(smallcases_app, name="smallcases")
+app.add_typer(keys_app, name="keys")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(1)
+
+
+@contextmanager
+def _session() -> Iterator[Session]:
+    from saras.db import session_scope
+
+    try:
+        with session_scope() as session:
+            yield session
+    except SarasError as exc:
+        _fail(str(exc))
+
+
+def _print_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(list(rows), default=str, indent=2))
+        return
+    if not rows:
+        typer.echo("(none)")
+        return
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        typer.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+# --- db ---------------------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")] = "head") -> None:
+    """Upgrade the database to a revision (default: head)."""
+    from saras import migrations
+    from saras.settings import get_settings
+
+    migrations.upgrade(revision)
+    typer.echo(f"database at {migrations.current_revision()} ({_where(get_settings())})")
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision, or base.")],
+) -> None:
+    """Downgrade the database to a revision (``base`` removes every table)."""
+    from saras import migrations
+
+    migrations.downgrade(revision)
+    typer.echo(f"database at {migrations.current_revision() or 'base'}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Print the database's current revision and the history's head."""
+    from saras import migrations
+    from saras.settings import get_settings
+
+    typer.echo(f"database: {_where(get_settings())}")
+    typer.echo(f"current:  {migrations.current_revision() or '(empty)'}")
+    typer.echo(f"head:     {', '.join(migrations.head_revisions())}")
+
+
+def _where(settings: Any) -> str:
+    from sqlalchemy.engine import make_url
+
+    if settings.embedded:
+        return f"embedded SQLite at {settings.sqlite_path}"
+    return make_url(settings.resolved_database_url()).render_as_string(hide_password=True)
+
+
+# --- users ------------------------------------------------------------------------------------
+
+
+@users_app.command("add")
+def users_add(
+    email: str,
+    first_name: Annotated[str | None, typer.Option()] = None,
+    last_name: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a user."""
+    from saras.services import admin
+
+    with _session() as s:
+        user = admin.add_user(s, email, first_name, last_name)
+        _print_rows([{"id": str(user.id), "email": user.email}], as_json)
+
+
+@users_app.command("list")
+def users_list(as_json: JsonOpt = False) -> None:
+    """List users."""
+    from models import User
+
+    with _session() as s:
+        rows = [
+            {
+                "id": str(u.id),
+                "email": u.email,
+                "name": f"{u.first_name or ''} {u.last_name or ''}".strip(),
+            }
+            for u in s.scalars(select(User).order_by(User.email))
+        ]
+    _print_rows(rows, as_json)
+
+
+# --- assets -----------------------------------------------------------------------------------
+
+
+@assets_app.command("add")
+def assets_add(
+    symbol: str,
+    exchange: Annotated[str, typer.Option(help="NYSE, NASDAQ, NSE, BSE, ...")],
+    currency: Annotated[str, typer.Option(help="USD, INR, ...")],
+    name: Annotated[str | None, typer.Option()] = None,
+    asset_type: Annotated[str, typer.Option()] = "equity",
+    fractionable: Annotated[bool, typer.Option(help="Tradable in fractions (Alpaca).")] = False,
+    lot_size: Annotated[int | None, typer.Option(help="Lot size (Kite).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an asset to the asset master."""
+    from saras.services import admin
+
+    metadata: dict[str, Any] = {"fractionable": fractionable}
+    if lot_size is not None:
+        metadata["lot_size"] = lot_size
+    with _session() as s:
+        a = admin.add_asset(s, symbol, exchange, currency, name, asset_type, metadata)
+        _print_rows([{"id": str(a.id), "symbol": a.symbol, "exchange": a.exchange}], as_json)
+
+
+@assets_app.command("list")
+def assets_list(as_json: JsonOpt = False) -> None:
+    """List assets."""
+    from models import Asset
+
+    with _session() as s:
+        rows = [
+            {
+                "symbol": a.symbol,
+                "exchange": a.exchange,
+                "currency": a.currency,
+                "name": a.name or "",
+            }
+            for a in s.scalars(select(Asset).order_by(Asset.exchange, Asset.symbol))
+        ]
+    _print_rows(rows, as_json)
+
+
+# --- connections ------------------------------------------------------------------------------
+
+
+@connections_app.command("add")
+def connections_add(
+    user: Annotated[str, typer.Argument(help="The user's e-mail or id.")],
+    broker_type: Annotated[str, typer.Argument(help="paper, alpaca or zerodha.")],
+    alias: Annotated[
+        str | None, typer.Option(help="Default: <broker>_primary, <broker>_2, ...")
+    ] = None,
+    live: Annotated[bool, typer.Option("--live", help="A live (real money) account.")] = False,
+    metadata: Annotated[
+        str | None, typer.Option(help='JSON endpoint overrides, e.g. {"base_url": "..."}')
+    ] = None,
+    secrets_from_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--secrets-from-stdin",
+            help="Read a JSON object of secrets (api_key, api_secret, access_token) from stdin.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a broker connection; secrets come from the environment or stdin, never arguments.
+
+    Environment: SARAS_BROKER_API_KEY, SARAS_BROKER_API_SECRET, SARAS_BROKER_ACCESS_TOKEN.
+    """
+    from saras.secrets import get_secret_box
+    from saras.services import admin
+
+    secrets: dict[str, str] = {}
+    for name in ("api_key", "api_secret", "access_token"):
+        value = os.environ.get(f"SARAS_BROKER_{name.upper()}")
+        if value:
+            secrets[name] = value
+    if secrets_from_stdin:
+        try:
+            loaded = json.loads(sys.stdin.read() or "{}")
+        except json.JSONDecodeError:
+            _fail("stdin is not a JSON object of secrets")
+        if not isinstance(loaded, dict):
+            _fail("stdin is not a JSON object of secrets")
+        secrets.update({str(k): str(v) for k, v in loaded.items()})
+    try:
+        meta = json.loads(metadata) if metadata else {}
+    except json.JSONDecodeError:
+        _fail("--metadata is not valid JSON")
+    box = get_secret_box(generate=False) if secrets else None
+    extra = {k: v for k, v in secrets.items() if k not in ("api_key", "api_secret")}
+    with _session() as s:
+        c = admin.add_connection(
+            s,
+            box,
+            admin.get_user(s, user),
+            broker_type,
+            paper_trading=not live,
+            alias=alias,
+            api_key=secrets.get("api_key"),
+            api_secret=secrets.get("api_secret"),
+            credentials=extra or None,
+            metadata=meta,
+        )
+        _print_rows([{"id": str(c.id), "alias": c.alias, "broker_type": c.broker_type}], as_json)
+
+
+@connections_app.command("list")
+def connections_list(as_json: JsonOpt = False) -> None:
+    """List broker connections (secrets are never shown)."""
+    from models import User, UserBrokerConnection
+
+    with _session() as s:
+        rows = [
+            {
+                "id": str(c.id),
+                "user": email,
+                "alias": c.alias,
+                "broker_type": c.broker_type,
+                "paper": c.paper_trading,
+                "status": c.status,
+            }
+            for c, email in s.execute(
+                select(UserBrokerConnection, User.email)
+                .join(User, User.id == UserBrokerConnection.user_id)
+                .order_by(User.email, UserBrokerConnection.alias)
+            )
+        ]
+    _print_rows(rows, as_json)
+
+
+# --- portfolios -------------------------------------------------------------------------------
+
+
+@portfolios_app.command("add")
+def portfolios_add(
+    user: Annotated[str, typer.Argument(help="The user's e-mail or id.")],
+    name: str,
+    currency: Annotated[str, typer.Option()],
+    cash: Annotated[str, typer.Option(help="Starting cash balance.")] = "0",
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a portfolio."""
+    from saras.services import admin
+
+    with _session() as s:
+        p = admin.add_portfolio(s, admin.get_user(s, user), name, currency, Decimal(cash))
+        _print_rows([{"id": str(p.id), "name": p.name, "currency": p.currency}], as_json)
+
+
+@portfolios_app.command("list")
+def portfolios_list(as_json: JsonOpt = False) -> None:
+    """List portfolios."""
+    from models import Portfolio, User
+
+    with _session() as s:
+        rows = [
+            {
+                "id": str(p.id),
+                "user": email,
+                "name": p.name,
+                "currency": p.currency,
+                "cash": str(p.cash_balance),
+                "total_value": str(p.total_value),
+            }
+            for p, email in s.execute(
+                select(Portfolio, User.email).join(User).order_by(User.email, Portfolio.name)
+            )
+        ]
+    _print_rows(rows, as_json)
+
+
+# --- smallcases -------------------------------------------------------------------------------
+
+
+@smallcases_app.command("add")
+def smallcases_add(
+    name: str,
+    constituents: Annotated[
+        Path, typer.Option(help="CSV with header: symbol, weight, rationale [, exchange].")
+    ],
+    description: Annotated[str | None, typer.Option()] = None,
+    category: Annotated[str | None, typer.Option()] = None,
+    min_investment: Annotated[str | None, typer.Option()] = None,
+    risk_level: Annotated[str | None, typer.Option(help="low, medium or high.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a smallcase with its constituents."""
+    from saras.services import admin
+
+    if not constituents.exists():
+        _fail(f"{constituents} does not exist")
+    rows = admin.parse_constituents_csv(constituents.read_text())
+    with _session() as s:
+        sc = admin.add_smallcase(
+            s,
+            name,
+            rows,
+            description=description,
+            category=category,
+            min_investment=Decimal(min_investment) if min_investment else None,
+            risk_level=risk_level,
+        )
+        _print_rows([{"id": str(sc.id), "name": sc.name, "constituents": len(rows)}], as_json)
+
+
+@smallcases_app.command("list")
+def smallcases_list(as_json: JsonOpt = False) -> None:
+    """List smallcases with their constituents."""
+    from models import Asset, Smallcase, SmallcaseConstituent
+
+    with _session() as s:
+        rows = []
+        for sc in s.scalars(select(Smallcase).order_by(Smallcase.name)):
+            parts = s.execute(
+                select(Asset.symbol, SmallcaseConstituent.weight_percentage)
+                .join(Asset)
+                .where(SmallcaseConstituent.smallcase_id == sc.id)
+                .order_by(SmallcaseConstituent.weight_percentage.desc(), Asset.symbol)
+            ).all()
+            rows.append(
+                {
+                    "id": str(sc.id),
+                    "name": sc.name,
+                    "active": sc.is_active,
+                    "constituents": " ".join(f"{sym}:{w.normalize():f}" for sym, w in parts),
+                }
+            )
+    _print_rows(rows, as_json)
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+@keys_app.command("generate")
+def keys_generate() -> None:
+    """Print a new encryption key (prepend it to SARAS_SECRET_KEYS, then rotate)."""
+    from saras.secrets import generate_key
+
+    typer.echo(generate_key())
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-encrypt every stored secret under the newest key of SARAS_SECRET_KEYS."""
+    from saras.secrets import SecretKeyError, get_secret_box
+    from saras.services.keys import rotate_all
+
+    try:
+        box = get_secret_box()
+        with _session() as s:
+            count = rotate_all(s, box)
+    except SecretKeyError as exc:
+        _fail(str(exc))
+    typer.echo(f"re-encrypted the secrets of {count} connection(s) under the newest key")
+
+
+# --- demo -------------------------------------------------------------------------------------
+
+
+@app.command("demo")
+def demo(
+    seed_only: Annotated[bool, typer.Option(help="Migrate and seed, run no flow.")] = False,
+) -> None:
+    """Run the main job on the embedded default database: migrate, seed, run the flows."""
+    from saras.services.demo_runner import run_demo
+
+    try:
+        run_demo(seed_only=seed_only, echo=typer.echo)
+    except SarasError as exc:
+        _fail(str(exc))
+
+
+def main() -> None:
+    """Run the CLI."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

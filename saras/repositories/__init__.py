@@ -1,0 +1,1 @@
+"""Queries and bulk writes over the platform schema (no Prefect here)."""

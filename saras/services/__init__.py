@@ -1,0 +1,1 @@
+"""Use cases: what the CLI and the Prefect tasks call."""

@@ -1,0 +1,96 @@
+"""The ``saras`` command on an embedded database in a temporary data directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from saras import db as saras_db
+from saras.cli import app
+from saras.settings import get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def embedded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point Saras at a fresh embedded database for one test."""
+    monkeypatch.delenv("SARAS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SARAS_SECRET_KEYS", raising=False)
+    monkeypatch.setenv("SARAS_DATA_DIR", str(tmp_path))
+    get_settings.cache_clear()
+    saras_db._engine_for.cache_clear()
+    yield tmp_path
+    for engine in list(saras_db._engine_for.cache_info() and []):  # pragma: no cover
+        engine.dispose()
+    saras_db._engine_for.cache_clear()
+    get_settings.cache_clear()
+
+
+def invoke(*args: str, input: str | None = None) -> str:
+    result = runner.invoke(app, list(args), input=input, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_db_commands(embedded: Path) -> None:
+    assert "current:  (empty)" in invoke("db", "current")
+    assert "database at 0004_integrity" in invoke("db", "upgrade")
+    assert "database at 0001_baseline" in invoke("db", "downgrade", "0001_baseline")
+    invoke("db", "upgrade")
+    out = invoke("db", "current")
+    assert "current:  0004_integrity" in out and "head:     0004_integrity" in out
+    assert "Upgrade the database" in invoke("db", "--help")
+
+
+def test_demo_seed_is_safe_to_rerun(embedded: Path) -> None:
+    first = invoke("demo", "--seed-only")
+    assert "generated a local encryption key" in first
+    assert "18 created" in first
+    assert str(embedded) in first
+    second = invoke("demo", "--seed-only")
+    assert "0 created, 18 already there" in second
+    assert "generated" not in second
+    smallcases = json.loads(invoke("smallcases", "list", "--json"))
+    assert {s["name"] for s in smallcases} == {"US Tech Leaders", "India Bluechips"}
+
+
+def test_admin_commands_and_secrets_from_stdin(embedded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    invoke("demo", "--seed-only")
+    invoke("users", "add", "New.Person@Example.com", "--first-name", "New")
+    users = json.loads(invoke("users", "list", "--json"))
+    assert "new.person@example.com" in {u["email"] for u in users}
+    invoke("assets", "add", "TSLA", "--exchange", "NASDAQ", "--currency", "USD", "--fractionable")
+    csv_path = embedded / "c.csv"
+    csv_path.write_text("symbol,weight,rationale\nAAPL,60,core\nTSLA,40,growth\n")
+    invoke("smallcases", "add", "Two Stocks", "--constituents", str(csv_path))
+    out = invoke(
+        "connections", "add", "new.person@example.com", "alpaca", "--secrets-from-stdin", "--json",
+        input='{"api_key": "PKPLAINKEY123", "api_secret": "plain-secret-456"}',
+    )
+    assert json.loads(out)[0]["alias"] == "alpaca_primary"
+    listing = invoke("connections", "list", "--json")
+    assert "PKPLAINKEY123" not in listing and "plain-secret-456" not in listing
+    files = list(embedded.glob("saras.sqlite3*"))  # the database and its write-ahead log
+    assert files
+    stored = b"".join(p.read_bytes() for p in files)
+    assert b"alpaca_primary" in stored  # the row is there, so the search below means something
+    assert b"PKPLAINKEY123" not in stored and b"plain-secret-456" not in stored
+
+
+def test_bad_constituents_fail_clearly_and_change_nothing(embedded: Path) -> None:
+    invoke("demo", "--seed-only")
+    csv_path = embedded / "bad.csv"
+    csv_path.write_text("symbol,weight\nAAPL,60\nNOPE,40\n")
+    result = runner.invoke(app, ["smallcases", "add", "Bad", "--constituents", str(csv_path)])
+    assert result.exit_code == 1
+    assert "unknown symbol 'NOPE'" in result.output
+    csv_path.write_text("symbol,weight\nAAPL,60\nMSFT,30\n")
+    result = runner.invoke(app, ["smallcases", "add", "Bad", "--constituents", str(csv_path)])
+    assert result.exit_code == 1 and "weights sum to 90" in result.output
+    names = {s["name"] for s in json.loads(invoke("smallcases", "list", "--json"))}
+    assert "Bad" not in names
