@@ -1,0 +1,1196 @@
+"""The built-in paper broker: fills against stored prices and keeps its own book.
+
+The paper broker is a broker, not a view of our ledger: it keeps its own accounts, orders, fills,
+positions and cash in tables prefixed ``paper_`` (its own ``MetaData``, never the platform's
+models, and ignored by the platform's Alembic), so that reconciling our ledger against it means
+something, exactly as it would against Alpaca or Kite.
+
+How it behaves:
+
+- Market orders fill at ``price_lookup(symbol)`` (the caller passes the latest stored close)
+  moved by the slippage (buys pay more, sells receive less) and charged fees in basis points with
+  a minimum per order. Prices are kept to 6 decimal places, money (gross, fees, cash) to 4,
+  quantities to 9. Limit orders fill only when the price is at or better than the limit, and never
+  beyond it; one that is not marketable rests OPEN and is re-checked whenever it is looked up.
+  Notional orders become a quantity at the fill price (rounded down to 9 places, or to whole
+  shares when fractional trading is off).
+- It rejects what a real broker would (insufficient cash, unknown symbol, selling more than held,
+  non-positive or fractional quantity, market closed) with ``OrderRejectedError`` AND a persisted
+  REJECTED order, so that a later lookup by our id finds the rejection.
+- Idempotency: ``place_order`` with a ``client_order_id`` already in the book returns the order
+  already there (whatever its status; a rejected order is returned, not raised again). With or
+  without ``resume`` it never places twice; concurrent placements of one id end in one order
+  (the account row is locked first, and the UNIQUE (account_id, client_order_id) constraint is
+  the last word).
+- Fill modes for tests: ``immediate``; ``delayed`` (the order stays OPEN until it has been looked
+  up ``fill_delay_polls`` times through ``get_order``, ``get_order_by_client_id`` or
+  ``list_orders``: the N-th lookup returns it filled); ``partial`` (a ``partial_fill_ratio`` of
+  the quantity fills at once, the rest after ``fill_delay_polls`` lookups, or never when that is
+  0, leaving the order PARTIALLY_FILLED until cancelled). An order keeps the fill plan it was
+  placed with. Cash and holdings are checked at placement and again at each fill; a fill that no
+  longer fits ends the order (REJECTED, or CANCELLED when part of it had filled).
+- Deterministic: broker order ids are a hash of (account id, client order id), fill ids are the
+  order id plus a sequence number, time comes from the injected clock, nothing is random.
+- Every change an order makes to the book (order row, fills, position, cash) happens in one
+  database transaction that starts by locking the account row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
+
+from saras.brokers.base import (
+    TERMINAL_BROKER_STATUSES,
+    AccountInfo,
+    BrokerCredentials,
+    BrokerOrder,
+    BrokerOrderStatus,
+    BrokerPosition,
+    ConnectionConfig,
+    Fill,
+    MarketClock,
+    OrderRequest,
+)
+from saras.brokers.errors import NonRetryableBrokerError, OrderNotFoundError, OrderRejectedError
+from saras.domain.enums import BrokerType, OrderSide, OrderType
+
+__all__ = [
+    "METADATA_KEYS",
+    "PAPER_TABLE_PREFIX",
+    "PaperBroker",
+    "PaperFillMode",
+    "PaperMarketHours",
+    "PaperSettings",
+    "ensure_paper_schema",
+    "paper_accounts",
+    "paper_fills",
+    "paper_metadata",
+    "paper_orders",
+    "paper_positions",
+]
+
+BROKER = BrokerType.PAPER.value
+PAPER_TABLE_PREFIX = "paper_"
+
+PRICE_SCALE = 6
+MONEY_SCALE = 4
+QUANTITY_SCALE = 9
+_PRICE_Q = Decimal(1).scaleb(-PRICE_SCALE)
+_MONEY_Q = Decimal(1).scaleb(-MONEY_SCALE)
+_QTY_Q = Decimal(1).scaleb(-QUANTITY_SCALE)
+_BPS = Decimal(10_000)
+_ZERO = Decimal(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Storage
+# --------------------------------------------------------------------------------------------
+
+
+class _Dec(sa.types.TypeDecorator[Decimal]):
+    """``Numeric(p, s)`` that binds and returns ``Decimal`` quantized to the column's scale.
+
+    SQLite has no decimal type: SQLAlchemy hands back ``Decimal`` made from a float, so the value
+    is quantized again on the way out to drop the float noise.
+    """
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        # Attributes named like the __init__ arguments make them part of the statement cache key.
+        self.precision = precision
+        self.scale = scale
+        self._quantum = Decimal(1).scaleb(-scale)
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Decimal | None:
+        """Quantize a bound value to the column's scale."""
+        if value is None:
+            return None
+        return Decimal(str(value)).quantize(self._quantum, rounding=ROUND_HALF_UP)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        """Return a stored value as a ``Decimal`` at the column's scale."""
+        if value is None:
+            return None
+        return Decimal(str(value)).quantize(self._quantum, rounding=ROUND_HALF_UP)
+
+
+class _UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """An aware timestamp, stored in UTC and always read back aware (SQLite drops the zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Refuse naive datetimes; store aware ones in UTC."""
+        if value is None:
+            return None
+        if not isinstance(value, datetime) or value.tzinfo is None:
+            raise ValueError(f"paper broker timestamps must be aware datetimes, got {value!r}")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Return a stored timestamp as an aware UTC datetime."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _quantity_type() -> _Dec:
+    return _Dec(24, QUANTITY_SCALE)
+
+
+def _money_type() -> _Dec:
+    return _Dec(20, 6)
+
+
+paper_metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+paper_accounts = sa.Table(
+    "paper_accounts",
+    paper_metadata,
+    sa.Column("account_id", sa.String(64), primary_key=True),
+    sa.Column("currency", sa.String(8), nullable=False),
+    sa.Column("cash", _money_type(), nullable=False),
+    sa.Column("created_at", _UTCDateTime(), nullable=False),
+    sa.Column("updated_at", _UTCDateTime(), nullable=False),
+)
+
+paper_orders = sa.Table(
+    "paper_orders",
+    paper_metadata,
+    sa.Column("broker_order_id", sa.String(40), primary_key=True),
+    sa.Column(
+        "account_id", sa.String(64), sa.ForeignKey("paper_accounts.account_id"), nullable=False
+    ),
+    sa.Column("client_order_id", sa.String(128), nullable=False),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("side", sa.String(4), nullable=False),
+    sa.Column("quantity", _quantity_type(), nullable=True),  # None: notional, not yet filled
+    sa.Column("notional", _money_type(), nullable=True),
+    sa.Column("order_type", sa.String(8), nullable=False),
+    sa.Column("limit_price", _money_type(), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("filled_quantity", _quantity_type(), nullable=False),
+    sa.Column("average_fill_price", _money_type(), nullable=True),
+    sa.Column("fees", _money_type(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("polls_seen", sa.Integer(), nullable=False),
+    # The fill plan the order was placed with, so a later instance with other settings keeps it.
+    sa.Column("fill_mode", sa.String(10), nullable=False),
+    sa.Column("fill_delay_polls", sa.Integer(), nullable=False),
+    sa.Column("fill_ratio", _money_type(), nullable=False),
+    sa.Column("fractional", sa.Boolean(), nullable=False),
+    sa.Column("submitted_at", _UTCDateTime(), nullable=False),
+    sa.Column("updated_at", _UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("account_id", "client_order_id"),
+    sa.CheckConstraint("side IN ('buy', 'sell')", name="side"),
+    sa.CheckConstraint("order_type IN ('market', 'limit')", name="order_type"),
+    sa.CheckConstraint(
+        "status IN ('pending', 'open', 'partially_filled', 'filled', 'cancelled', 'rejected', "
+        "'expired')",
+        name="status",
+    ),
+    sa.CheckConstraint("filled_quantity >= 0", name="filled_quantity"),
+    sa.Index(None, "account_id", "submitted_at"),
+)
+
+paper_fills = sa.Table(
+    "paper_fills",
+    paper_metadata,
+    sa.Column("fill_id", sa.String(48), primary_key=True),
+    sa.Column(
+        "broker_order_id",
+        sa.String(40),
+        sa.ForeignKey("paper_orders.broker_order_id"),
+        nullable=False,
+    ),
+    sa.Column("sequence", sa.Integer(), nullable=False),
+    sa.Column("quantity", _quantity_type(), nullable=False),
+    sa.Column("price", _money_type(), nullable=False),
+    sa.Column("fees", _money_type(), nullable=False),
+    sa.Column("filled_at", _UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("broker_order_id", "sequence"),
+    sa.CheckConstraint("quantity > 0", name="quantity"),
+)
+
+paper_positions = sa.Table(
+    "paper_positions",
+    paper_metadata,
+    sa.Column(
+        "account_id",
+        sa.String(64),
+        sa.ForeignKey("paper_accounts.account_id"),
+        primary_key=True,
+    ),
+    sa.Column("symbol", sa.String(32), primary_key=True),
+    sa.Column("quantity", _quantity_type(), nullable=False),
+    sa.Column("average_price", _money_type(), nullable=True),
+    sa.Column("updated_at", _UTCDateTime(), nullable=False),
+    sa.CheckConstraint("quantity >= 0", name="quantity"),
+)
+
+# pg_advisory_xact_lock key serializing concurrent schema creation (any stable 63-bit number).
+_SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"saras.paper_schema").digest()[:8], "big") >> 1
+# SQLSTATEs of losing a CREATE TABLE race on PostgreSQL: duplicate_table, unique_violation (on
+# pg_type), duplicate_object.
+_DUPLICATE_DDL_SQLSTATES = frozenset({"42P07", "23505", "42710"})
+
+
+def _is_duplicate_ddl(error: sa_exc.DBAPIError) -> bool:
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    if sqlstate in _DUPLICATE_DDL_SQLSTATES:
+        return True
+    return "already exists" in str(error.orig).lower()
+
+
+def ensure_paper_schema(engine: Engine) -> None:
+    """Create the paper broker's tables if they are missing (idempotent, safe to race)."""
+    # Losing a race means another creator made a table we had not seen, so each retry sees
+    # strictly more tables: one attempt per table plus one always suffices. PostgreSQL also
+    # serializes creators on an advisory lock; SQLite runs DDL outside transactions.
+    attempts = len(paper_metadata.tables) + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
+                    )
+                paper_metadata.create_all(conn, checkfirst=True)
+            return
+        except (sa_exc.ProgrammingError, sa_exc.IntegrityError, sa_exc.OperationalError) as exc:
+            # Another process created a table between our check and our CREATE: check again.
+            if attempt == attempts or not _is_duplicate_ddl(exc):
+                raise
+
+
+# --------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------
+
+
+class PaperFillMode(StrEnum):
+    """How the paper broker fills an order."""
+
+    IMMEDIATE = "immediate"
+    DELAYED = "delayed"
+    PARTIAL = "partial"
+
+
+class PaperMarketHours(StrEnum):
+    """When the paper market is open."""
+
+    ALWAYS = "always"
+    NEVER = "never"
+    CALENDAR = "calendar"  # the exchange calendar named by ``PaperSettings.calendar``
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """How a paper account trades; every field can be overridden by connection metadata."""
+
+    starting_cash: Decimal = Decimal("100000")
+    currency: str = "USD"
+    slippage_bps: Decimal = Decimal("0")
+    fee_bps: Decimal = Decimal("0")
+    min_fee: Decimal = Decimal("0")
+    fill_mode: PaperFillMode = PaperFillMode.IMMEDIATE
+    fill_delay_polls: int = 1
+    partial_fill_ratio: Decimal = Decimal("0.5")
+    market_open: PaperMarketHours = PaperMarketHours.ALWAYS
+    calendar: str = "XNYS"
+    fractional: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.name))
+        if self.starting_cash < 0:
+            raise ValueError("paper starting_cash must not be negative")
+        if self.slippage_bps < 0 or self.fee_bps < 0 or self.min_fee < 0:
+            raise ValueError("paper slippage_bps, fee_bps and min_fee must not be negative")
+        if self.slippage_bps >= _BPS:
+            raise ValueError("paper slippage_bps must be below 10000")
+        if self.fill_delay_polls < 0:
+            raise ValueError("paper fill_delay_polls must not be negative")
+        if not Decimal(0) < self.partial_fill_ratio < Decimal(1):
+            raise ValueError("paper partial_fill_ratio must be between 0 and 1 (exclusive)")
+        if not self.currency.strip():
+            raise ValueError("paper currency must not be empty")
+        if not self.calendar.strip():
+            raise ValueError("paper calendar must not be empty")
+
+    @classmethod
+    def from_metadata(
+        cls, metadata: Mapping[str, object], base: PaperSettings | None = None
+    ) -> PaperSettings:
+        """Return ``base`` (or the defaults) overridden by ``paper_*`` connection metadata keys."""
+        settings = base or cls()
+        overrides: dict[str, Any] = {}
+        for key, value in metadata.items():
+            if not key.startswith("paper_"):
+                continue
+            name = METADATA_KEYS.get(key)
+            if name is None:
+                known = ", ".join(sorted(METADATA_KEYS))
+                raise ValueError(f"unknown paper broker setting {key!r} (known: {known})")
+            overrides[name] = _coerce(name, value, key)
+        return replace(settings, **overrides) if overrides else settings
+
+
+#: Connection metadata keys and the ``PaperSettings`` field each one sets.
+METADATA_KEYS: dict[str, str] = {f"paper_{f.name}": f.name for f in fields(PaperSettings)}
+
+_BOOL_WORDS = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+
+
+def _coerce(name: str, value: object, label: str) -> Any:
+    """Convert a settings value (from code or JSON metadata) to the field's type."""
+    try:
+        match name:
+            case "starting_cash" | "slippage_bps" | "fee_bps" | "min_fee" | "partial_fill_ratio":
+                if isinstance(value, bool):
+                    raise TypeError
+                number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
+                if not number.is_finite():
+                    raise ValueError
+                return number
+            case "fill_delay_polls":
+                if isinstance(value, bool) or not isinstance(value, int | str):
+                    raise TypeError
+                return int(value)
+            case "fill_mode":
+                return PaperFillMode(str(value).strip().lower())
+            case "market_open":
+                return PaperMarketHours(str(value).strip().lower())
+            case "fractional":
+                if isinstance(value, bool):
+                    return value
+                return _BOOL_WORDS[str(value).strip().lower()]
+            case "currency":
+                if not isinstance(value, str):
+                    raise TypeError
+                return value.strip().upper()
+            case "calendar":
+                if not isinstance(value, str):
+                    raise TypeError
+                return value.strip().upper()
+    except (TypeError, ValueError, KeyError, InvalidOperation) as exc:
+        raise ValueError(f"invalid paper broker setting {label}={value!r}") from exc
+    raise ValueError(f"unknown paper broker setting {label!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Arithmetic
+# --------------------------------------------------------------------------------------------
+
+
+def _money(value: Decimal) -> Decimal:
+    return value.quantize(_MONEY_Q, rounding=ROUND_HALF_UP)
+
+
+def _price(value: Decimal) -> Decimal:
+    return value.quantize(_PRICE_Q, rounding=ROUND_HALF_UP)
+
+
+def _floor_quantity(value: Decimal, fractional: bool) -> Decimal:
+    """Round a quantity down to what can be traded: 9 places, or whole shares."""
+    quantum = _QTY_Q if fractional else Decimal(1)
+    return value.quantize(quantum, rounding=ROUND_DOWN).quantize(_QTY_Q)
+
+
+def _broker_order_id(account_id: str, client_order_id: str) -> str:
+    digest = hashlib.sha256(f"{account_id}\n{client_order_id}".encode()).hexdigest()
+    return "P-" + digest[:24].upper()
+
+
+def _fill_id(broker_order_id: str, sequence: int) -> str:
+    return f"{broker_order_id}-{sequence}"
+
+
+# --------------------------------------------------------------------------------------------
+# The broker
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Order:
+    """A paper order row, worked on in Python inside one transaction."""
+
+    broker_order_id: str
+    account_id: str
+    client_order_id: str
+    symbol: str
+    side: OrderSide
+    quantity: Decimal | None
+    notional: Decimal | None
+    order_type: OrderType
+    limit_price: Decimal | None
+    status: BrokerOrderStatus
+    filled_quantity: Decimal
+    average_fill_price: Decimal | None
+    fees: Decimal
+    reason: str | None
+    polls_seen: int
+    fill_mode: PaperFillMode
+    fill_delay_polls: int
+    fill_ratio: Decimal
+    fractional: bool
+    submitted_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: RowMapping) -> _Order:
+        """Build an order from a ``paper_orders`` row."""
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["side"] = OrderSide(values["side"])
+        values["order_type"] = OrderType(values["order_type"])
+        values["status"] = BrokerOrderStatus(values["status"])
+        values["fill_mode"] = PaperFillMode(values["fill_mode"])
+        return cls(**values)
+
+    def values(self) -> dict[str, Any]:
+        """Return the row's column values."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_BROKER_STATUSES
+
+
+class PaperBroker:
+    """A simulated broker account with its own persistent book, filling at stored prices.
+
+    The account id is ``config.connection_id``; ``settings`` (or the defaults) are overridden by
+    ``paper_*`` keys of ``config.metadata``. The account is created on first use with
+    ``settings.starting_cash`` credited as a deposit; an existing account keeps its own currency
+    and cash. Credentials are accepted for symmetry with real brokers and never used.
+    """
+
+    broker_type: str = BROKER
+
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        credentials: BrokerCredentials,
+        *,
+        engine: Engine,
+        price_lookup: Callable[[str], Decimal | None],
+        settings: PaperSettings | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        account_id = str(config.connection_id)
+        if not account_id or len(account_id) > 64:
+            raise ValueError("paper account id (connection_id) must be 1 to 64 characters")
+        self.account_id = account_id
+        self.settings = PaperSettings.from_metadata(config.metadata, base=settings)
+        self._credentials = credentials
+        self._engine = engine
+        self._price_lookup = price_lookup
+        self._clock = clock or _utc_now
+        self._schema_ready = False
+        self._account_ready = False
+
+    def __repr__(self) -> str:
+        return f"PaperBroker(account_id={self.account_id!r})"
+
+    # ---- the Broker protocol ----------------------------------------------------------------
+
+    def get_account(self) -> AccountInfo:
+        """Return cash, buying power (the cash) and currency."""
+        self._prepare()
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                sa.select(paper_accounts.c.cash, paper_accounts.c.currency).where(
+                    paper_accounts.c.account_id == self.account_id
+                )
+            ).one()
+        return AccountInfo(cash=row.cash, buying_power=row.cash, currency=row.currency)
+
+    def get_positions(self) -> Sequence[BrokerPosition]:
+        """Return every non-zero position, valued at the latest stored price when there is one."""
+        self._prepare()
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(paper_positions)
+                .where(
+                    paper_positions.c.account_id == self.account_id,
+                    paper_positions.c.quantity != 0,
+                )
+                .order_by(paper_positions.c.symbol)
+            ).all()
+        positions = []
+        for row in rows:
+            price = self._lookup_price(row.symbol)
+            positions.append(
+                BrokerPosition(
+                    symbol=row.symbol,
+                    quantity=row.quantity,
+                    average_price=row.average_price,
+                    market_value=None if price is None else _money(row.quantity * price),
+                )
+            )
+        return positions
+
+    def place_order(self, request: OrderRequest, *, resume: bool = False) -> BrokerOrder:
+        """Place an order exactly once; an id already in the book returns that order.
+
+        ``resume`` changes nothing here: the paper broker always looks the id up first, under
+        the account lock, so a retry or a concurrent duplicate gets the order already placed.
+        A rejection is persisted, then raised as ``OrderRejectedError``.
+        """
+        self._prepare()
+        existing = self._find(client_order_id=request.client_order_id)
+        if existing is not None:
+            return self._to_broker_orders([existing])[0]
+        price = self._lookup_price(request.symbol)
+        now = self._now()
+        market_open = self._is_market_open(now)
+        order = self._new_order(request, now)
+        placed = True
+        try:
+            with self._engine.begin() as conn:
+                self._lock_account(conn)
+                row = (
+                    conn.execute(
+                        sa.select(paper_orders).where(
+                            paper_orders.c.account_id == self.account_id,
+                            paper_orders.c.client_order_id == request.client_order_id,
+                        )
+                    )
+                    .mappings()
+                    .first()
+                )
+                if row is not None:
+                    order, placed = _Order.from_row(row), False
+                else:
+                    reason = self._check_new_order(conn, order, request, price, market_open)
+                    if reason is not None:
+                        order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+                    conn.execute(sa.insert(paper_orders).values(**order.values()))
+                    if reason is None:
+                        self._advance(conn, order, price, market_open, now)
+                        self._save(conn, order)
+        except sa_exc.IntegrityError:
+            # The UNIQUE (account_id, client_order_id) constraint: someone placed it first.
+            existing = self._find(client_order_id=request.client_order_id)
+            if existing is None:
+                raise
+            return self._to_broker_orders([existing])[0]
+        result = self._load(order.broker_order_id)
+        if placed and result.status is BrokerOrderStatus.REJECTED:
+            raise OrderRejectedError(
+                f"paper order {request.client_order_id} rejected: {result.reason}",
+                reason=result.reason,
+                broker=BROKER,
+            )
+        return result
+
+    def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        """Look an order up by our id (counts as a poll); None when the book has no such order."""
+        self._prepare()
+        order = self._find(client_order_id=client_order_id)
+        if order is None:
+            return None
+        return self._poll([order])[0]
+
+    def get_order(self, broker_order_id: str) -> BrokerOrder:
+        """Look an order up by the paper broker's id (counts as a poll)."""
+        self._prepare()
+        order = self._find(broker_order_id=broker_order_id)
+        if order is None:
+            raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+        return self._poll([order])[0]
+
+    def list_orders(self, since: datetime) -> Sequence[BrokerOrder]:
+        """List the account's orders submitted since ``since`` (each open one counts a poll)."""
+        if since.tzinfo is None:
+            raise ValueError("list_orders needs an aware datetime")
+        self._prepare()
+        with self._engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    sa.select(paper_orders)
+                    .where(
+                        paper_orders.c.account_id == self.account_id,
+                        paper_orders.c.submitted_at >= since.astimezone(UTC),
+                    )
+                    .order_by(paper_orders.c.submitted_at, paper_orders.c.broker_order_id)
+                )
+                .mappings()
+                .all()
+            )
+        return self._poll([_Order.from_row(row) for row in rows])
+
+    def cancel_order(self, broker_order_id: str) -> None:
+        """Cancel a working order; cancelling a cancelled order again does nothing.
+
+        Cash moves only on fills, so cancelling releases nothing; fills already made stay.
+        """
+        self._prepare()
+        now = self._now()
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            order = self._select_order(conn, broker_order_id=broker_order_id)
+            if order is None:
+                raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+            if order.status is BrokerOrderStatus.CANCELLED:
+                return
+            if order.terminal:
+                reason = f"order is {order.status.value} and cannot be cancelled"
+                raise NonRetryableBrokerError(
+                    f"paper order {broker_order_id}: {reason}", reason=reason, broker=BROKER
+                )
+            order.status, order.reason, order.updated_at = (
+                BrokerOrderStatus.CANCELLED,
+                "cancelled on request",
+                now,
+            )
+            self._save(conn, order)
+
+    def get_clock(self) -> MarketClock:
+        """Return whether the paper market is open and when it next opens and closes."""
+        now = self._now()
+        match self.settings.market_open:
+            case PaperMarketHours.ALWAYS:
+                return MarketClock(is_open=True, next_open=None, next_close=None)
+            case PaperMarketHours.NEVER:
+                return MarketClock(is_open=False, next_open=None, next_close=None)
+            case PaperMarketHours.CALENDAR:
+                return _calendar_clock(self.settings.calendar, now)
+
+    # ---- helpers for tests and the demo -----------------------------------------------------
+
+    def deposit(self, amount: Decimal) -> AccountInfo:
+        """Credit cash to the account (a positive amount)."""
+        amount = Decimal(str(amount))
+        if not amount.is_finite() or amount <= 0:
+            raise ValueError(f"deposit amount must be positive, got {amount}")
+        self._prepare()
+        now = self._now()
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            self._set_cash(conn, self._cash(conn) + _money(amount), now)
+        return self.get_account()
+
+    def set_position(
+        self, symbol: str, quantity: Decimal, average_price: Decimal | None = None
+    ) -> BrokerPosition | None:
+        """Set a position as if traded outside Saras (for reconciliation drift); 0 removes it.
+
+        Cash is untouched. Without ``average_price`` an existing position keeps its average.
+        """
+        quantity = Decimal(str(quantity))
+        if not quantity.is_finite() or quantity < 0:
+            raise ValueError(f"paper position quantity must not be negative, got {quantity}")
+        if quantity != quantity.quantize(_QTY_Q, rounding=ROUND_DOWN):
+            raise ValueError("paper position quantity has more than 9 decimal places")
+        if average_price is not None:
+            average_price = _price(Decimal(str(average_price)))
+        self._prepare()
+        now = self._now()
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            held, held_average = self._position(conn, symbol)
+            if average_price is None:
+                average_price = held_average
+            self._write_position(
+                conn, symbol, quantity, average_price, now, exists=held is not None
+            )
+        return next((p for p in self.get_positions() if p.symbol == symbol), None)
+
+    # ---- internals --------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        """Create the schema and the account (with its starting-cash deposit) on first use."""
+        if not self._schema_ready:
+            ensure_paper_schema(self._engine)
+            self._schema_ready = True
+        if self._account_ready:
+            return
+        now = self._now()
+        values = {
+            "account_id": self.account_id,
+            "currency": self.settings.currency,
+            "cash": _money(self.settings.starting_cash),
+            "created_at": now,
+            "updated_at": now,
+        }
+        with self._engine.begin() as conn:
+            _insert_ignoring_conflict(conn, paper_accounts, values)
+        self._account_ready = True
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the paper broker's clock returned a naive datetime")
+        return now.astimezone(UTC)
+
+    def _lookup_price(self, symbol: str) -> Decimal | None:
+        """Return the latest stored price of a symbol, or None when unknown or unusable."""
+        value = self._price_lookup(symbol)
+        if value is None:
+            return None
+        price = value if isinstance(value, Decimal) else Decimal(str(value))
+        if not price.is_finite() or price <= 0:
+            return None
+        return _price(price)
+
+    def _is_market_open(self, now: datetime) -> bool:
+        match self.settings.market_open:
+            case PaperMarketHours.ALWAYS:
+                return True
+            case PaperMarketHours.NEVER:
+                return False
+            case PaperMarketHours.CALENDAR:
+                return _calendar_clock(self.settings.calendar, now).is_open
+
+    def _lock_account(self, conn: Connection) -> None:
+        """Lock the account row: every writer goes through it, so book changes serialize."""
+        where = paper_accounts.c.account_id == self.account_id
+        if conn.dialect.name == "sqlite":
+            # A write takes SQLite's RESERVED lock at once (SELECT ... FOR UPDATE does not exist).
+            conn.execute(sa.update(paper_accounts).where(where).values(cash=paper_accounts.c.cash))
+        else:
+            conn.execute(sa.select(paper_accounts.c.account_id).where(where).with_for_update())
+
+    def _cash(self, conn: Connection) -> Decimal:
+        cash: Decimal = conn.execute(
+            sa.select(paper_accounts.c.cash).where(paper_accounts.c.account_id == self.account_id)
+        ).scalar_one()
+        return cash
+
+    def _set_cash(self, conn: Connection, cash: Decimal, now: datetime) -> None:
+        conn.execute(
+            sa.update(paper_accounts)
+            .where(paper_accounts.c.account_id == self.account_id)
+            .values(cash=_money(cash), updated_at=now)
+        )
+
+    def _position(self, conn: Connection, symbol: str) -> tuple[Decimal | None, Decimal | None]:
+        row = conn.execute(
+            sa.select(paper_positions.c.quantity, paper_positions.c.average_price).where(
+                paper_positions.c.account_id == self.account_id,
+                paper_positions.c.symbol == symbol,
+            )
+        ).first()
+        if row is None:
+            return None, None
+        return row.quantity, row.average_price
+
+    def _write_position(
+        self,
+        conn: Connection,
+        symbol: str,
+        quantity: Decimal,
+        average_price: Decimal | None,
+        now: datetime,
+        *,
+        exists: bool,
+    ) -> None:
+        where = (paper_positions.c.account_id == self.account_id) & (
+            paper_positions.c.symbol == symbol
+        )
+        if quantity == 0:
+            if exists:
+                conn.execute(sa.delete(paper_positions).where(where))
+            return
+        values = {"quantity": quantity, "average_price": average_price, "updated_at": now}
+        if exists:
+            conn.execute(sa.update(paper_positions).where(where).values(**values))
+        else:
+            conn.execute(
+                sa.insert(paper_positions).values(
+                    account_id=self.account_id, symbol=symbol, **values
+                )
+            )
+
+    def _select_order(
+        self,
+        conn: Connection,
+        *,
+        broker_order_id: str | None = None,
+        client_order_id: str | None = None,
+    ) -> _Order | None:
+        query = sa.select(paper_orders).where(paper_orders.c.account_id == self.account_id)
+        if broker_order_id is not None:
+            query = query.where(paper_orders.c.broker_order_id == broker_order_id)
+        if client_order_id is not None:
+            query = query.where(paper_orders.c.client_order_id == client_order_id)
+        row = conn.execute(query).mappings().first()
+        return None if row is None else _Order.from_row(row)
+
+    def _find(
+        self, *, broker_order_id: str | None = None, client_order_id: str | None = None
+    ) -> _Order | None:
+        with self._engine.connect() as conn:
+            return self._select_order(
+                conn, broker_order_id=broker_order_id, client_order_id=client_order_id
+            )
+
+    def _save(self, conn: Connection, order: _Order) -> None:
+        values = order.values()
+        for key in ("broker_order_id", "account_id", "client_order_id"):
+            values.pop(key)
+        conn.execute(
+            sa.update(paper_orders)
+            .where(paper_orders.c.broker_order_id == order.broker_order_id)
+            .values(**values)
+        )
+
+    def _fills(self, conn: Connection, broker_order_ids: Iterable[str]) -> dict[str, list[Fill]]:
+        ids = list(broker_order_ids)
+        result: dict[str, list[Fill]] = {order_id: [] for order_id in ids}
+        if not ids:
+            return result
+        rows = conn.execute(
+            sa.select(paper_fills)
+            .where(paper_fills.c.broker_order_id.in_(ids))
+            .order_by(paper_fills.c.broker_order_id, paper_fills.c.sequence)
+        ).all()
+        for row in rows:
+            result[row.broker_order_id].append(
+                Fill(
+                    fill_id=row.fill_id,
+                    quantity=row.quantity,
+                    price=row.price,
+                    fees=row.fees,
+                    filled_at=row.filled_at,
+                )
+            )
+        return result
+
+    def _load(self, broker_order_id: str) -> BrokerOrder:
+        order = self._find(broker_order_id=broker_order_id)
+        if order is None:  # pragma: no cover - the order was just written
+            raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+        return self._to_broker_orders([order])[0]
+
+    def _to_broker_orders(self, orders: Sequence[_Order]) -> list[BrokerOrder]:
+        with self._engine.connect() as conn:
+            fills = self._fills(conn, (o.broker_order_id for o in orders))
+        return [
+            BrokerOrder(
+                broker_order_id=o.broker_order_id,
+                client_order_id=o.client_order_id,
+                symbol=o.symbol,
+                side=o.side,
+                quantity=o.quantity,
+                filled_quantity=o.filled_quantity,
+                average_fill_price=o.average_fill_price,
+                status=o.status,
+                submitted_at=o.submitted_at,
+                updated_at=o.updated_at,
+                reason=o.reason,
+                fees=o.fees,
+                fills=tuple(fills[o.broker_order_id]),
+            )
+            for o in orders
+        ]
+
+    def _poll(self, orders: Sequence[_Order]) -> list[BrokerOrder]:
+        """Count a lookup of each working order, fill those that are due, return them all."""
+        working = [o for o in orders if not o.terminal]
+        if working:
+            prices = {s: self._lookup_price(s) for s in sorted({o.symbol for o in working})}
+            now = self._now()
+            market_open = self._is_market_open(now)
+            with self._engine.begin() as conn:
+                self._lock_account(conn)
+                for stale in working:
+                    order = self._select_order(conn, broker_order_id=stale.broker_order_id)
+                    if order is None or order.terminal:
+                        continue
+                    order.polls_seen += 1
+                    self._advance(conn, order, prices[order.symbol], market_open, now)
+                    self._save(conn, order)
+            with self._engine.connect() as conn:
+                fresh = {
+                    o.broker_order_id: o
+                    for o in (
+                        self._select_order(conn, broker_order_id=w.broker_order_id) for w in working
+                    )
+                    if o is not None
+                }
+            orders = [fresh.get(o.broker_order_id, o) for o in orders]
+        return self._to_broker_orders(orders)
+
+    def _new_order(self, request: OrderRequest, now: datetime) -> _Order:
+        settings = self.settings
+        return _Order(
+            broker_order_id=_broker_order_id(self.account_id, request.client_order_id),
+            account_id=self.account_id,
+            client_order_id=request.client_order_id,
+            symbol=request.symbol,
+            side=request.side,
+            quantity=request.quantity,
+            notional=request.notional,
+            order_type=request.order_type,
+            limit_price=request.limit_price,
+            status=BrokerOrderStatus.OPEN,
+            filled_quantity=_ZERO,
+            average_fill_price=None,
+            fees=_ZERO,
+            reason=None,
+            polls_seen=0,
+            fill_mode=settings.fill_mode,
+            fill_delay_polls=settings.fill_delay_polls,
+            fill_ratio=settings.partial_fill_ratio,
+            fractional=settings.fractional,
+            submitted_at=now,
+            updated_at=now,
+        )
+
+    def _check_new_order(
+        self,
+        conn: Connection,
+        order: _Order,
+        request: OrderRequest,
+        price: Decimal | None,
+        market_open: bool,
+    ) -> str | None:
+        """Return why a real broker would reject this new order, or None."""
+        quantity, notional = request.quantity, request.notional
+        if quantity is not None:
+            if quantity <= 0:
+                return f"quantity must be positive, got {quantity}"
+            if quantity != quantity.quantize(_QTY_Q, rounding=ROUND_DOWN):
+                return f"quantity {quantity} has more than {QUANTITY_SCALE} decimal places"
+            if not order.fractional and quantity != quantity.to_integral_value():
+                return f"fractional quantity {quantity} not allowed: whole shares only"
+        elif notional is None or notional <= 0:
+            return f"notional must be positive, got {notional}"
+        if request.order_type is OrderType.LIMIT and (
+            request.limit_price is None or request.limit_price <= 0
+        ):
+            return f"limit price must be positive, got {request.limit_price}"
+        if not market_open:
+            return "market closed"
+        if price is None:
+            return f"unknown symbol {request.symbol}: no price available"
+        # A resting limit order is judged at its limit, the worst price it can fill at.
+        estimate = self._fill_price(order, price) or order.limit_price
+        assert estimate is not None
+        if quantity is None:
+            assert notional is not None
+            quantity = _floor_quantity(notional / estimate, order.fractional)
+            if quantity <= 0:
+                return f"notional {notional} buys no {request.symbol} at {estimate}"
+        return self._check_funds(conn, order, quantity, estimate, already_charged=_ZERO)
+
+    def _check_funds(
+        self,
+        conn: Connection,
+        order: _Order,
+        quantity: Decimal,
+        price: Decimal,
+        *,
+        already_charged: Decimal,
+        gross_so_far: Decimal = _ZERO,
+    ) -> str | None:
+        """Return why the account cannot afford (or deliver) ``quantity`` at ``price``, or None."""
+        if order.side is OrderSide.BUY:
+            gross = _money(quantity * price)
+            need = gross + self._order_fee(gross_so_far + gross) - already_charged
+            cash = self._cash(conn)
+            if need > cash:
+                currency = self.settings.currency
+                return (
+                    f"insufficient cash: buying {quantity} {order.symbol} needs {need} {currency}"
+                    f" including fees, cash is {cash} {currency}"
+                )
+            return None
+        held, _ = self._position(conn, order.symbol)
+        held = held or _ZERO
+        if quantity > held:
+            return f"insufficient position: selling {quantity} {order.symbol}, holding {held}"
+        return None
+
+    def _order_fee(self, gross: Decimal) -> Decimal:
+        """Return an order's total fee on its cumulative gross (bps, at least the minimum)."""
+        return _money(max(self.settings.min_fee, gross * self.settings.fee_bps / _BPS))
+
+    def _fill_price(self, order: _Order, price: Decimal) -> Decimal | None:
+        """Return the price the order fills at now, or None when a limit is not reached."""
+        slip = self.settings.slippage_bps / _BPS
+        if order.side is OrderSide.BUY:
+            executed = _price(price * (1 + slip))
+            if order.order_type is OrderType.LIMIT:
+                assert order.limit_price is not None
+                if price > order.limit_price:
+                    return None
+                executed = min(executed, order.limit_price)
+        else:
+            executed = _price(price * (1 - slip))
+            if order.order_type is OrderType.LIMIT:
+                assert order.limit_price is not None
+                if price < order.limit_price:
+                    return None
+                executed = max(executed, order.limit_price)
+        return executed
+
+    def _fill_due(self, order: _Order) -> bool:
+        match order.fill_mode:
+            case PaperFillMode.IMMEDIATE:
+                return True
+            case PaperFillMode.DELAYED:
+                return order.polls_seen >= order.fill_delay_polls
+            case PaperFillMode.PARTIAL:
+                if order.filled_quantity == 0:
+                    return True
+                return order.fill_delay_polls > 0 and order.polls_seen >= order.fill_delay_polls
+
+    def _end(self, order: _Order, reason: str, now: datetime) -> None:
+        """End a working order that can no longer fill (rejected, or cancelled after fills)."""
+        filled = order.filled_quantity > 0
+        order.status = BrokerOrderStatus.CANCELLED if filled else BrokerOrderStatus.REJECTED
+        order.reason = reason
+        order.updated_at = now
+
+    def _advance(
+        self,
+        conn: Connection,
+        order: _Order,
+        price: Decimal | None,
+        market_open: bool,
+        now: datetime,
+    ) -> None:
+        """Fill the order now if it is due, the market open, and the price good enough."""
+        if order.terminal or not self._fill_due(order) or not market_open or price is None:
+            return
+        executed = self._fill_price(order, price)
+        if executed is None:
+            return
+        if order.quantity is None:
+            assert order.notional is not None
+            total = _floor_quantity(order.notional / executed, order.fractional)
+            if total <= 0:
+                self._end(order, f"notional {order.notional} buys no {order.symbol}", now)
+                return
+            order.quantity = total
+        remaining = order.quantity - order.filled_quantity
+        chunk = remaining
+        if order.fill_mode is PaperFillMode.PARTIAL and order.filled_quantity == 0:
+            first = _floor_quantity(order.quantity * order.fill_ratio, order.fractional)
+            if 0 < first < remaining:
+                chunk = first
+        previous = self._fills(conn, [order.broker_order_id])[order.broker_order_id]
+        gross_so_far = sum((_money(f.quantity * f.price) for f in previous), _ZERO)
+        reason = self._check_funds(
+            conn, order, chunk, executed, already_charged=order.fees, gross_so_far=gross_so_far
+        )
+        if reason is not None:
+            self._end(order, reason, now)
+            return
+
+        gross = _money(chunk * executed)
+        fee = self._order_fee(gross_so_far + gross) - order.fees
+        sequence = len(previous) + 1
+        conn.execute(
+            sa.insert(paper_fills).values(
+                fill_id=_fill_id(order.broker_order_id, sequence),
+                broker_order_id=order.broker_order_id,
+                sequence=sequence,
+                quantity=chunk,
+                price=executed,
+                fees=fee,
+                filled_at=now,
+            )
+        )
+        cash = self._cash(conn)
+        cash = cash - gross - fee if order.side is OrderSide.BUY else cash + gross - fee
+        self._set_cash(conn, cash, now)
+
+        held, held_average = self._position(conn, order.symbol)
+        held_quantity = held or _ZERO
+        if order.side is OrderSide.BUY:
+            new_quantity = held_quantity + chunk
+            cost = held_quantity * (held_average or executed) + chunk * executed
+            new_average: Decimal | None = _price(cost / new_quantity)
+        else:
+            new_quantity = held_quantity - chunk
+            new_average = held_average
+        self._write_position(
+            conn, order.symbol, new_quantity, new_average, now, exists=held is not None
+        )
+
+        filled_value = sum((f.quantity * f.price for f in previous), _ZERO) + chunk * executed
+        order.filled_quantity += chunk
+        order.average_fill_price = _price(filled_value / order.filled_quantity)
+        order.fees += fee
+        order.status = (
+            BrokerOrderStatus.FILLED
+            if order.filled_quantity == order.quantity
+            else BrokerOrderStatus.PARTIALLY_FILLED
+        )
+        order.updated_at = now
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _insert_ignoring_conflict(conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    """Insert a row unless its primary key exists (first writer wins)."""
+    match conn.dialect.name:
+        case "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(table).values(**values).on_conflict_do_nothing())
+        case "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            conn.execute(sqlite_insert(table).values(**values).on_conflict_do_nothing())
+        case _:
+            try:
+                with conn.begin_nested():
+                    conn.execute(sa.insert(table).values(**values))
+            except sa_exc.IntegrityError:
+                pass
+
+
+def _calendar_clock(calendar_name: str, now: datetime) -> MarketClock:
+    """Return the market clock of an exchange calendar (e.g. XNYS, XNSE) at ``now``."""
+    import exchange_calendars
+    import pandas as pd
+
+    calendar = exchange_calendars.get_calendar(calendar_name)
+    minute = pd.Timestamp(now).floor("min")
+    try:
+        is_open = bool(calendar.is_open_on_minute(minute))
+        next_open = calendar.next_open(minute).to_pydatetime()
+        next_close = calendar.next_close(minute).to_pydatetime()
+    except ValueError as exc:  # outside the calendar's bounds
+        raise ValueError(f"{now.isoformat()} is outside calendar {calendar_name}") from exc
+    return MarketClock(is_open=is_open, next_open=next_open, next_close=next_close)
