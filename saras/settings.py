@@ -36,6 +36,20 @@ class Settings(BaseSettings):
         description="Allow live (non-paper) broker connections to place orders.",
     )
     sql_echo: bool = False
+    price_sources: dict[str, str] = Field(
+        default_factory=lambda: {"NSE": "yfinance", "BSE": "yfinance", "*": "yfinance"},
+        description="Default market-data source per exchange ('*' for any other), as JSON.",
+    )
+    price_history_days: int = Field(
+        default=365, description="How far back a first ingestion of an asset reaches (days)."
+    )
+    ingestion_batch_size: int = Field(
+        default=100, description="Symbols per ingestion task (task runs scale with batches)."
+    )
+
+    def source_for_exchange(self, exchange: str) -> str:
+        """Return the default market-data source for an exchange."""
+        return self.price_sources.get(exchange.upper(), self.price_sources.get("*", "yfinance"))
 
     @property
     def embedded(self) -> bool:

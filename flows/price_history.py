@@ -1,0 +1,94 @@
+"""Nightly price history ingestion: fetch OHLCV per asset and trading day, write, revalue."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, date, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.states import Completed, Failed, State
+
+from saras.services.prices import SymbolReport, batches, fail_batch, summarize
+from saras.settings import get_settings
+from tasks.common import record_audit
+from tasks.prices import ingest_price_batch, plan_price_ingestion, revalue_portfolios
+
+
+@flow(name="ingest-price-history", log_prints=True)
+def ingest_price_history(
+    symbols: list[str] | None = None,
+    start: date | None = None,
+    end: date | None = None,
+    source: str | None = None,
+    source_options: dict[str, Any] | None = None,
+    batch_size: int | None = None,
+) -> State:
+    """Ingest daily bars for the given symbols (default: every held or constituent asset).
+
+    Days run from the day after each asset's last stored bar (or ``start``) to its exchange's
+    last completed session (or ``end``). ``source`` overrides the per-exchange default.
+    """
+    logger = get_run_logger()
+    began = time.monotonic()
+    now = datetime.now(UTC)
+    items, reports = plan_price_ingestion(now, symbols, start, end, source)
+    groups = batches(items, batch_size or get_settings().ingestion_batch_size)
+    logger.info("ingesting %d symbols in %d batches", len(items), len(groups))
+    progress = create_progress_artifact(0.0, description="Price ingestion: batches done")
+    futures = [
+        ingest_price_batch.submit(group, now, source_options, f"{group[0].source}-{i + 1}")
+        for i, group in enumerate(groups)
+    ]
+    for done, (group, future) in enumerate(zip(groups, futures, strict=True), start=1):
+        future.wait()
+        if future.state.is_completed():
+            reports.extend(future.result())
+        else:
+            message = str(future.state.message or "the batch failed")
+            reports.extend(fail_batch(group, message))
+        update_progress_artifact(progress, 100.0 * done / max(len(groups), 1))
+    revalued = revalue_portfolios()
+    update_progress_artifact(progress, 100.0)
+    return _finish(reports, revalued, began)
+
+
+def _finish(reports: list[SymbolReport], revalued: int, began: float) -> State:
+    totals = summarize(reports)
+    create_table_artifact(
+        [r.as_row() for r in sorted(reports, key=lambda r: (r.failed is False, r.symbol))],
+        key="price-ingestion",
+        description=(
+            f"{totals['symbols']} symbols: {totals['inserted']} inserted, {totals['updated']} "
+            f"updated, {totals['unchanged']} unchanged, {totals['rejected']} rejected, "
+            f"{totals['missing_sessions']} missing sessions, {totals['failed']} failed; "
+            f"{revalued} holdings revalued"
+        ),
+    )
+    failed = [r for r in reports if r.failed]
+    message = None
+    if failed:
+        names = ", ".join(r.symbol for r in failed[:10]) + (" ..." if len(failed) > 10 else "")
+        message = f"{len(failed)} of {len(reports)} symbols failed: {names}"
+    record_audit(
+        "flow.ingest_price_history",
+        success=not failed,
+        duration_ms=(time.monotonic() - began) * 1000,
+        error_message=message,
+        path="flows/price_history.py:ingest_price_history",
+    )
+    data = {"totals": totals, "reports": [r.as_row() for r in reports]}
+    if failed and len(failed) == len(reports):
+        return Failed(message=message, data=data)
+    if failed:
+        return Completed(name="Partially Completed", message=message, data=data)
+    return Completed(message=f"{totals['symbols']} symbols ingested", data=data)
+
+
+if __name__ == "__main__":
+    ingest_price_history()

@@ -1,0 +1,61 @@
+"""The broker registry: ``broker_type`` -> adapter, imported only when first used.
+
+Another broker is one new module plus one ``register`` call (or one line in ``_BUILTIN``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from saras.brokers.base import Broker, BrokerCredentials, ConnectionConfig
+
+BrokerFactory = Callable[..., Broker]
+
+_BUILTIN: dict[str, str] = {
+    "paper": "saras.brokers.paper:PaperBroker",
+    "alpaca": "saras.brokers.alpaca:AlpacaBroker",
+    "zerodha": "saras.brokers.zerodha:ZerodhaBroker",
+}
+_registered: dict[str, BrokerFactory] = {}
+
+
+class UnknownBrokerError(LookupError):
+    """No adapter is registered for a broker type."""
+
+
+def register(broker_type: str, factory: BrokerFactory | str) -> None:
+    """Register an adapter class or factory (or its ``module:attr`` path) for a broker type."""
+    if isinstance(factory, str):
+        _BUILTIN[broker_type] = factory
+        _registered.pop(broker_type, None)
+    else:
+        _registered[broker_type] = factory
+
+
+def broker_types() -> list[str]:
+    """Return every broker type Saras can open."""
+    return sorted(set(_BUILTIN) | set(_registered))
+
+
+def factory_for(broker_type: str) -> BrokerFactory:
+    """Return the adapter factory for a broker type, importing its module on first use."""
+    if broker_type in _registered:
+        return _registered[broker_type]
+    path = _BUILTIN.get(broker_type)
+    if path is None:
+        raise UnknownBrokerError(
+            f"no broker adapter for {broker_type!r}; known: {', '.join(broker_types())}"
+        )
+    module, _, attr = path.partition(":")
+    factory: BrokerFactory = getattr(importlib.import_module(module), attr)
+    _registered[broker_type] = factory
+    return factory
+
+
+def create_broker(
+    config: ConnectionConfig, credentials: BrokerCredentials, **dependencies: Any
+) -> Broker:
+    """Build the adapter for a connection (no I/O: adapters connect lazily)."""
+    return factory_for(config.broker_type)(config, credentials, **dependencies)

@@ -1,0 +1,131 @@
+"""Open a broker adapter for a connection row: decrypt its secrets, wire its dependencies."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+
+from models import Asset, PriceHistory, UserBrokerConnection
+from models.base import utcnow
+from saras.brokers.base import Broker, BrokerCredentials, ConnectionConfig
+from saras.brokers.registry import create_broker
+from saras.domain.enums import BrokerType, ConnectionStatus
+from saras.secrets import SecretBox, get_secret_box
+from saras.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+#: how an adapter is built for each broker type beyond config and credentials
+BrokerExtras = Callable[[Engine, UserBrokerConnection], dict[str, Any]]
+
+
+def connection_config(connection: UserBrokerConnection) -> ConnectionConfig:
+    """Return what an adapter needs to know about a connection (no secrets)."""
+    return ConnectionConfig(
+        connection_id=str(connection.id),
+        broker_type=connection.broker_type,
+        paper_trading=connection.paper_trading,
+        metadata=dict(connection.connection_metadata or {}),
+    )
+
+
+def connection_credentials(
+    connection: UserBrokerConnection, box: SecretBox | None
+) -> BrokerCredentials:
+    """Decrypt a connection's secrets; every value stays masked."""
+    if not (connection.api_key or connection.api_secret or connection.credentials):
+        return BrokerCredentials()
+    box = box or get_secret_box()
+    extra = box.decrypt_json(connection.credentials)
+    access_token = extra.pop("access_token", None)
+    api_key = box.decrypt(connection.api_key) if connection.api_key else extra.pop("api_key", None)
+    api_secret = (
+        box.decrypt(connection.api_secret)
+        if connection.api_secret
+        else extra.pop("api_secret", None)
+    )
+    return BrokerCredentials(
+        api_key=api_key, api_secret=api_secret, access_token=access_token, extra=extra
+    )
+
+
+def latest_close_lookup(
+    engine: Engine, exchange: str | None = None
+) -> Callable[[str], Decimal | None]:
+    """Return ``symbol -> latest stored close`` backed by price_history (for the paper broker)."""
+
+    def lookup(symbol: str) -> Decimal | None:
+        query = (
+            select(PriceHistory.close_price)
+            .join(Asset, Asset.id == PriceHistory.asset_id)
+            .where(Asset.symbol == symbol)
+            .order_by(PriceHistory.price_date.desc())
+            .limit(1)
+        )
+        if exchange:
+            query = query.where(Asset.exchange == exchange)
+        with engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return None if value is None else Decimal(str(value))
+
+    return lookup
+
+
+def mark_connection(
+    engine: Engine, connection_id: uuid.UUID | str, status: str, reason: str
+) -> None:
+    """Set a connection's status (e.g. ``expired``) and keep the reason in its metadata."""
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(UserBrokerConnection.connection_metadata).where(
+                UserBrokerConnection.id == uuid.UUID(str(connection_id))
+            )
+        ).scalar()
+        metadata = dict(row or {})
+        metadata["status_reason"] = reason
+        metadata["status_changed_at"] = utcnow().isoformat()
+        conn.execute(
+            update(UserBrokerConnection)
+            .where(UserBrokerConnection.id == uuid.UUID(str(connection_id)))
+            .values(status=status, connection_metadata=metadata)
+        )
+    log.warning("connection %s marked %s: %s", connection_id, status, reason)
+
+
+def open_broker(
+    engine: Engine,
+    connection: UserBrokerConnection,
+    *,
+    box: SecretBox | None = None,
+    for_trading: bool = False,
+    **overrides: Any,
+) -> Broker:
+    """Build the adapter for a connection row; live orders need SARAS_LIVE_TRADING."""
+    if for_trading and not connection.paper_trading and not get_settings().live_trading:
+        from saras.errors import ConnectionSelectionError
+
+        raise ConnectionSelectionError(
+            f"connection {connection.alias!r} is a live account and SARAS_LIVE_TRADING is off"
+        )
+    extras: dict[str, Any] = {}
+    if connection.broker_type == BrokerType.PAPER.value:
+        extras = {"engine": engine, "price_lookup": latest_close_lookup(engine)}
+    elif connection.broker_type == BrokerType.ZERODHA.value:
+        connection_id = connection.id
+
+        def on_fatal(message: str) -> None:
+            mark_connection(engine, connection_id, ConnectionStatus.EXPIRED.value, message)
+
+        extras = {"on_fatal": on_fatal}
+    extras.update(overrides)
+    return create_broker(
+        connection_config(connection), connection_credentials(connection, box), **extras
+    )
+
+
+__all__ = ["connection_config", "connection_credentials", "mark_connection", "open_broker"]
