@@ -69,6 +69,14 @@ class AmbiguousOrderError(RetryableBrokerError):
         super().__init__(message, broker=broker)
         self.client_order_id = client_order_id
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword-only arguments do not survive the default pickling of exceptions
+        return (_ambiguous, (str(self), self.client_order_id, self.broker))
+
+
+def _ambiguous(message: str, client_order_id: str, broker: str | None) -> AmbiguousOrderError:
+    return AmbiguousOrderError(message, client_order_id=client_order_id, broker=broker)
+
 
 def is_retryable(exc: BaseException) -> bool:
     """Tell whether an exception is worth retrying (for Prefect's ``retry_condition_fn``)."""
