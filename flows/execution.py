@@ -1,0 +1,26 @@
+"""Execute (or resume) one execution run through its broker, exactly once."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.states import State
+
+from saras.errors import SarasError
+from tasks.execution import execute_one_run
+from tasks.orchestration import finish
+
+PATH = "flows/execution.py:execute_run"
+
+
+@flow(name="execute-run")
+def execute_run(run_id: str, execution: dict[str, Any] | None = None) -> State:
+    """Execute an approved run, or finish one a crash interrupted; never places an order twice."""
+    began = time.monotonic()
+    try:
+        result = execute_one_run(run_id, execution)
+    except SarasError as exc:
+        return finish("flow.execute_run", began, None, [], message=str(exc), failed=True, path=PATH)
+    return finish("flow.execute_run", began, None, [result], path=PATH)

@@ -1,0 +1,169 @@
+"""One user's investing: invest in (or top up) a smallcase, or exit it."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from prefect import flow, task
+from prefect.states import State
+from sqlalchemy.orm import Session
+
+from saras.db import get_engine
+from saras.errors import SarasError
+from saras.services import investments as service
+from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
+from tasks.rebalance import plan_runs
+
+
+@task
+def open_or_top_up(
+    user: str,
+    smallcase: str,
+    amount: str,
+    broker_alias: str | None,
+    broker_type: str | None,
+    paper_trading: bool | None,
+    portfolio: str | None,
+) -> dict[str, str]:
+    """Create the investment (or add to it) and return its id and run type."""
+    with Session(get_engine()) as session, session.begin():
+        investment, run_type = service.open_investment(
+            session,
+            user,
+            smallcase,
+            Decimal(amount),
+            broker_alias=broker_alias,
+            broker_type=broker_type,
+            paper_trading=paper_trading,
+            portfolio_name=portfolio,
+        )
+        return {
+            "investment_id": str(investment.id),
+            "run_type": run_type.value,
+            "user_id": str(investment.user_id),
+        }
+
+
+@task
+def begin_exit(user: str, smallcase: str) -> dict[str, str]:
+    """Mark the investment as exiting and return its id."""
+    with Session(get_engine()) as session, session.begin():
+        investment = service.start_exit(session, user, smallcase)
+        return {"investment_id": str(investment.id), "user_id": str(investment.user_id)}
+
+
+def _plan_and_run(
+    event: str,
+    path: str,
+    began: float,
+    smallcase: str,
+    run_type: str,
+    investment: dict[str, str],
+    amount: str | None,
+    require_approval: bool,
+    execution: dict[str, Any] | None,
+) -> State:
+    outcome = plan_runs(
+        smallcase,
+        run_type=run_type,
+        investment_ids=[investment["investment_id"]],
+        amounts={investment["investment_id"]: amount} if amount else None,
+        require_approval=require_approval,
+    )
+    markdown = publish_plan(outcome, key=f"{run_type}-plan")
+    if not outcome["run_ids"]:
+        return finish(
+            event,
+            began,
+            outcome,
+            [],
+            message="nothing to trade",
+            user_id=investment["user_id"],
+            path=path,
+        )
+    if require_approval:
+        approved, why = approve_or_reject(outcome, markdown, timeout_seconds=3600, poll_seconds=10)
+        if not approved:
+            return finish(
+                event,
+                began,
+                outcome,
+                [],
+                message=why,
+                failed=True,
+                user_id=investment["user_id"],
+                path=path,
+            )
+    results = execute_planned(outcome, execution)
+    return finish(event, began, outcome, results, user_id=investment["user_id"], path=path)
+
+
+@flow(name="invest-in-smallcase")
+def invest_in_smallcase(
+    user: str,
+    smallcase: str,
+    amount: str,
+    broker_alias: str | None = None,
+    broker_type: str | None = None,
+    paper_trading: bool | None = None,
+    portfolio: str | None = None,
+    require_approval: bool = False,
+    execution: dict[str, Any] | None = None,
+) -> State:
+    """Invest ``amount`` of a user's cash in a smallcase (a top-up if already invested).
+
+    The user's connection is chosen by the broker selection query: ``broker_alias``, or the
+    single active connection of ``broker_type`` (paper by default), paper or live.
+    """
+    began = time.monotonic()
+    path = "flows/investments.py:invest_in_smallcase"
+    try:
+        investment = open_or_top_up(
+            user, smallcase, amount, broker_alias, broker_type, paper_trading, portfolio
+        )
+        return _plan_and_run(
+            "flow.invest_in_smallcase",
+            path,
+            began,
+            smallcase,
+            investment["run_type"],
+            investment,
+            amount,
+            require_approval,
+            execution,
+        )
+    except SarasError as exc:
+        return finish(
+            "flow.invest_in_smallcase", began, None, [], message=str(exc), failed=True, path=path
+        )
+
+
+@flow(name="exit-smallcase")
+def exit_smallcase(
+    user: str,
+    smallcase: str,
+    require_approval: bool = False,
+    execution: dict[str, Any] | None = None,
+) -> State:
+    """Sell everything a user's investment in a smallcase holds and close it."""
+    began = time.monotonic()
+    path = "flows/investments.py:exit_smallcase"
+    try:
+        investment = begin_exit(user, smallcase)
+        return _plan_and_run(
+            "flow.exit_smallcase",
+            path,
+            began,
+            smallcase,
+            "exit",
+            investment,
+            None,
+            require_approval,
+            execution,
+        )
+    except SarasError as exc:
+        return finish(
+            "flow.exit_smallcase", began, None, [], message=str(exc), failed=True, path=path
+        )

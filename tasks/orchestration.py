@@ -1,0 +1,156 @@
+"""The review-approve-execute sequence shared by the rebalance and investment flows.
+
+Plain functions that call tasks, so they run inside whichever flow calls them (flow files
+cannot import each other reliably: Prefect loads each by path).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.states import Completed, Failed, State
+
+from saras.domain.orders import RunEvent
+from tasks.common import record_audit
+from tasks.execution import execute_connection_runs
+from tasks.rebalance import decide, recompute_plan_hash
+
+#: at most this many execution tasks per flow run: task runs never scale with investments
+MAX_EXECUTION_TASKS = 32
+
+
+class PlanApproval(RunInput):
+    """The analyst's decision on a plan, shown as a form in the Prefect UI."""
+
+    approve: bool = False
+    plan_hash: str = ""
+    note: str = ""
+
+
+def publish_plan(outcome: dict[str, Any], *, key: str) -> str:
+    """Show the plan as artifacts; return its markdown summary."""
+    summary = outcome["summary"]
+    lines = [
+        f"### Plan for {summary['smallcase']} ({summary['run_type']})",
+        "",
+        f"- investments changed: **{summary['investments_changed']}**, "
+        f"skipped: **{summary['investments_skipped']}**",
+        f"- orders: **{summary['orders']}**; estimated buys {summary['est_buy_value']}, "
+        f"sells {summary['est_sell_value']}",
+        f"- plan hash: `{summary['plan_hash']}`",
+    ]
+    for reason, count in summary["skipped_by_reason"].items():
+        lines.append(f"- skipped because `{reason}`: {count}")
+    markdown = "\n".join(lines)
+    create_table_artifact(
+        outcome["assets"] or [{"symbol": "-", "side": "-", "orders": 0}],
+        key=key,
+        description=markdown,
+    )
+    create_markdown_artifact(markdown, key=f"{key}-summary")
+    return markdown
+
+
+def approve_or_reject(
+    outcome: dict[str, Any], markdown: str, *, timeout_seconds: int, poll_seconds: int
+) -> tuple[bool, str]:
+    """Pause for the analyst's decision; execution only follows an approval of this exact plan."""
+    run_ids = outcome["run_ids"]
+    try:
+        decision = pause_flow_run(
+            wait_for_input=PlanApproval.with_initial_data(
+                description=markdown + "\n\nApprove to execute exactly this plan.",
+                plan_hash=outcome["plan_hash"],
+            ),
+            timeout=timeout_seconds,
+            poll_interval=poll_seconds,
+        )
+    except FlowPauseTimeout:
+        decide(run_ids, RunEvent.TIMEOUT.value, note="approval timed out")
+        return False, "approval timed out: plan rejected"
+    if not decision.approve:
+        decide(run_ids, RunEvent.REJECT.value, note=decision.note or "rejected by the analyst")
+        return False, "plan rejected by the analyst"
+    if decision.plan_hash != outcome["plan_hash"]:
+        decide(run_ids, RunEvent.REJECT.value, note="approved hash does not match the plan")
+        return False, "the approval named another plan: rejected"
+    if recompute_plan_hash(run_ids) != outcome["plan_hash"]:
+        decide(run_ids, RunEvent.REJECT.value, note="orders changed after planning")
+        return False, "the orders changed after planning: rejected"
+    decide(run_ids, RunEvent.APPROVE.value, note=decision.note or None)
+    return True, "approved"
+
+
+def execute_planned(
+    outcome: dict[str, Any], execution: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Execute the approved runs: connections in parallel, each connection's runs in turn."""
+    groups: list[dict[str, list[str]]] = [{} for _ in range(MAX_EXECUTION_TASKS)]
+    for i, (connection, runs) in enumerate(sorted(outcome["runs_by_connection"].items())):
+        groups[i % MAX_EXECUTION_TASKS][connection] = runs
+    groups = [g for g in groups if g]
+    futures = [
+        execute_connection_runs.submit(group, f"{i + 1}-of-{len(groups)}", execution)
+        for i, group in enumerate(groups)
+    ]
+    results: list[dict[str, Any]] = []
+    for future in futures:
+        results.extend(future.result())
+    return results
+
+
+def finish(
+    event_type: str,
+    began: float,
+    outcome: dict[str, Any] | None,
+    results: list[dict[str, Any]],
+    *,
+    message: str | None = None,
+    failed: bool = False,
+    user_id: str | None = None,
+    path: str,
+) -> State:
+    """Publish the execution results, write the audit row and return the flow's final state."""
+    logger = get_run_logger()
+    if results:
+        create_table_artifact(
+            [
+                {
+                    "run_id": r["run_id"],
+                    "status": r["status"],
+                    "orders": ", ".join(f"{k}={v}" for k, v in sorted(r["orders"].items())),
+                    "reason": r.get("reason") or "",
+                }
+                for r in results
+            ],
+            key="execution-results",
+            description="Execution runs and their orders",
+        )
+    statuses = [r["status"] for r in results]
+    not_done = [s for s in statuses if s != "completed"]
+    if message is None and not_done:
+        message = f"{len(not_done)} of {len(statuses)} runs did not complete: " + ", ".join(
+            sorted(set(not_done))
+        )
+    data = {"plan": outcome, "results": results}
+    success = not failed and not not_done
+    record_audit(
+        event_type,
+        success=success,
+        duration_ms=(time.monotonic() - began) * 1000,
+        error_message=None if success else message,
+        user_id=user_id,
+        path=path,
+    )
+    logger.info(message or "done")
+    if failed:
+        return Failed(message=message, data=data)
+    if not_done:
+        return Completed(name="Partially Completed", message=message, data=data)
+    return Completed(message=message or f"{len(statuses)} runs completed", data=data)
