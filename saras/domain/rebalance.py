@@ -1,0 +1,1292 @@
+"""The rebalance math: from target weights and current holdings to the orders that close the gap.
+
+One implementation, vectorised over investments x legs (:func:`plan_batch`);
+:func:`plan_investment` is the same code with one row, materialised as Decimal dataclasses.
+
+Vocabulary
+----------
+*Legs* are the symbols of one plan: the target symbols plus every symbol an investment holds or
+has open orders in (a held symbol without a target has target weight 0 and is sold).
+*Units*: quantities are exact integers of ``10**-d`` shares, ``d = rules.quantity_decimals`` on a
+fractional broker and ``0`` otherwise. A *step* is the smallest tradable quantity of a leg: one
+unit for a fractional leg (fractional broker and fractionable asset), one lot
+(``lot_size`` shares) for a whole-share leg.
+*Effective position* = held + open orders (signed: open buys add, open sells subtract).
+*Sellable* = held - open sells (what is held and not already being sold).
+
+The money of one investment
+---------------------------
+- ``rebalance`` / ``repair``: value ``V = cash + sum(effective x price)`` over priced legs;
+  buffer ``B = cash_buffer_pct% of V``; investable ``W = V - B``; base cash ``= cash``.
+- ``invest`` / ``topup``: ``A = amount``; ``B = cash_buffer_pct% of A``;
+  ``W = holdings value + A - B``; base cash ``= min(A, cash)`` (never spend beyond the amount,
+  nor beyond the cash there is).
+- Target value of leg j: ``t_j = w_j% of W``; desired trade ``delta_j = t_j - effective value``.
+- Cash available for buys: ``base - B + sell proceeds x (1 - fee)``; buys cost
+  ``value x (1 + fee)``, ``fee = fee_bps_estimate / 10_000``. Buys never exceed it (exactly).
+- Weights (current, after, drift) are ``100 x value / W``: after a full rebalance the holdings
+  are worth ``W`` and the buffer is left as cash.
+
+Run types
+---------
+- ``invest`` / ``topup``: buy-only: buys ``max(delta, 0)``; overweight legs are left alone.
+- ``rebalance``: skipped as a whole (``within_drift_band``) when
+  ``max_j |current weight - w_j| <= drift_band_pct``; otherwise sells the overweights and buys
+  the underweights, skipping legs whose weight change is below ``min_weight_change_pct``.
+- ``repair``: the same as ``rebalance`` but with no drift band and no minimum weight change: it
+  retries exactly what an earlier run left unfilled, however small (minimum trade value and the
+  broker minimum still apply).
+- ``exit``: sells everything sellable in every leg (all of it, regardless of minimums, lots or
+  prices: an exit leaves nothing but what open orders hold). Open buys are not touched: the
+  executor cancels them.
+
+Leg rules (first match wins, each a :class:`SkipReason`): ``no_price``;
+``below_min_weight_change`` (rebalance); ``below_min_trade_value``; ``below_broker_minimum``
+(buys); after rounding: ``not_fractionable_too_small`` (a leg holding nothing whose buy rounds
+to zero: it cannot get even one share or lot), ``open_order_pending`` (a sell with nothing
+sellable), ``insufficient_cash``. A leg already within half a step of its target (its trade
+rounds to zero) is on target and gets no record. Selling a held symbol that is no
+longer a target (weight 0) sells all of it and is exempt from the minimum weight change and the
+minimum trade value. Sells are planned first; buys are sized on the cash they free.
+
+Rounding
+--------
+- Fractional legs: quantities truncated (never rounded up) to ``d`` decimals.
+- Whole-share legs: sells round to the nearest lot (never more than sellable); buys are floored
+  to lots and then, largest shortfall first (ties by symbol), every leg short by more than half
+  a lot gets the lots that bring it nearest its target, as far as the cash allows. So a leg
+  left short by more than half a lot always means less cash was left than one of its lots.
+- When the desired buys cost more than the cash available they are scaled down in proportion.
+
+Bounds (tested)
+---------------
+Hard invariants, exact in Decimal for every plan: buys cost at most the cash available; no sell
+exceeds sellable; every buy is at least ``max(min_trade_value, min_order_value)`` and every sell
+at least ``min_trade_value`` (except exits and full sales of removed constituents); whole-share
+quantities are multiples of the lot; fractional quantities have at most ``d`` decimals and only
+on fractionable assets; exit sells everything sellable; orders are sells then buys, by symbol.
+
+Closeness to targets: when a plan is not ``cash_limited`` (no buy was cut for cash by more than
+one step), the investment was not skipped as a whole, and no open buy blocks a sell, every
+priced leg ends within ``100 x step value / W`` percentage points of its target, plus ``1e-4``
+pp, where the step value is one lot's value for a whole-share leg and ``price x 10**-d`` for a
+fractional leg; legs skipped by a rule are within that rule's threshold (plus one step): the
+minimum weight change in pp, or ``100 x (minimum value + step value) / W``. A rebalance skipped
+for drift has every leg within ``drift_band_pct`` of its target. Invest and top-up do not sell,
+so an already overweight leg stays overweight.
+
+Numerics
+--------
+Quantities are exact int64 units. Values are float64 inside the vectorised path; every decision
+that guards a hard invariant is either certain despite float error (a margin of at least
+``1e-12`` of the money involved, ~50x the worst float error for 20 legs) or, within that
+margin, re-checked exactly in Decimal and repaired. The Decimal plan materialised per
+investment is re-verified exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import (
+    ROUND_CEILING,
+    ROUND_FLOOR,
+    ROUND_HALF_EVEN,
+    Context,
+    Decimal,
+    localcontext,
+)
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from saras.domain.enums import BrokerType, OrderSide, RunType
+from saras.domain.plan_hash import decimal_to_str
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+_ZERO = Decimal(0)
+_HUNDRED = Decimal(100)
+#: Exact enough for any product of units and prices, and their sums.
+_CTX = Context(prec=60, rounding=ROUND_HALF_EVEN)
+_BPS = Decimal(10_000)
+_WEIGHT_QUANTUM = Decimal("0.000001")
+_U = 2.0**-53  # unit roundoff of float64
+_MAX_UNITS = 2.0**62  # keep float -> int64 conversions far from overflow
+_CHUNK_ROWS = 8192  # investments per vectorised block (cache-friendly, bounded memory)
+_REBALANCE_LIKE = (RunType.REBALANCE, RunType.REPAIR)
+_INVEST_LIKE = (RunType.INVEST, RunType.TOPUP)
+
+
+class InvalidTargets(ValueError):
+    """Target weights that cannot be planned; the message names the culprit."""
+
+
+class UnknownInstrument(ValueError):
+    """A target or held symbol with no instrument (price, lot size, fractionability)."""
+
+
+class InvalidState(ValueError):
+    """An investment state that cannot be planned (negative holdings, bad amounts)."""
+
+
+class PlanInvariantError(RuntimeError):
+    """A plan broke a hard invariant: a bug, never an input problem."""
+
+
+class SkipReason(StrEnum):
+    """Why a leg (or a whole investment) got no order. Stable codes: index in SKIP_REASONS."""
+
+    NO_PRICE = "no_price"
+    WITHIN_DRIFT_BAND = "within_drift_band"
+    BELOW_MIN_WEIGHT_CHANGE = "below_min_weight_change"
+    BELOW_MIN_TRADE_VALUE = "below_min_trade_value"
+    BELOW_BROKER_MINIMUM = "below_broker_minimum"
+    NOT_FRACTIONABLE_TOO_SMALL = "not_fractionable_too_small"
+    OPEN_ORDER_PENDING = "open_order_pending"
+    INSUFFICIENT_CASH = "insufficient_cash"
+    # investment-level only
+    NOTHING_HELD = "nothing_held"  # exit with nothing to sell
+    NO_VALUE = "no_value"  # rebalance of an investment worth nothing (or less)
+    ON_TARGET = "on_target"  # no leg wants a trade
+    ALL_LEGS_SKIPPED = "all_legs_skipped"  # legs wanted trades, skipped for mixed reasons
+
+
+#: ``SKIP_REASONS[code]`` decodes the int8 reason codes of :class:`BatchPlan`.
+SKIP_REASONS: tuple[SkipReason, ...] = tuple(SkipReason)
+_CODE: dict[SkipReason, int] = {reason: code for code, reason in enumerate(SKIP_REASONS)}
+_NONE = -1
+
+
+class PlanStatus(StrEnum):
+    """Whether an investment's plan has orders."""
+
+    CHANGED = "changed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class BrokerRules:
+    """What a broker accepts: fractional quantities (and how fine), and a minimum buy value."""
+
+    fractional: bool
+    quantity_decimals: int = 9
+    min_order_value: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.quantity_decimals <= 9:
+            raise ValueError(f"quantity_decimals must be 0..9, got {self.quantity_decimals}")
+        if not isinstance(self.min_order_value, Decimal) or self.min_order_value < 0:
+            raise ValueError(f"min_order_value must be a Decimal >= 0: {self.min_order_value!r}")
+
+    @property
+    def unit_decimals(self) -> int:
+        """Return the decimals of a quantity unit (0 on a whole-share broker)."""
+        return self.quantity_decimals if self.fractional else 0
+
+    @classmethod
+    def alpaca(cls) -> BrokerRules:
+        """Return Alpaca's rules: fractional to 9 decimals, buys of at least $1."""
+        return cls(fractional=True, quantity_decimals=9, min_order_value=Decimal(1))
+
+    @classmethod
+    def zerodha(cls) -> BrokerRules:
+        """Return Zerodha's rules: whole shares (in lots), no minimum value."""
+        return cls(fractional=False, quantity_decimals=0, min_order_value=Decimal(0))
+
+    @classmethod
+    def paper(
+        cls,
+        fractional: bool = True,
+        quantity_decimals: int = 9,
+        min_order_value: Decimal = Decimal(0),
+    ) -> BrokerRules:
+        """Return rules for the paper broker, which accepts whatever it is configured to."""
+        return cls(fractional, quantity_decimals, min_order_value)
+
+    @classmethod
+    def for_broker(cls, broker_type: BrokerType | str) -> BrokerRules:
+        """Return the default rules of a broker type."""
+        match BrokerType(broker_type):
+            case BrokerType.ALPACA:
+                return cls.alpaca()
+            case BrokerType.ZERODHA:
+                return cls.zerodha()
+            case BrokerType.PAPER:
+                return cls.paper()
+
+
+@dataclass(frozen=True)
+class PlanningPolicy:
+    """Risk and cost knobs of planning; defaults suit both USD and INR smallcases.
+
+    - ``cash_buffer_pct`` (1): percent of the value (of the amount, for invest/top-up) kept as
+      cash, so market orders still fit when prices move between planning and execution.
+    - ``min_trade_value`` (1): no order worth less than this, in the investment's currency.
+    - ``drift_band_pct`` (1): a rebalance leaves an investment alone when no weight is further
+      than this many percentage points from its target.
+    - ``min_weight_change_pct`` (1): a rebalance skips legs whose weight would change by less
+      than this (like smallcase does).
+    - ``fee_bps_estimate`` (0): fees and slippage, in basis points of traded value, deducted from
+      sell proceeds and added to buy costs when sizing buys.
+    """
+
+    cash_buffer_pct: Decimal = Decimal(1)
+    min_trade_value: Decimal = Decimal(1)
+    drift_band_pct: Decimal = Decimal(1)
+    min_weight_change_pct: Decimal = Decimal(1)
+    fee_bps_estimate: Decimal = Decimal(0)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "cash_buffer_pct",
+            "min_trade_value",
+            "drift_band_pct",
+            "min_weight_change_pct",
+            "fee_bps_estimate",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, Decimal) or not value.is_finite() or value < 0:
+                raise ValueError(f"policy {name} must be a finite Decimal >= 0, got {value!r}")
+        if self.cash_buffer_pct >= _HUNDRED:
+            raise ValueError(f"policy cash_buffer_pct must be below 100: {self.cash_buffer_pct}")
+        if self.fee_bps_estimate >= _BPS:
+            raise ValueError(
+                f"policy fee_bps_estimate must be below 10000: {self.fee_bps_estimate}"
+            )
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """A tradable symbol as planning needs it: price (None if missing), lot, fractionability."""
+
+    symbol: str
+    price: Decimal | None
+    lot_size: int = 1
+    fractionable: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.symbol:
+            raise ValueError("instrument symbol must not be empty")
+        if self.price is not None and (
+            not isinstance(self.price, Decimal) or not self.price.is_finite() or self.price <= 0
+        ):
+            raise ValueError(f"instrument {self.symbol}: price must be a Decimal > 0 or None")
+        if not isinstance(self.lot_size, int) or self.lot_size < 1:
+            raise ValueError(f"instrument {self.symbol}: lot_size must be an int >= 1")
+
+
+@dataclass(frozen=True)
+class InvestmentState:
+    """What one investment holds: free cash (net of open buys), positions, open orders (signed)."""
+
+    investment_id: str
+    cash: Decimal
+    positions: Mapping[str, Decimal] = field(default_factory=dict)
+    open_orders: Mapping[str, Decimal] = field(default_factory=dict)  # + buy, - sell
+
+
+@dataclass(frozen=True)
+class PlannedOrder:
+    """One order of a plan; est_price and est_value are None only for an exit without a price."""
+
+    symbol: str
+    side: OrderSide
+    quantity: Decimal
+    est_price: Decimal | None
+    est_value: Decimal | None
+
+
+@dataclass(frozen=True)
+class SkippedLeg:
+    """A leg that wanted a trade and got none, with the reason and a human-readable detail."""
+
+    symbol: str
+    reason: SkipReason
+    detail: str
+
+
+@dataclass(frozen=True)
+class InvestmentPlan:
+    """The plan of one investment: orders, skipped legs, money before and after (estimates)."""
+
+    investment_id: str
+    run_type: RunType
+    status: PlanStatus
+    status_reason: SkipReason | None
+    orders: tuple[PlannedOrder, ...]
+    skipped: tuple[SkippedLeg, ...]
+    cash_before: Decimal
+    cash_available: Decimal  # for buys: base - buffer + sell proceeds net of fees
+    est_cash_after: Decimal  # cash_before + sells - buys - fees (unpriced exit sells left out)
+    investable_value: Decimal  # W: the value weights are measured against
+    cash_limited: bool  # a buy fell short of its target by more than one step for lack of cash
+    drift_pct: Decimal  # max |current weight - target| before the plan
+    target_weights: Mapping[str, Decimal]
+    est_weights_after: Mapping[str, Decimal]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the plan as JSON-able values (Decimals as canonical strings)."""
+
+        def opt(value: Decimal | None) -> str | None:
+            return None if value is None else decimal_to_str(value)
+
+        return {
+            "investment_id": self.investment_id,
+            "run_type": self.run_type.value,
+            "status": self.status.value,
+            "status_reason": None if self.status_reason is None else self.status_reason.value,
+            "orders": [
+                {
+                    "symbol": o.symbol,
+                    "side": o.side.value,
+                    "quantity": decimal_to_str(o.quantity),
+                    "est_price": opt(o.est_price),
+                    "est_value": opt(o.est_value),
+                }
+                for o in self.orders
+            ],
+            "skipped": [
+                {"symbol": s.symbol, "reason": s.reason.value, "detail": s.detail}
+                for s in self.skipped
+            ],
+            "cash_before": decimal_to_str(self.cash_before),
+            "cash_available": decimal_to_str(self.cash_available),
+            "est_cash_after": decimal_to_str(self.est_cash_after),
+            "investable_value": decimal_to_str(self.investable_value),
+            "cash_limited": self.cash_limited,
+            "drift_pct": decimal_to_str(self.drift_pct),
+            "target_weights": {k: decimal_to_str(v) for k, v in self.target_weights.items()},
+            "est_weights_after": {k: decimal_to_str(v) for k, v in self.est_weights_after.items()},
+        }
+
+
+def _to_units(quantity: Decimal | int, decimals: int) -> int:
+    """Return ``quantity`` in integer units of 10**-decimals, rounded down."""
+    if isinstance(quantity, int) and not isinstance(quantity, bool):
+        return quantity * 10**decimals
+    if not isinstance(quantity, Decimal) or not quantity.is_finite():
+        raise InvalidState(f"quantities must be finite Decimals, got {quantity!r}")
+    return int(quantity.scaleb(decimals).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def units_to_decimal(units: int, decimals: int) -> Decimal:
+    """Return an integer number of 10**-decimals units as a Decimal without trailing zeros."""
+    units = int(units)
+    if decimals == 0:
+        return Decimal(units)
+    scale = 10**decimals
+    if units % scale == 0:
+        return Decimal(units // scale)
+    return Decimal(units).scaleb(-decimals).normalize()
+
+
+def units_to_text(units: npt.ArrayLike, decimals: int) -> npt.NDArray[np.str_]:
+    """Return integer units as canonical decimal strings, vectorised (for COPY)."""
+    arr = np.asarray(units, dtype=np.int64)
+    if decimals == 0:
+        return arr.astype(str)
+    neg = arr < 0
+    mag = np.abs(arr)
+    whole, frac = np.divmod(mag, 10**decimals)
+    frac_text = np.char.rstrip(np.char.zfill(frac.astype(str), decimals), "0")
+    text = np.where(
+        frac_text == "",
+        whole.astype(str),
+        np.char.add(np.char.add(whole.astype(str), "."), frac_text),
+    )
+    return np.where(neg, np.char.add("-", text), text)
+
+
+@dataclass(frozen=True, eq=False)
+class BatchState:
+    """Many investments' states in columns: the input a repository can build without objects.
+
+    ``held_units`` and ``open_units`` are int64 arrays of shape (investments, symbols) in units of
+    ``10**-unit_decimals`` shares (a repository can compute them exactly in SQL, e.g.
+    ``floor(quantity * 1e9)::bigint``); ``unit_decimals`` must be the rules' ``unit_decimals``.
+    """
+
+    investment_ids: tuple[str, ...]
+    symbols: tuple[str, ...]
+    cash: tuple[Decimal, ...]
+    held_units: IntArray
+    open_units: IntArray
+    unit_decimals: int
+
+    def __post_init__(self) -> None:
+        n, k = len(self.investment_ids), len(self.symbols)
+        for name in ("held_units", "open_units"):
+            arr = getattr(self, name)
+            if arr.shape != (n, k) or arr.dtype != np.int64:
+                raise InvalidState(f"{name} must be int64 of shape {(n, k)}, got {arr.shape}")
+        if len(self.cash) != n:
+            raise InvalidState("cash must have one entry per investment")
+        if len(set(self.symbols)) != k:
+            raise InvalidState("symbols must be unique")
+        if len(set(self.investment_ids)) != n:
+            raise InvalidState("investment ids must be unique within a batch")
+        negative = np.argwhere(self.held_units < 0)
+        if negative.size:
+            i, j = negative[0]
+            raise InvalidState(
+                f"investment {self.investment_ids[i]} holds a negative quantity of "
+                f"{self.symbols[j]} (short positions are not planned)"
+            )
+        for i, cash in enumerate(self.cash):
+            if not isinstance(cash, Decimal) or not cash.is_finite():
+                raise InvalidState(f"investment {self.investment_ids[i]}: cash must be a Decimal")
+
+    @classmethod
+    def from_states(cls, states: Sequence[InvestmentState], rules: BrokerRules) -> BatchState:
+        """Return the columnar form of ``states`` (quantities floored to the rules' units)."""
+        d = rules.unit_decimals
+        symbols = sorted(
+            {s for st in states for s, q in st.positions.items() if q}
+            | {s for st in states for s, q in st.open_orders.items() if q}
+        )
+        col = {s: j for j, s in enumerate(symbols)}
+        held = np.zeros((len(states), len(symbols)), dtype=np.int64)
+        opn = np.zeros((len(states), len(symbols)), dtype=np.int64)
+        for i, st in enumerate(states):
+            for s, q in st.positions.items():
+                if q:
+                    if q < 0:
+                        raise InvalidState(
+                            f"investment {st.investment_id} holds a negative quantity of {s}"
+                        )
+                    held[i, col[s]] = _to_units(q, d)
+            for s, q in st.open_orders.items():
+                if q:
+                    opn[i, col[s]] = _to_units(q, d)
+        return cls(
+            investment_ids=tuple(st.investment_id for st in states),
+            symbols=tuple(symbols),
+            cash=tuple(st.cash for st in states),
+            held_units=held,
+            open_units=opn,
+            unit_decimals=d,
+        )
+
+
+def validate_targets(targets: Mapping[str, Decimal], tolerance: Decimal = Decimal("0.01")) -> None:
+    """Raise InvalidTargets unless every weight is in (0, 100] and they sum to 100 +- tolerance."""
+    if not targets:
+        raise InvalidTargets("no target weights given")
+    total = Decimal(0)
+    for symbol, weight in targets.items():
+        if not symbol or not isinstance(symbol, str):
+            raise InvalidTargets(f"invalid symbol {symbol!r} in target weights")
+        if isinstance(weight, bool) or not isinstance(weight, Decimal | int):
+            raise InvalidTargets(f"weight of {symbol} must be a Decimal, got {weight!r}")
+        weight = Decimal(weight)
+        if not weight.is_finite() or not Decimal(0) < weight <= _HUNDRED:
+            raise InvalidTargets(f"weight of {symbol} is {weight}, outside (0, 100]")
+        total += weight
+    if abs(total - _HUNDRED) > tolerance:
+        raise InvalidTargets(
+            f"target weights sum to {total}, not 100 (tolerance {tolerance}): "
+            + ", ".join(f"{s}={w}" for s, w in sorted(targets.items()))
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The vectorised planner
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Inputs:
+    """Everything a batch was planned from, in both exact (Decimal) and float form."""
+
+    run_type: RunType
+    rules: BrokerRules
+    policy: PlanningPolicy
+    legs: tuple[str, ...]
+    targets: dict[str, Decimal]
+    instruments: dict[str, Instrument]
+    ids: tuple[str, ...]
+    cash: tuple[Decimal, ...]
+    amounts: tuple[Decimal, ...] | None
+    held: IntArray  # (n, m) units
+    opn: IntArray  # (n, m) signed units
+    decimals: int
+    # per leg
+    w_dec: tuple[Decimal, ...]
+    price_dec: tuple[Decimal | None, ...]
+    unit_price_dec: tuple[Decimal | None, ...]  # price of one unit (10**-decimals shares)
+    w: FloatArray
+    has_price: BoolArray
+    unit_price: FloatArray  # price per unit (0 when missing)
+    step: IntArray  # units per step
+    step_value: FloatArray
+    is_frac: BoolArray
+    lot_size: IntArray
+
+
+@dataclass(frozen=True, eq=False)
+class BatchPlan:
+    """The plans of many investments in columns (numpy), ready for a COPY.
+
+    Orders are sorted by investment, sells before buys, then by symbol: ``order_investment``
+    indexes ``investment_ids``, ``order_leg`` indexes ``symbols``, ``order_units`` is the
+    quantity in units of ``10**-unit_decimals`` (``units_to_text`` formats them exactly;
+    ``quantity = units / 10**unit_decimals`` in SQL is exact too), ``order_est_value`` a float
+    estimate (NaN for an exit without a price). Skipped legs likewise, with int8 reason codes
+    (``SKIP_REASONS[code]``). Per investment: ``changed``, ``status_reason`` (-1 when changed),
+    ``cash_limited`` and ``drift_pct``. :meth:`investment_plan` gives one investment's exact
+    Decimal plan (and the jsonb via ``to_json``).
+    """
+
+    run_type: RunType
+    investment_ids: tuple[str, ...]
+    symbols: tuple[str, ...]
+    unit_decimals: int
+    order_investment: IntArray
+    order_leg: IntArray
+    order_is_buy: BoolArray
+    order_units: IntArray
+    order_est_value: FloatArray
+    skip_investment: IntArray
+    skip_leg: IntArray
+    skip_reason: npt.NDArray[np.int8]
+    skip_value: FloatArray
+    changed: BoolArray
+    status_reason: npt.NDArray[np.int8]
+    cash_limited: BoolArray
+    drift_pct: FloatArray
+    _inputs: _Inputs = field(repr=False)
+    _signed_units: IntArray = field(repr=False)  # (n, m)
+    _skip_matrix: npt.NDArray[np.int8] = field(repr=False)  # (n, m)
+    _skip_values: FloatArray = field(repr=False)  # (n, m)
+
+    @property
+    def order_count(self) -> int:
+        """Return the number of orders in the batch."""
+        return int(self.order_units.size)
+
+    def order_side(self) -> npt.NDArray[np.str_]:
+        """Return the side of every order as 'buy' / 'sell' strings."""
+        return np.where(self.order_is_buy, OrderSide.BUY.value, OrderSide.SELL.value)
+
+    def order_quantity_text(self) -> npt.NDArray[np.str_]:
+        """Return every order quantity as an exact decimal string."""
+        return units_to_text(self.order_units, self.unit_decimals)
+
+    def index_of(self, investment_id: str) -> int:
+        """Return the row of ``investment_id``."""
+        try:
+            return self.investment_ids.index(investment_id)
+        except ValueError:
+            raise KeyError(f"investment {investment_id} is not in this batch") from None
+
+    def investment_plan(self, index: int) -> InvestmentPlan:
+        """Return investment ``index``'s plan in exact Decimal, verified against the invariants."""
+        return _materialise(self, index)
+
+    def iter_plans(self) -> Iterator[InvestmentPlan]:
+        """Yield every investment's Decimal plan, in input order."""
+        for i in range(len(self.investment_ids)):
+            yield self.investment_plan(i)
+
+
+def _finite_decimal(value: object, what: str) -> Decimal:
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise InvalidState(f"{what} must be a finite Decimal, got {value!r}")
+    return value
+
+
+def _prepare(
+    run_type: RunType,
+    targets: Mapping[str, Decimal],
+    instruments: Mapping[str, Instrument],
+    rules: BrokerRules,
+    policy: PlanningPolicy,
+    batch: BatchState,
+    amounts: Decimal | Sequence[Decimal] | None,
+) -> _Inputs:
+    if run_type is not RunType.EXIT or targets:
+        validate_targets(targets)
+    for symbol, inst in instruments.items():
+        if inst.symbol != symbol:
+            raise UnknownInstrument(f"instrument keyed {symbol} is for {inst.symbol}")
+    if batch.unit_decimals != rules.unit_decimals:
+        raise InvalidState(
+            f"batch quantities are in 1e-{batch.unit_decimals} units, "
+            f"the broker rules need 1e-{rules.unit_decimals}"
+        )
+    n = len(batch.investment_ids)
+    amounts_t: tuple[Decimal, ...] | None = None
+    if run_type in _INVEST_LIKE:
+        if amounts is None:
+            raise InvalidState(f"a {run_type.value} run needs an amount")
+        if isinstance(amounts, Decimal):
+            amounts_t = (amounts,) * n
+        else:
+            amounts_t = tuple(amounts)
+            if len(amounts_t) != n:
+                raise InvalidState("amounts must have one entry per investment")
+        for i, a in enumerate(amounts_t):
+            if _finite_decimal(a, "amount") <= 0:
+                raise InvalidState(f"investment {batch.investment_ids[i]}: amount must be > 0")
+    elif amounts is not None:
+        raise InvalidState(f"a {run_type.value} run takes no amount")
+
+    for symbol in targets:
+        if symbol not in instruments:
+            raise UnknownInstrument(f"target symbol {symbol} has no instrument (unknown symbol)")
+    held_cols = np.flatnonzero((batch.held_units != 0).any(0) | (batch.open_units != 0).any(0))
+    for j in held_cols:
+        symbol = batch.symbols[j]
+        if symbol not in instruments:
+            rows = np.flatnonzero((batch.held_units[:, j] != 0) | (batch.open_units[:, j] != 0))
+            raise UnknownInstrument(
+                f"investment {batch.investment_ids[rows[0]]} holds {symbol}, "
+                "which has no instrument (unknown symbol)"
+            )
+    legs = tuple(sorted(set(targets) | {batch.symbols[j] for j in held_cols}))
+    m = len(legs)
+    held = np.zeros((n, m), dtype=np.int64)
+    opn = np.zeros((n, m), dtype=np.int64)
+    leg_col = {s: j for j, s in enumerate(legs)}
+    for j_in, symbol in enumerate(batch.symbols):
+        if symbol in leg_col:
+            held[:, leg_col[symbol]] = batch.held_units[:, j_in]
+            opn[:, leg_col[symbol]] = batch.open_units[:, j_in]
+
+    d = rules.unit_decimals
+    scale = 10**d
+    insts = [instruments[s] for s in legs]
+    w_dec = tuple(Decimal(targets.get(s, 0)) for s in legs)
+    price_dec = tuple(inst.price for inst in insts)
+    is_frac = np.array([rules.fractional and inst.fractionable for inst in insts], dtype=bool)
+    lot = np.array([inst.lot_size for inst in insts], dtype=np.int64)
+    step = np.where(is_frac, 1, lot * scale).astype(np.int64)
+    has_price = np.array([p is not None for p in price_dec], dtype=bool)
+    unit_price = np.array([float(p) / scale if p is not None else 0.0 for p in price_dec])
+    return _Inputs(
+        run_type=run_type,
+        rules=rules,
+        policy=policy,
+        legs=legs,
+        targets={s: Decimal(w) for s, w in targets.items()},
+        instruments={s: instruments[s] for s in legs},
+        ids=batch.investment_ids,
+        cash=batch.cash,
+        amounts=amounts_t,
+        held=held,
+        opn=opn,
+        decimals=d,
+        w_dec=w_dec,
+        price_dec=price_dec,
+        unit_price_dec=tuple(None if p is None else p.scaleb(-d, context=_CTX) for p in price_dec),
+        w=np.array([float(x) for x in w_dec]),
+        has_price=has_price,
+        unit_price=unit_price,
+        step=step,
+        step_value=step * unit_price,
+        is_frac=is_frac,
+        lot_size=lot,
+    )
+
+
+def _floor_units(x: FloatArray) -> IntArray:
+    """Return floor(x) as int64, with x clipped to [0, 2**62] (never negative, never overflows)."""
+    return np.floor(np.clip(np.nan_to_num(x, nan=0.0, posinf=0.0), 0.0, _MAX_UNITS)).astype(
+        np.int64
+    )
+
+
+class _Exact:
+    """Exact (Decimal) money of one investment, for boundary checks, repair and verification.
+
+    All arithmetic runs in ``_CTX`` (60 digits): products of units and prices and their sums
+    stay exact for any realistic quantity.
+    """
+
+    def __init__(self, inp: _Inputs, i: int) -> None:
+        self.inp = inp
+        self.i = i
+        pol = inp.policy
+        with localcontext(_CTX):
+            self.fee = pol.fee_bps_estimate / _BPS
+            cash = inp.cash[i]
+            holdings = self.total(inp.held[i] + inp.opn[i])
+            if inp.run_type in _INVEST_LIKE:
+                assert inp.amounts is not None
+                amount = inp.amounts[i]
+                self.buffer = pol.cash_buffer_pct / _HUNDRED * amount
+                self.base = min(amount, cash)
+                self.investable = holdings + amount - self.buffer
+            else:
+                value = cash + holdings
+                self.buffer = pol.cash_buffer_pct / _HUNDRED * value if value > 0 else _ZERO
+                self.base = cash
+                self.investable = value - self.buffer
+
+    def leg_value(self, j: int, units: int) -> Decimal:
+        """Return the exact value of ``units`` of leg j (0 when unpriced)."""
+        unit_price = self.inp.unit_price_dec[j]
+        if unit_price is None or not units:
+            return _ZERO
+        return _CTX.multiply(Decimal(int(units)), unit_price)
+
+    def total(self, units_row: IntArray) -> Decimal:
+        """Return the exact value of a row of (non-negative) units."""
+        total = _ZERO
+        for j, u in enumerate(units_row.tolist()):
+            if u:
+                total = _CTX.add(total, self.leg_value(j, u))
+        return total
+
+    def money(self, q_row: IntArray) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """Return (sells, buys, cash available for buys, cost of buys) for signed units q_row."""
+        sells = _ZERO
+        buys = _ZERO
+        for j, u in enumerate(q_row.tolist()):
+            if u < 0:
+                sells = _CTX.add(sells, self.leg_value(j, -u))
+            elif u > 0:
+                buys = _CTX.add(buys, self.leg_value(j, u))
+        with localcontext(_CTX):
+            avail = self.base - self.buffer + sells * (1 - self.fee)
+            cost = buys * (1 + self.fee)
+        return sells, buys, avail, cost
+
+
+class _Planner:
+    """The vectorised planning of one block of investments."""
+
+    def __init__(self, inp: _Inputs) -> None:
+        self.inp = inp
+        pol = inp.policy
+        self.b = float(pol.cash_buffer_pct) / 100.0
+        self.f = float(pol.fee_bps_estimate) / 10_000.0
+        self.mtv = float(pol.min_trade_value)
+        self.mov = float(inp.rules.min_order_value)
+        self.mwc = float(pol.min_weight_change_pct)
+        self.band = float(pol.drift_band_pct)
+        m = len(inp.legs)
+        # worst float error of a sum of ~2m products is ~(2m + 8) * 4u of the magnitudes
+        self.rel_sum = max(1e-12, (2 * m + 16) * 8 * _U)
+        self.rel_one = 1e-12
+
+    # ---- exact confirmations near a float boundary -----------------------------------------
+
+    def _at_least(
+        self,
+        rows: IntArray,
+        cols: IntArray,
+        units: IntArray,
+        values: FloatArray,
+        threshold: Decimal,
+    ) -> BoolArray:
+        """Return, per (row, col), whether units' value >= threshold (exact near the boundary)."""
+        if threshold <= 0:
+            return np.ones(values.shape, dtype=bool)
+        thr = float(threshold)
+        ok = values >= thr * (1 + self.rel_one)
+        unsure = ~ok & (values > thr * (1 - self.rel_one))
+        if unsure.any():
+            unit_price = self.inp.unit_price_dec
+            for k in np.flatnonzero(unsure):
+                p = unit_price[int(cols[k])]
+                assert p is not None
+                ok[k] = _CTX.multiply(Decimal(int(units[k])), p) >= threshold
+        return ok
+
+    # ---- one block -------------------------------------------------------------------------
+
+    def plan(
+        self, lo: int, hi: int
+    ) -> tuple[
+        IntArray, npt.NDArray[np.int8], FloatArray, npt.NDArray[np.int8], BoolArray, FloatArray
+    ]:
+        """Plan rows [lo, hi): signed units, skip codes and values, status, flags, drift."""
+        inp = self.inp
+        held = inp.held[lo:hi]
+        opn = inp.opn[lo:hi]
+        r, m = held.shape
+        eff = held + opn
+        sellable = np.maximum(held + np.minimum(opn, 0), 0)
+        skip = np.full((r, m), _NONE, dtype=np.int8)
+        skip_val = np.zeros((r, m))
+        status = np.full(r, _NONE, dtype=np.int8)
+        cash_limited = np.zeros(r, dtype=bool)
+        drift = np.zeros(r)
+        if inp.run_type is RunType.EXIT:
+            q = -sellable
+            status[~(q != 0).any(1)] = _CODE[SkipReason.NOTHING_HELD]
+            return q, skip, skip_val, status, cash_limited, drift
+        rows = np.arange(r)
+        up = inp.unit_price
+        has_price = inp.has_price
+        cash = np.array([float(c) for c in inp.cash[lo:hi]])
+        eff_val = eff * up  # unpriced legs count 0
+        holdings = eff_val.sum(1)
+        rebalance_like = inp.run_type in _REBALANCE_LIKE
+        if rebalance_like:
+            value = cash + holdings
+            alive = value > 0
+            buffer = np.where(alive, self.b * value, 0.0)
+            base = cash
+            investable = value - buffer
+        else:
+            assert inp.amounts is not None
+            amount = np.array([float(a) for a in inp.amounts[lo:hi]])
+            buffer = self.b * amount
+            base = np.minimum(amount, cash)
+            investable = holdings + amount - buffer
+            alive = investable > 0
+        w_safe = np.where(alive, investable, 1.0)
+        delta = inp.w[None, :] * w_safe[:, None] / 100.0 - eff_val
+        delta[:, ~has_price] = 0.0
+        delta[~alive] = 0.0
+        if not rebalance_like:
+            delta = np.maximum(delta, 0.0)
+        relevant = has_price[None, :] & ((inp.w > 0)[None, :] | (eff != 0))
+        dev = np.where(relevant, np.abs(100.0 * eff_val / w_safe[:, None] - inp.w[None, :]), 0.0)
+        drift = np.where(alive, dev.max(1) if m else 0.0, 0.0)
+        skipped_row = ~alive
+        if rebalance_like:
+            status[~alive] = _CODE[SkipReason.NO_VALUE]
+        if inp.run_type is RunType.REBALANCE:
+            within = alive & (drift <= self.band)
+            status[within] = _CODE[SkipReason.WITHIN_DRIFT_BAND]
+            skipped_row = skipped_row | within
+            delta[within] = 0.0
+        live = ~skipped_row[:, None]
+
+        # unpriced legs that matter
+        no_price = (
+            live & ~has_price[None, :] & ((inp.w > 0)[None, :] | ((eff != 0) & rebalance_like))
+        )
+        skip[no_price] = _CODE[SkipReason.NO_PRICE]
+
+        noise = 1e-9 * np.abs(w_safe)
+        wants = live & has_price[None, :] & (np.abs(delta) > noise[:, None])
+        liquidate = wants & (inp.w == 0)[None, :] & (delta < 0) if rebalance_like else None
+        abs_delta = np.abs(delta)
+        free = wants.copy()
+        rule_free = free & ~liquidate if liquidate is not None else free
+        if inp.run_type is RunType.REBALANCE and self.mwc > 0:
+            change = 100.0 * abs_delta / w_safe[:, None]
+            hit = rule_free & (change < self.mwc)
+            skip[hit] = _CODE[SkipReason.BELOW_MIN_WEIGHT_CHANGE]
+            skip_val[hit] = change[hit]
+            free &= ~hit
+            rule_free = rule_free & ~hit
+        if self.mtv > 0:
+            hit = rule_free & (abs_delta < self.mtv)
+            skip[hit] = _CODE[SkipReason.BELOW_MIN_TRADE_VALUE]
+            skip_val[hit] = abs_delta[hit]
+            free &= ~hit
+        if self.mov > 0:
+            hit = free & (delta > 0) & (delta < self.mov)
+            skip[hit] = _CODE[SkipReason.BELOW_BROKER_MINIMUM]
+            skip_val[hit] = delta[hit]
+            free &= ~hit
+        active = free
+        q = np.zeros((r, m), dtype=np.int64)
+        step = inp.step
+        is_frac = inp.is_frac
+        safe_up = np.where(has_price, up, 1.0)
+
+        # ---- sells ----
+        proceeds = np.zeros(r)
+        if rebalance_like:
+            s_act = active & (delta < 0)
+            x = np.where(s_act, -delta / safe_up, 0.0)
+            q_s = np.where(is_frac, _floor_units(x), _floor_units(x / step + 0.5) * step)
+            cap = np.where(is_frac, sellable, (sellable // step) * step)
+            if liquidate is not None:
+                q_s = np.where(liquidate, cap, q_s)
+            q_s = np.where(s_act, np.minimum(q_s, cap), 0)
+            # a sell that rounds to nothing is as near the target as whole steps get: no record,
+            # unless there is nothing to sell because open orders hold it all
+            nothing = s_act & (q_s == 0) & (sellable == 0)
+            skip[nothing] = _CODE[SkipReason.OPEN_ORDER_PENDING]
+            skip_val[nothing] = abs_delta[nothing]
+            sv = q_s * up
+            if self.mtv > 0:
+                check = (q_s > 0) if liquidate is None else (q_s > 0) & ~liquidate
+                ri, ci = np.nonzero(check)
+                if ri.size:
+                    ok = self._at_least(ri, ci, q_s[ri, ci], sv[ri, ci], inp.policy.min_trade_value)
+                    bad_r, bad_c = ri[~ok], ci[~ok]
+                    skip[bad_r, bad_c] = _CODE[SkipReason.BELOW_MIN_TRADE_VALUE]
+                    skip_val[bad_r, bad_c] = sv[bad_r, bad_c]
+                    q_s[bad_r, bad_c] = 0
+                    sv[bad_r, bad_c] = 0.0
+            q -= q_s
+            proceeds = sv.sum(1)
+
+        # ---- buys ----
+        f = self.f
+        avail = base - buffer + proceeds * (1 - f)
+        b_act = active & (delta > 0)
+        desire = np.where(b_act, delta, 0.0)
+        demand = desire.sum(1) * (1 + f)
+        scale_k = np.where(
+            demand > avail, np.maximum(avail, 0.0) / np.where(demand > 0, demand, 1.0), 1.0
+        )
+        bv = desire * scale_k[:, None]
+        x = np.where(b_act, bv / safe_up, 0.0)
+        q_b = np.where(is_frac, _floor_units(x), _floor_units(x / step) * step)
+        magnitude = np.abs(base) + np.abs(buffer) + 2 * proceeds + demand + np.abs(avail)
+        margin = self.rel_sum * magnitude
+        whole_buy = b_act & ~is_frac[None, :]
+        if whole_buy.any():
+            lot_value = np.where(has_price, inp.step_value, 1.0)  # unpriced legs never buy
+            lot_cost = lot_value * (1 + f)
+            leftover = avail - (q_b * up).sum(1) * (1 + f)
+            # one pass, largest shortfall first (ties by symbol): each leg short by more than
+            # half a lot gets the lots that bring it nearest its target, as far as cash allows;
+            # a leg left short was refused because a lot cost more than the cash then left,
+            # and the cash only shrinks afterwards
+            short = desire - q_b * up
+            cand = whole_buy & (short > lot_value / 2)
+            if cand.any():
+                want = np.where(cand, np.floor(short / lot_value + 0.5), 0.0)
+                order = np.argsort(np.where(cand, -short, np.inf), axis=1, kind="stable")
+                for rank in range(m):
+                    j = order[:, rank]
+                    c = cand[rows, j]
+                    if not c.any():
+                        break
+                    afford = np.floor(np.maximum(leftover + margin, 0.0) / lot_cost[j])
+                    lots = np.where(c, np.minimum(want[rows, j], afford), 0.0).astype(np.int64)
+                    q_b[rows, j] += lots * step[j]
+                    leftover = leftover - lots * lot_cost[j]
+
+        # ---- budget: certain in float, exact near the boundary ----
+        cost = (q_b * up).sum(1) * (1 + f)
+        slack = avail - cost
+        doubt = (q_b > 0).any(1) & (slack <= margin)
+        for k in np.flatnonzero(doubt):
+            self._repair_budget(lo + int(k), q[k], q_b[k], desire[k])
+
+        # ---- minimums of buys (exact near the boundary) ----
+        bv_final = q_b * up
+        cut = b_act & (desire - bv_final > inp.step_value[None, :] + 1e-6 * w_safe[:, None])
+        for threshold, reason in (
+            (inp.policy.min_trade_value, SkipReason.BELOW_MIN_TRADE_VALUE),
+            (inp.rules.min_order_value, SkipReason.BELOW_BROKER_MINIMUM),
+        ):
+            if threshold <= 0:
+                continue
+            ri, ci = np.nonzero(q_b > 0)
+            if not ri.size:
+                continue
+            ok = self._at_least(ri, ci, q_b[ri, ci], bv_final[ri, ci], threshold)
+            bad_r, bad_c = ri[~ok], ci[~ok]
+            code = np.where(
+                cut[bad_r, bad_c], _CODE[SkipReason.INSUFFICIENT_CASH], _CODE[reason]
+            ).astype(np.int8)
+            skip[bad_r, bad_c] = code
+            skip_val[bad_r, bad_c] = desire[bad_r, bad_c]
+            q_b[bad_r, bad_c] = 0
+            bv_final[bad_r, bad_c] = 0.0
+        zero = b_act & (q_b == 0) & (skip == _NONE)
+        too_small = zero & np.where(is_frac[None, :], ~cut, desire <= inp.step_value[None, :] / 2)
+        # a buy that rounds to nothing is recorded only when the leg holds nothing at all (it
+        # cannot get even one share or lot); otherwise the leg is as near as whole steps get
+        skip[too_small & (eff <= 0)] = _CODE[SkipReason.NOT_FRACTIONABLE_TOO_SMALL]
+        skip[zero & ~too_small] = _CODE[SkipReason.INSUFFICIENT_CASH]
+        skip_val[zero] = desire[zero]
+        q += q_b
+        cash_limited = (cut & ((q_b > 0) | (skip == _CODE[SkipReason.INSUFFICIENT_CASH]))).any(1)
+
+        # ---- status of rows without orders ----
+        no_orders = ~(q != 0).any(1) & (status == _NONE)
+        if no_orders.any():
+            codes = np.where(skip >= 0, skip, np.int8(127))
+            lo_code = codes.min(1)
+            hi_code = np.where(skip >= 0, skip, np.int8(-1)).max(1)
+            row_reason = np.where(
+                lo_code == 127,
+                _CODE[SkipReason.ON_TARGET],
+                np.where(lo_code == hi_code, lo_code, _CODE[SkipReason.ALL_LEGS_SKIPPED]),
+            ).astype(np.int8)
+            status[no_orders] = row_reason[no_orders]
+        return q, skip, skip_val, status, cash_limited, drift
+
+    def _repair_budget(self, i: int, q_row: IntArray, q_b: IntArray, desire: FloatArray) -> None:
+        """Check row i's buys exactly and trim them until they fit the cash available."""
+        inp = self.inp
+        exact = _Exact(inp, i)
+        while True:
+            signed = q_row + q_b
+            _, _, avail, cost = exact.money(signed)
+            if cost <= avail or not (q_b > 0).any():
+                return
+            # trim the buy most above its desire (greedy extras first), then the largest
+            excess = np.where(q_b > 0, q_b * inp.unit_price - desire, -np.inf)
+            value = np.where(q_b > 0, q_b * inp.unit_price, -np.inf)
+            j = int(np.lexsort((-value, -excess))[0])
+            unit_price = inp.unit_price_dec[j]
+            assert unit_price is not None
+            with localcontext(_CTX):
+                per_unit = unit_price * (1 + exact.fee)
+                need = int(((cost - avail) / per_unit).to_integral_value(rounding=ROUND_CEILING))
+            step = int(inp.step[j])
+            need = max(1, -(-need // step)) * step
+            q_b[j] = max(0, int(q_b[j]) - need)
+
+
+def plan_batch(
+    run_type: RunType | str,
+    targets: Mapping[str, Decimal],
+    instruments: Mapping[str, Instrument],
+    rules: BrokerRules,
+    policy: PlanningPolicy,
+    states: Sequence[InvestmentState] | BatchState,
+    amounts: Decimal | Sequence[Decimal] | None = None,
+) -> BatchPlan:
+    """Plan many investments of one smallcase at once (vectorised); see the module docstring."""
+    run_type = RunType(run_type)
+    batch = states if isinstance(states, BatchState) else BatchState.from_states(states, rules)
+    inp = _prepare(run_type, targets, instruments, rules, policy, batch, amounts)
+    n, m = inp.held.shape
+    signed = np.zeros((n, m), dtype=np.int64)
+    skip = np.full((n, m), _NONE, dtype=np.int8)
+    skip_val = np.zeros((n, m))
+    status = np.full(n, _NONE, dtype=np.int8)
+    cash_limited = np.zeros(n, dtype=bool)
+    drift = np.zeros(n)
+    planner = _Planner(inp)
+    for lo in range(0, n, _CHUNK_ROWS):
+        hi = min(n, lo + _CHUNK_ROWS)
+        q, s, sv, st, cl, dr = planner.plan(lo, hi)
+        signed[lo:hi], skip[lo:hi], skip_val[lo:hi] = q, s, sv
+        status[lo:hi], cash_limited[lo:hi], drift[lo:hi] = st, cl, dr
+
+    sell_r, sell_c = np.nonzero(signed < 0)
+    buy_r, buy_c = np.nonzero(signed > 0)
+    rows_all = np.concatenate([sell_r, buy_r])
+    order = np.argsort(rows_all, kind="stable")
+    o_inv = rows_all[order].astype(np.int64)
+    o_leg = np.concatenate([sell_c, buy_c])[order].astype(np.int64)
+    o_buy = np.concatenate([np.zeros(sell_r.size, bool), np.ones(buy_r.size, bool)])[order]
+    o_units = np.abs(signed[o_inv, o_leg])
+    o_value = np.where(inp.has_price[o_leg], o_units * inp.unit_price[o_leg], np.nan)
+    s_r, s_c = np.nonzero(skip >= 0)
+    return BatchPlan(
+        run_type=run_type,
+        investment_ids=inp.ids,
+        symbols=inp.legs,
+        unit_decimals=inp.decimals,
+        order_investment=o_inv,
+        order_leg=o_leg,
+        order_is_buy=o_buy,
+        order_units=o_units,
+        order_est_value=o_value,
+        skip_investment=s_r.astype(np.int64),
+        skip_leg=s_c.astype(np.int64),
+        skip_reason=skip[s_r, s_c],
+        skip_value=skip_val[s_r, s_c],
+        changed=status == _NONE,
+        status_reason=status,
+        cash_limited=cash_limited,
+        drift_pct=drift,
+        _inputs=inp,
+        _signed_units=signed,
+        _skip_matrix=skip,
+        _skip_values=skip_val,
+    )
+
+
+def plan_investment(
+    run_type: RunType | str,
+    targets: Mapping[str, Decimal],
+    state: InvestmentState,
+    instruments: Mapping[str, Instrument],
+    rules: BrokerRules,
+    policy: PlanningPolicy,
+    amount: Decimal | None = None,
+) -> InvestmentPlan:
+    """Plan one investment: the orders that move it to its targets, and the legs skipped."""
+    batch = plan_batch(run_type, targets, instruments, rules, policy, [state], amount)
+    return batch.investment_plan(0)
+
+
+# --------------------------------------------------------------------------------------------
+# Materialisation (exact Decimal) and verification
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.2f}"
+
+
+def _detail(inp: _Inputs, j: int, reason: SkipReason, value: float) -> str:
+    symbol = inp.legs[j]
+    pol, rules = inp.policy, inp.rules
+    match reason:
+        case SkipReason.NO_PRICE:
+            return f"no price for {symbol}"
+        case SkipReason.BELOW_MIN_WEIGHT_CHANGE:
+            return (
+                f"weight change of {value:.4f} pp is below the minimum "
+                f"{decimal_to_str(pol.min_weight_change_pct)} pp"
+            )
+        case SkipReason.BELOW_MIN_TRADE_VALUE:
+            return (
+                f"trade value {_fmt(value)} is below the minimum trade value "
+                f"{decimal_to_str(pol.min_trade_value)}"
+            )
+        case SkipReason.BELOW_BROKER_MINIMUM:
+            return (
+                f"order value {_fmt(value)} is below the broker minimum "
+                f"{decimal_to_str(rules.min_order_value)}"
+            )
+        case SkipReason.NOT_FRACTIONABLE_TOO_SMALL:
+            price = inp.price_dec[j]
+            unit = f"1e-{inp.decimals} share" if inp.is_frac[j] else f"a lot of {inp.lot_size[j]}"
+            return (
+                f"wanted a trade of {_fmt(value)}, less than the smallest tradable quantity "
+                f"({unit} at {price})"
+            )
+        case SkipReason.OPEN_ORDER_PENDING:
+            return f"wanted to sell {_fmt(value)}, but all of it is already in open sell orders"
+        case SkipReason.INSUFFICIENT_CASH:
+            return f"wanted to buy {_fmt(value)}; not enough cash after the other legs"
+        case _:
+            return reason.value
+
+
+def _materialise(plan: BatchPlan, i: int) -> InvestmentPlan:
+    inp = plan._inputs
+    exact = _Exact(inp, i)
+    q_row = plan._signed_units[i]
+    d = inp.decimals
+    is_exit = inp.run_type is RunType.EXIT
+    eff = inp.held[i] + inp.opn[i]
+    q_list = q_row.tolist()
+    eff_list = eff.tolist()
+    orders: list[PlannedOrder] = []
+    sells = buys = _ZERO
+    values: dict[int, Decimal] = {}
+    for side, js in (
+        (OrderSide.SELL, [j for j, u in enumerate(q_list) if u < 0]),
+        (OrderSide.BUY, [j for j, u in enumerate(q_list) if u > 0]),
+    ):
+        for j in js:
+            units = abs(q_list[j])
+            price = inp.price_dec[j]
+            value = None if price is None else exact.leg_value(j, units)
+            if value is not None:
+                values[j] = value
+                if side is OrderSide.SELL:
+                    sells = _CTX.add(sells, value)
+                else:
+                    buys = _CTX.add(buys, value)
+            orders.append(PlannedOrder(inp.legs[j], side, units_to_decimal(units, d), price, value))
+    skip_row = plan._skip_matrix[i]
+    skipped = tuple(
+        SkippedLeg(
+            inp.legs[j],
+            SKIP_REASONS[int(skip_row[j])],
+            _detail(inp, int(j), SKIP_REASONS[int(skip_row[j])], float(plan._skip_values[i, j])),
+        )
+        for j in np.flatnonzero(skip_row >= 0)
+    )
+    relevant = [
+        j for j in range(len(inp.legs)) if inp.w_dec[j] > 0 or eff_list[j] != 0 or q_list[j] != 0
+    ]
+    with localcontext(_CTX):
+        fee = exact.fee
+        if is_exit:
+            avail = inp.cash[i] + sells * (1 - fee)
+            cost = _ZERO
+            investable = _ZERO
+        else:
+            avail = exact.base - exact.buffer + sells * (1 - fee)
+            cost = buys * (1 + fee)
+            investable = exact.investable
+        cash_after = inp.cash[i] + sells - buys - (sells + buys) * fee
+        drift = _ZERO
+        weights_after: dict[str, Decimal] = {}
+        for j in relevant:
+            if inp.price_dec[j] is None:
+                continue
+            if investable > 0:
+                now = _HUNDRED * exact.leg_value(j, eff_list[j]) / investable
+                drift = max(drift, abs(now - inp.w_dec[j]))
+                w_after = _HUNDRED * exact.leg_value(j, eff_list[j] + q_list[j]) / investable
+            else:
+                w_after = _ZERO
+            weights_after[inp.legs[j]] = w_after.quantize(_WEIGHT_QUANTUM)
+        drift = drift.quantize(_WEIGHT_QUANTUM)
+    _verify(inp, i, q_list, values, buys, cost, avail)
+    code = int(plan.status_reason[i])
+    return InvestmentPlan(
+        investment_id=inp.ids[i],
+        run_type=inp.run_type,
+        status=PlanStatus.CHANGED if code == _NONE else PlanStatus.SKIPPED,
+        status_reason=None if code == _NONE else SKIP_REASONS[code],
+        orders=tuple(orders),
+        skipped=skipped,
+        cash_before=inp.cash[i],
+        cash_available=avail,
+        est_cash_after=cash_after,
+        investable_value=investable,
+        cash_limited=bool(plan.cash_limited[i]),
+        drift_pct=drift,
+        target_weights={inp.legs[j]: inp.w_dec[j] for j in relevant},
+        est_weights_after=weights_after,
+    )
+
+
+def _verify(
+    inp: _Inputs,
+    i: int,
+    q_list: list[int],
+    values: Mapping[int, Decimal],
+    buys: Decimal,
+    cost: Decimal,
+    avail: Decimal,
+) -> None:
+    """Raise PlanInvariantError if investment i's orders break a hard invariant (exactly)."""
+    who = f"investment {inp.ids[i]}"
+    held, opn = inp.held[i].tolist(), inp.opn[i].tolist()
+    steps = inp.step.tolist()
+    is_exit = inp.run_type is RunType.EXIT
+    min_buy = max(inp.policy.min_trade_value, inp.rules.min_order_value)
+    if buys > 0 and cost > avail:
+        raise PlanInvariantError(f"{who}: buys cost {cost}, only {avail} available")
+    for j, u in enumerate(q_list):
+        sellable = max(held[j] + min(opn[j], 0), 0)
+        symbol = inp.legs[j]
+        if -u > sellable:
+            raise PlanInvariantError(f"{who}: sells more {symbol} than it holds")
+        if is_exit:
+            if u != -sellable:
+                raise PlanInvariantError(f"{who}: exit does not sell all of {symbol}")
+            continue
+        if not u:
+            continue
+        if u % steps[j]:
+            raise PlanInvariantError(f"{who}: {symbol} quantity is not a whole number of steps")
+        value = values.get(j, _ZERO)
+        if u > 0:
+            if inp.run_type not in _INVEST_LIKE and inp.run_type not in _REBALANCE_LIKE:
+                raise PlanInvariantError(f"{who}: {inp.run_type.value} buys {symbol}")
+            if value < min_buy:
+                raise PlanInvariantError(f"{who}: buy of {symbol} worth {value} below minimum")
+        else:
+            if inp.run_type in _INVEST_LIKE:
+                raise PlanInvariantError(f"{who}: {inp.run_type.value} sells {symbol}")
+            liquidation = inp.w_dec[j] == 0 and -u == sellable - sellable % steps[j]
+            if not liquidation and value < inp.policy.min_trade_value:
+                raise PlanInvariantError(f"{who}: sell of {symbol} worth {value} below minimum")
+
+
+def verify_batch(plan: BatchPlan) -> None:
+    """Check every investment of a batch exactly (slow: for tests and audits)."""
+    for i in range(len(plan.investment_ids)):
+        plan.investment_plan(i)
