@@ -19,6 +19,7 @@ from prefect.states import Completed, Failed, State
 from saras.domain.orders import RunEvent
 from tasks.common import record_audit
 from tasks.execution import execute_connection_runs
+from tasks.prices import revalue_portfolios
 from tasks.rebalance import decide, recompute_plan_hash
 
 #: at most this many execution tasks per flow run: task runs never scale with investments
@@ -102,6 +103,7 @@ def execute_planned(
     results: list[dict[str, Any]] = []
     for future in futures:
         results.extend(future.result())
+    revalue_portfolios()
     return results
 
 

@@ -128,7 +128,13 @@ def seed_demo(session: Session) -> DemoSeed:
                 user,
                 BrokerType.PAPER.value,
                 paper_trading=True,
-                metadata={"paper_currency": currency, "paper_starting_cash": str(cash)},
+                metadata={
+                    "paper_currency": currency,
+                    "paper_starting_cash": str(cash),
+                    # Kite-like whole shares for the Indian account, fractional for the US one
+                    "paper_fractional": currency == "USD",
+                    "paper_fee_bps": "5",
+                },
             )
         seed.note(new_connection, f"paper connection {connection.alias} of {spec['email']}")
     return seed

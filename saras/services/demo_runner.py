@@ -1,14 +1,62 @@
-"""``saras demo``: migrate the embedded default database, seed it, run the flows end to end."""
+"""``saras demo``: migrate the embedded default database, seed it, run the flows end to end.
+
+The story, offline: prices from the simulated source, two users invest through paper brokers,
+a nightly snapshot, a rebalance of the US smallcase to a new composition (auto-approved),
+its execution, another snapshot, and a summary of what changed. Re-running is safe: nothing
+is invested twice and an applied composition is not applied again.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from saras import migrations
 from saras.db import get_engine, session_scope
 from saras.secrets import get_secret_box, key_file
 from saras.services.demo import seed_demo
 from saras.settings import get_settings
+
+US_REBALANCE = [
+    {"symbol": "AAPL", "weight": "30", "rationale": "services growth"},
+    {"symbol": "MSFT", "weight": "30", "rationale": "cloud and AI"},
+    {"symbol": "NVDA", "weight": "25", "rationale": "accelerators"},
+    {"symbol": "GOOGL", "weight": "15", "rationale": "search and cloud"},
+]
+INVESTMENTS = (
+    ("asha@example.com", "US Tech Leaders", "10000"),
+    ("ravi@example.in", "India Bluechips", "500000"),
+)
+FAST_EXECUTION = {"poll_interval": 0.05, "deadline_seconds": 30}
+
+
+def _prefect_quietly() -> None:
+    # an offline machine: no telemetry, and no UI build needed for the temporary server
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_UI_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _holdings(session: Session) -> dict[tuple[str, str], Decimal]:
+    from models import Asset, Portfolio, PortfolioHolding, User
+
+    rows = session.execute(
+        select(User.email, Asset.symbol, PortfolioHolding.quantity)
+        .join(Portfolio, Portfolio.id == PortfolioHolding.portfolio_id)
+        .join(User, User.id == Portfolio.user_id)
+        .join(Asset, Asset.id == PortfolioHolding.asset_id)
+    ).all()
+    return {(e, s): Decimal(str(q)) for e, s, q in rows}
+
+
+def _state_name(state: Any) -> str:
+    return f"{state.name}" + (f" ({state.message})" if state.message else "")
 
 
 def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) -> None:
@@ -22,8 +70,9 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
     get_secret_box(settings, generate=True)
     if fresh_key:
         echo(f"  generated a local encryption key at {key_file(settings)}")
-    migrations.upgrade("head", get_engine())
-    echo(f"  database migrated to {migrations.current_revision()}")
+    engine = get_engine()
+    migrations.upgrade("head", engine)
+    echo(f"  database migrated to {migrations.current_revision(engine)}")
     with session_scope() as session:
         seed = seed_demo(session)
     echo(f"  seeded: {len(seed.created)} created, {len(seed.existing)} already there")
@@ -31,3 +80,80 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
         echo(f"    + {item}")
     if seed_only:
         return
+
+    _prefect_quietly()
+    from flows.investments import invest_in_smallcase
+    from flows.position_snapshot import snapshot_positions
+    from flows.price_history import ingest_price_history
+    from flows.rebalance import rebalance_smallcase
+    from models import Smallcase, SmallcaseExecutionRun, UserSmallcaseInvestment
+
+    echo("1. nightly prices (simulated source, exchange calendars NYSE and NSE)")
+    state = ingest_price_history(source="simulated", return_state=True)
+    totals = state.result(raise_on_failure=False)["totals"]
+    echo(
+        f"   {_state_name(state)}: {totals['inserted']} bars inserted, {totals['unchanged']} "
+        f"unchanged, {totals['rejected']} rejected, {totals['failed']} symbols failed"
+    )
+
+    with Session(engine) as session:
+        before = _holdings(session)
+    echo("2. investing through paper brokers")
+    for user, smallcase, amount in INVESTMENTS:
+        with Session(engine) as session:
+            invested = session.scalar(
+                select(func.count())
+                .select_from(UserSmallcaseInvestment)
+                .join(Smallcase)
+                .where(Smallcase.name == smallcase)
+            )
+        if invested:
+            echo(f"   {user} already invested in {smallcase!r}: skipped")
+            continue
+        state = invest_in_smallcase(
+            user, smallcase, amount, execution=FAST_EXECUTION, return_state=True
+        )
+        echo(f"   {user} invests {amount} in {smallcase!r}: {_state_name(state)}")
+
+    echo("3. nightly position snapshot, reconciled against the paper brokers' books")
+    state = snapshot_positions(return_state=True)
+    echo(f"   {_state_name(state)}")
+
+    echo("4. rebalance 'US Tech Leaders' to a new composition (auto-approved)")
+    with Session(engine) as session:
+        sc = session.scalars(select(Smallcase).where(Smallcase.name == "US Tech Leaders")).one()
+        applied = bool((sc.metadata_ or {}).get("compositions"))
+    state = rebalance_smallcase(
+        "US Tech Leaders",
+        constituents=None if applied else US_REBALANCE,
+        require_approval=False,
+        execution=FAST_EXECUTION,
+        return_state=True,
+    )
+    data = state.result(raise_on_failure=False)
+    plan = (data or {}).get("plan") or {}
+    summary = plan.get("summary", {})
+    echo(
+        f"   {_state_name(state)}: {summary.get('investments_changed', 0)} investments changed, "
+        f"{summary.get('orders', 0)} orders, plan {str(summary.get('plan_hash', ''))[:12]}"
+    )
+
+    echo("5. snapshot again")
+    state = snapshot_positions(return_state=True)
+    echo(f"   {_state_name(state)}")
+
+    with Session(engine) as session:
+        after = _holdings(session)
+        runs = session.execute(
+            select(SmallcaseExecutionRun.run_type, SmallcaseExecutionRun.status, func.count())
+            .group_by(SmallcaseExecutionRun.run_type, SmallcaseExecutionRun.status)
+            .order_by(SmallcaseExecutionRun.run_type)
+        ).all()
+    echo("What changed")
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, Decimal(0)), after.get(key, Decimal(0))
+        if old != new:
+            echo(f"   {key[0]:<18} {key[1]:<9} {old.normalize():>16f} -> {new.normalize():f}")
+    for run_type, status, count in runs:
+        echo(f"   runs: {count} {run_type} {status}")
+    echo(f"Database: {settings.sqlite_path if settings.embedded else 'SARAS_DATABASE_URL'}")

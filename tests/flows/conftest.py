@@ -65,7 +65,8 @@ def _empty_all_tables(engine: Engine) -> None:
         if engine.dialect.name == "postgresql":
             conn.execute(text(f"TRUNCATE {', '.join(tables + paper)} CASCADE"))
         else:
-            for name in paper + tables:
+            order = {"paper_fills": 0, "paper_positions": 1, "paper_orders": 2, "paper_accounts": 3}
+            for name in sorted(paper, key=lambda n: order.get(n, -1)) + tables:
                 conn.execute(text(f"DELETE FROM {name}"))
 
 
