@@ -28,16 +28,18 @@ def ingest_price_history(
     source: str | None = None,
     source_options: dict[str, Any] | None = None,
     batch_size: int | None = None,
+    exchanges: list[str] | None = None,
 ) -> State:
     """Ingest daily bars for the given symbols (default: every held or constituent asset).
 
     Days run from the day after each asset's last stored bar (or ``start``) to its exchange's
-    last completed session (or ``end``). ``source`` overrides the per-exchange default.
+    last completed session (or ``end``). ``source`` overrides the per-exchange default;
+    ``exchanges`` limits the run to assets listed there (the nightly US and Indian schedules).
     """
     logger = get_run_logger()
     began = time.monotonic()
     now = datetime.now(UTC)
-    items, reports = plan_price_ingestion(now, symbols, start, end, source)
+    items, reports = plan_price_ingestion(now, symbols, start, end, source, exchanges)
     groups = batches(items, batch_size or get_settings().ingestion_batch_size)
     logger.info("ingesting %d symbols in %d batches", len(items), len(groups))
     progress = create_progress_artifact(0.0, description="Price ingestion: batches done")

@@ -20,11 +20,18 @@ def plan_price_ingestion(
     start: date | None,
     end: date | None,
     source: str | None,
+    exchanges: list[str] | None = None,
 ) -> tuple[list[service.IngestionItem], list[service.SymbolReport]]:
     """Decide which assets and days to ingest."""
     with session_scope() as session:
         return service.plan_ingestion(
-            session, now=now, symbols=symbols, start=start, end=end, source=source
+            session,
+            now=now,
+            symbols=symbols,
+            start=start,
+            end=end,
+            source=source,
+            exchanges=exchanges,
         )
 
 

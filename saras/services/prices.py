@@ -97,6 +97,7 @@ def plan_ingestion(
     start: date | None = None,
     end: date | None = None,
     source: str | None = None,
+    exchanges: Sequence[str] | None = None,
     settings: Settings | None = None,
 ) -> tuple[list[IngestionItem], list[SymbolReport]]:
     """Decide which assets and days to ingest; return items and reports for skipped symbols."""
@@ -118,6 +119,9 @@ def plan_ingestion(
         assets = list(
             session.scalars(query.where(or_(Asset.id.in_(held), Asset.id.in_(constituent))))
         )
+    if exchanges:
+        allowed = {e.upper() for e in exchanges}
+        assets = [a for a in assets if a.exchange in allowed]
     assets.sort(key=lambda a: (a.exchange, a.symbol))
     conn = session.connection()
     last = price_repo.last_stored_dates(conn, [a.id for a in assets])
