@@ -140,6 +140,12 @@ def finish(
         message = f"{len(not_done)} of {len(statuses)} runs did not complete: " + ", ".join(
             sorted(set(not_done))
         )
+    problems = (outcome or {}).get("summary", {}).get("problems") or []
+    if problems:
+        # investments skipped because their broker connection is unusable are not a success
+        message = "; ".join([*problems, *([message] if message else [])])
+        not_done = not_done or ["connection_unusable"]
+        failed = failed or not results
     data = {"plan": outcome, "results": results}
     success = not failed and not not_done
     record_audit(

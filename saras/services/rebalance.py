@@ -126,7 +126,8 @@ def apply_constituents(
         for broker in brokers:
             if not broker_can_trade(broker, asset.exchange):
                 raise InvalidInputError(
-                    f"{asset.symbol} ({asset.exchange}) cannot be traded through {broker}, which investors of {smallcase.name!r} use"
+                    f"{asset.symbol} ({asset.exchange}) cannot be traded through {broker}, "
+                    f"which investors of {smallcase.name!r} use"
                 )
     if persist:
         previous = session.execute(
@@ -252,7 +253,7 @@ def load_state(
     dict[tuple[uuid.UUID, str], Decimal],
     dict[uuid.UUID, Decimal],
 ]:
-    """Return positions, open orders (signed) and spent cash per investment: three set-based queries."""
+    """Return positions, open orders (signed) and spent cash per investment, set-based."""
     run = SmallcaseExecutionRun
     order = SmallcaseExecutionOrder
     invest_filter = (
@@ -359,7 +360,7 @@ def check_prices(
 
 
 def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> dict[uuid.UUID, str]:
-    """Find unusable connections now (an expired Kite token), not mid-basket; return id -> reason."""
+    """Find unusable connections now (an expired Kite token), not mid-basket: id -> reason."""
     bad: dict[uuid.UUID, str] = {}
     seen: set[uuid.UUID] = set()
     for inv in investments:
@@ -428,6 +429,7 @@ class SmallcasePlan:
     )  # (symbol, side) -> [qty, value, orders]
     order_count: int = 0
     plan_hash: str = ""
+    problems: list[str] = field(default_factory=list)  # e.g. unusable connections, by name
 
     def summary_rows(self) -> list[dict[str, Any]]:
         """Return the plan's totals per asset and side (for the table artifact)."""
@@ -453,10 +455,15 @@ class SmallcasePlan:
             "investments_skipped": sum(len(v) for v in self.skipped.values()),
             "skipped_by_reason": {k: len(v) for k, v in sorted(self.skipped.items())},
             "orders": self.order_count,
-            "est_buy_value": f"{sum((r.est_buy for r in self.runs), Decimal(0)).quantize(Decimal('0.01')):f}",
-            "est_sell_value": f"{sum((r.est_sell for r in self.runs), Decimal(0)).quantize(Decimal('0.01')):f}",
+            "est_buy_value": _money(sum((r.est_buy for r in self.runs), Decimal(0))),
+            "est_sell_value": _money(sum((r.est_sell for r in self.runs), Decimal(0))),
             "plan_hash": self.plan_hash,
+            "problems": list(self.problems),
         }
+
+
+def _money(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.01')):f}"
 
 
 def _fixed9(units: np.ndarray, decimals: int) -> list[str]:
@@ -507,6 +514,7 @@ def plan_smallcase(
     check_prices(list(assets.values()), prices, now, max_price_age_sessions)
     plan = SmallcasePlan(smallcase.id, smallcase.name, run_type)
     bad = check_connections(engine, investments) if check_brokers else {}
+    plan.problems.extend(sorted(set(bad.values())))
     usable = []
     for inv in investments:
         if inv.connection_id in bad:
