@@ -100,7 +100,9 @@ class OrderRequest:
 
     def __post_init__(self) -> None:
         if (self.quantity is None) == (self.notional is None):
-            raise ValueError(f"order {self.client_order_id}: give exactly one of quantity, notional")
+            raise ValueError(
+                f"order {self.client_order_id}: give exactly one of quantity, notional"
+            )
         if self.quantity is not None and self.quantity <= 0:
             raise ValueError(f"order {self.client_order_id}: quantity must be positive")
         if self.notional is not None and self.notional <= 0:

@@ -82,8 +82,9 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
         return
 
     _prefect_quietly()
-    from flows.investments import invest_in_smallcase
     from flows.position_snapshot import snapshot_positions
+
+    from flows.investments import invest_in_smallcase
     from flows.price_history import ingest_price_history
     from flows.rebalance import rebalance_smallcase
     from models import Smallcase, SmallcaseExecutionRun, UserSmallcaseInvestment

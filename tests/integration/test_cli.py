@@ -59,7 +59,9 @@ def test_demo_seed_is_safe_to_rerun(embedded: Path) -> None:
     assert {s["name"] for s in smallcases} == {"US Tech Leaders", "India Bluechips"}
 
 
-def test_admin_commands_and_secrets_from_stdin(embedded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_commands_and_secrets_from_stdin(
+    embedded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     invoke("demo", "--seed-only")
     invoke("users", "add", "New.Person@Example.com", "--first-name", "New")
     users = json.loads(invoke("users", "list", "--json"))
@@ -69,7 +71,12 @@ def test_admin_commands_and_secrets_from_stdin(embedded: Path, monkeypatch: pyte
     csv_path.write_text("symbol,weight,rationale\nAAPL,60,core\nTSLA,40,growth\n")
     invoke("smallcases", "add", "Two Stocks", "--constituents", str(csv_path))
     out = invoke(
-        "connections", "add", "new.person@example.com", "alpaca", "--secrets-from-stdin", "--json",
+        "connections",
+        "add",
+        "new.person@example.com",
+        "alpaca",
+        "--secrets-from-stdin",
+        "--json",
         input='{"api_key": "PKPLAINKEY123", "api_secret": "plain-secret-456"}',
     )
     assert json.loads(out)[0]["alias"] == "alpaca_primary"

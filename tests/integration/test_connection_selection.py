@@ -56,7 +56,10 @@ def test_single_active_connection_of_a_type_paper_or_live(db: Session) -> None:
     db.flush()
     assert select_connection(db, u.id, broker_type="alpaca", paper_trading=True).id == paper.id
     assert select_connection(db, u.id, broker_type="alpaca", paper_trading=False).id == live.id
-    with pytest.raises(ConnectionSelectionError, match=r"2 active paper or live alpaca connections \(alpaca_2, alpaca_primary\)"):
+    with pytest.raises(
+        ConnectionSelectionError,
+        match=r"2 active paper or live alpaca connections \(alpaca_2, alpaca_primary\)",
+    ):
         select_connection(db, u.id, broker_type="alpaca")
 
 

@@ -15,10 +15,15 @@ from saras.settings import Settings, get_settings, resolve_database_url
 def test_postgresql_urls_use_psycopg3() -> None:
     assert resolve_database_url("postgresql://u@h/db", Path("x")) == "postgresql+psycopg://u@h/db"
     assert resolve_database_url("postgres://u@h/db", Path("x")) == "postgresql+psycopg://u@h/db"
-    assert resolve_database_url("postgresql+psycopg://u@h/db", Path("x")) == "postgresql+psycopg://u@h/db"
+    assert (
+        resolve_database_url("postgresql+psycopg://u@h/db", Path("x"))
+        == "postgresql+psycopg://u@h/db"
+    )
 
 
-def test_unset_url_means_embedded_sqlite_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unset_url_means_embedded_sqlite_in_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("SARAS_DATABASE_URL", raising=False)
     monkeypatch.setenv("SARAS_DATA_DIR", str(tmp_path))
     settings = Settings()
