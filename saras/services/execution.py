@@ -274,8 +274,18 @@ class RunExecutor:
                     self._set(order, OrderEvent.AMBIGUOUS, reason=str(exc))
                 resume = True
             except NonRetryableBrokerError as exc:
-                self._set(order, OrderEvent.REJECT, reason=getattr(exc, "reason", str(exc)))
+                event = (
+                    OrderEvent.RESOLVED_REJECTED
+                    if order.status is OrderStatus.UNKNOWN
+                    else OrderEvent.REJECT
+                )
+                self._set(order, event, reason=getattr(exc, "reason", str(exc)))
                 return
+            except FatalBrokerError as exc:
+                if not resume:
+                    # refused at the door (credentials, expired token): nothing was placed
+                    self._set(order, OrderEvent.REJECT, reason=str(exc))
+                raise
             except RetryableBrokerError as exc:
                 # nothing reached the broker: try again after a pause, still looking up first
                 log.info("order %s: %s (attempt %d)", order.id, exc, attempt + 1)
@@ -527,6 +537,29 @@ def execute_run(
             for order in orders:
                 if order.status is OrderStatus.PLANNED:
                     executor._set(order, OrderEvent.CANCEL, reason="run stopped: " + str(exc))
+            working = [
+                o
+                for o in orders
+                if o.status
+                in (
+                    OrderStatus.SUBMITTING,
+                    OrderStatus.SUBMITTED,
+                    OrderStatus.PARTIALLY_FILLED,
+                    OrderStatus.UNKNOWN,
+                )
+            ]
+            if working:
+                # orders still live at the broker: keep the run open so that a resume, once
+                # the connection works again, records their fills
+                counts: dict[str, int] = {}
+                for o in orders:
+                    counts[o.status.value] = counts.get(o.status.value, 0) + 1
+                return RunOutcome(
+                    str(run_id),
+                    RunStatus.EXECUTING.value,
+                    counts,
+                    reason + f"; {len(working)} order(s) still working: resume after fixing it",
+                )
             return _finish_run(engine, run_id, orders, reason=reason, fatal=True)
         return _finish_run(engine, run_id, orders, reason=None, fatal=False)
 
