@@ -82,9 +82,8 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
         return
 
     _prefect_quietly()
-    from flows.position_snapshot import snapshot_positions
-
     from flows.investments import invest_in_smallcase
+    from flows.position_snapshot import snapshot_positions
     from flows.price_history import ingest_price_history
     from flows.rebalance import rebalance_smallcase
     from models import Smallcase, SmallcaseExecutionRun, UserSmallcaseInvestment
@@ -134,9 +133,11 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
     data = state.result(raise_on_failure=False)
     plan = (data or {}).get("plan") or {}
     summary = plan.get("summary", {})
+    skipped = ", ".join(f"{n} {r}" for r, n in summary.get("skipped_by_reason", {}).items())
     echo(
         f"   {_state_name(state)}: {summary.get('investments_changed', 0)} investments changed, "
         f"{summary.get('orders', 0)} orders, plan {str(summary.get('plan_hash', ''))[:12]}"
+        + (f"; skipped: {skipped}" if skipped else "")
     )
 
     echo("5. snapshot again")

@@ -740,6 +740,8 @@ def write_plan(
     conn: Connection, plan: SmallcasePlan, writes: Mapping[str, Any], *, status: RunStatus
 ) -> None:
     """Write the runs and orders of a plan in the caller's transaction (COPY on PostgreSQL)."""
+    if not writes["runs"]:
+        return
     approved = status is RunStatus.APPROVED
     now = utcnow()
     supersede_unfinished(conn, [r.investment.id for r in plan.runs])

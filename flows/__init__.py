@@ -1,0 +1,1 @@
+"""Prefect flows: one deployable flow per file (entrypoints in prefect.yaml)."""
