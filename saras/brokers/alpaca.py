@@ -126,7 +126,7 @@ class AlpacaRateLimiter:
 
     A token bucket (GCRA form) lets ``burst`` requests through at once, then one every
     ``60 / (requests_per_minute * utilisation)`` seconds: any rolling minute then holds at most
-    ``burst + requests_per_minute * utilisation`` requests (190 of Alpaca's 200 by default), so a
+    ``burst + requests_per_minute * utilisation`` requests (195 of Alpaca's 200 by default), so a
     single process never draws a 429. When Alpaca reports ``X-RateLimit-Remaining: 0`` (or a 429
     asks to wait) every request waits until ``X-RateLimit-Reset``, capped at ``max_wait``.
     Thread-safe; the sleeping happens outside the lock.
@@ -136,8 +136,8 @@ class AlpacaRateLimiter:
         self,
         requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
         *,
-        utilisation: float = 0.9,
-        burst: int = 10,
+        utilisation: float = 0.95,
+        burst: int = 5,
         clock: Callable[[], float] = time.time,
         max_wait: float = 60.0,
     ) -> None:

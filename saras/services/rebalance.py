@@ -19,9 +19,9 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
+import uuid_utils
 from sqlalchemy import Connection, Engine, Numeric, cast, delete, func, select, update
 from sqlalchemy.orm import Session
-from uuid_utils.compat import uuid7
 
 from models import (
     Asset,
@@ -409,7 +409,7 @@ class PlannedRun:
 
     run_id: uuid.UUID
     investment: InvestmentRow
-    order_ids: list[uuid.UUID]
+    order_count: int
     plan_hash: str
     est_buy: Decimal
     est_sell: Decimal
@@ -603,74 +603,89 @@ def _collect(
     *,
     decimals: int,
 ) -> None:
+    """Turn a batch plan's columns into run and order rows, hashes and the report's totals."""
     for k in np.flatnonzero(~batch.changed):
-        reason = (
-            SKIP_REASONS[int(batch.status_reason[k])].value
-            if batch.status_reason[k] >= 0
-            else "no_orders"
+        code = int(batch.status_reason[k])
+        plan.skipped.setdefault(SKIP_REASONS[code].value if code >= 0 else "no_orders", []).append(
+            str(members[k].id)
         )
-        plan.skipped.setdefault(reason, []).append(str(members[k].id))
-    if batch.order_count == 0:
+    n_orders = batch.order_count
+    if n_orders == 0:
         for k in np.flatnonzero(batch.changed):
             plan.skipped.setdefault("no_orders", []).append(str(members[k].id))
         return
-    qty_text = _fixed9(batch.order_units, decimals)
-    sides = batch.order_side().tolist()
-    legs = batch.order_leg.tolist()
-    invs = batch.order_investment.tolist()
-    values = batch.order_est_value.tolist()
     symbols = batch.symbols
+    qty_text = _fixed9(batch.order_units, decimals)
+    legs = batch.order_leg
+    values = batch.order_est_value
+    is_buy = batch.order_is_buy
+    # totals per asset and side, vectorised
+    priced = ~np.isnan(values)
+    slot = legs * 2 + is_buy.astype(np.int64)
+    n_slots = 2 * len(symbols)
+    counts = np.bincount(slot[priced], minlength=n_slots)
+    value_sums = np.bincount(slot[priced], weights=values[priced], minlength=n_slots)
+    unit_sums = np.bincount(slot, weights=batch.order_units.astype(np.float64), minlength=n_slots)
+    for code in np.flatnonzero(np.bincount(slot, minlength=n_slots)):
+        leg, buy = divmod(int(code), 2)
+        key = (symbols[leg], "buy" if buy else "sell")
+        bucket = plan.per_asset.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])
+        bucket[0] += Decimal(repr(float(unit_sums[code]))) / (10**decimals)
+        bucket[1] += Decimal(repr(float(value_sums[code]))).quantize(Decimal("0.0001"))
+        bucket[2] += int(counts[code])
+    # per-order estimated price = the leg's planning price (one string per leg, not per order)
+    unit_value = np.where(batch.order_units > 0, values / np.maximum(batch.order_units, 1), np.nan)
+    leg_price = {}
+    for leg in np.unique(legs):
+        sample = unit_value[legs == leg]
+        sample = sample[~np.isnan(sample)]
+        leg_price[int(leg)] = (
+            f"{Decimal(repr(float(sample[0]) * 10**decimals)).quantize(Decimal('0.000001')):f}"
+            if sample.size
+            else ""
+        )
+    skips: dict[int, list[dict[str, str]]] = defaultdict(list)
+    for j, r, i in zip(
+        batch.skip_leg.tolist(),
+        batch.skip_reason.tolist(),
+        batch.skip_investment.tolist(),
+        strict=True,
+    ):
+        skips[i].append({"symbol": symbols[j], "reason": SKIP_REASONS[r].value})
+    sides = np.where(is_buy, "buy", "sell").tolist()
+    leg_list = legs.tolist()
+    value_list = np.nan_to_num(values).tolist()
+    asset_ids = {j: str(assets[sym].id) for j, sym in enumerate(symbols)}
     boundaries = np.flatnonzero(np.diff(batch.order_investment)) + 1
     starts = [0, *boundaries.tolist()]
-    ends = [*boundaries.tolist(), batch.order_count]
-    has_orders = set()
+    ends = [*boundaries.tolist(), n_orders]
+    invs = batch.order_investment
     now = utcnow().isoformat()
+    orders_out = writes["orders"]
     for lo, hi in zip(starts, ends, strict=True):
-        k = invs[lo]
-        has_orders.add(k)
+        k = int(invs[lo])
         inv = members[k]
-        run_id = uuid7()
-        order_ids = [uuid7() for _ in range(hi - lo)]
+        run_id = str(uuid_utils.uuid7())
         lines = []
-        est_buy = est_sell = Decimal(0)
-        for n, idx in enumerate(range(lo, hi)):
-            symbol = symbols[legs[idx]]
-            asset = assets[symbol]
+        est_buy = est_sell = 0.0
+        for idx in range(lo, hi):
+            order_id = str(uuid_utils.uuid7())
+            leg = leg_list[idx]
             side = sides[idx]
-            value = values[idx]
-            est_price = None
-            if value == value:  # not NaN
-                est = Decimal(repr(value)).quantize(Decimal("0.0001"))
-                if side == "buy":
-                    est_buy += est
-                else:
-                    est_sell += est
-                q = Decimal(qty_text[idx])
-                est_price = (est / q).quantize(Decimal("0.000001")) if q else None
-                bucket = plan.per_asset.setdefault(
-                    (symbol, side), [Decimal(0), Decimal(0), Decimal(0)]
-                )
-                bucket[0] += q
-                bucket[1] += est
-                bucket[2] += 1
-            lines.append(f"{order_ids[n]}|{symbol}|{side}|{qty_text[idx]}")
-            writes["orders"].append(
-                (
-                    str(order_ids[n]),
-                    str(run_id),
-                    str(asset.id),
-                    side,
-                    qty_text[idx],
-                    "" if est_price is None else f"{est_price:f}",
-                    now,
-                )
+            if side == "buy":
+                est_buy += value_list[idx]
+            else:
+                est_sell += value_list[idx]
+            lines.append(f"{order_id}|{symbols[leg]}|{side}|{qty_text[idx]}")
+            orders_out.append(
+                (order_id, run_id, asset_ids[leg], side, qty_text[idx], leg_price[leg], now)
             )
         lines.sort()
-        run_hash = hashlib.sha256(
-            ("run:" + str(run_id) + "\n" + "\n".join(lines)).encode()
-        ).hexdigest()
+        run_hash = hashlib.sha256(("run:" + run_id + "\n" + "\n".join(lines)).encode()).hexdigest()
         overall.update(run_hash.encode())
-        plan.runs.append(PlannedRun(run_id, inv, order_ids, run_hash, est_buy, est_sell))
+        buy_dec = Decimal(repr(est_buy)).quantize(Decimal("0.0001"))
+        sell_dec = Decimal(repr(est_sell)).quantize(Decimal("0.0001"))
+        plan.runs.append(PlannedRun(uuid.UUID(run_id), inv, hi - lo, run_hash, buy_dec, sell_dec))
         plan.order_count += hi - lo
         writes["runs"].append(
             {
@@ -681,59 +696,58 @@ def _collect(
                     "smallcase": plan.smallcase_name,
                     "run_type": plan.run_type.value,
                     "orders": hi - lo,
-                    "est_buy_value": f"{est_buy:f}",
-                    "est_sell_value": f"{est_sell:f}",
+                    "est_buy_value": f"{buy_dec:f}",
+                    "est_sell_value": f"{sell_dec:f}",
                     "drift_pct": round(float(batch.drift_pct[k]), 4),
                     "cash_limited": bool(batch.cash_limited[k]),
-                    "skipped_legs": [
-                        {"symbol": symbols[int(j)], "reason": SKIP_REASONS[int(r)].value}
-                        for j, r, i in zip(
-                            batch.skip_leg.tolist(),
-                            batch.skip_reason.tolist(),
-                            batch.skip_investment.tolist(),
-                            strict=True,
-                        )
-                        if i == k
-                    ]
-                    if batch.skip_investment.size < 50_000
-                    else [],
+                    "skipped_legs": skips.get(k, []),
                     "plan_hash": run_hash,
                 },
-                "total": est_buy + est_sell,
+                "total": buy_dec + sell_dec,
             }
         )
+    with_orders = set(invs.tolist())
     for k in np.flatnonzero(batch.changed):
-        if int(k) not in has_orders:
+        if int(k) not in with_orders:
             plan.skipped.setdefault("no_orders", []).append(str(members[k].id))
 
 
 # --- writing ----------------------------------------------------------------------------------
 
 
+#: ids per statement: PostgreSQL takes at most 65,535 bound parameters
+ID_CHUNK = 10_000
+
+
 def supersede_unfinished(conn: Connection, investment_ids: Sequence[uuid.UUID]) -> int:
     """Cancel runs of these investments that were planned but never started."""
     waiting = [s.value for s in UNFINISHED_RUN_STATUSES if s is not RunStatus.EXECUTING]
-    stale = select(SmallcaseExecutionRun.id).where(
-        SmallcaseExecutionRun.investment_id.in_(list(investment_ids)),
-        SmallcaseExecutionRun.status.in_(waiting),
-    )
-    conn.execute(
-        update(SmallcaseExecutionOrder)
-        .where(
-            SmallcaseExecutionOrder.execution_run_id.in_(stale),
-            SmallcaseExecutionOrder.status == OrderStatus.PLANNED.value,
-        )
-        .values(status=OrderStatus.CANCELLED.value)
-    )
-    result = conn.execute(
-        update(SmallcaseExecutionRun)
-        .where(
-            SmallcaseExecutionRun.investment_id.in_(list(investment_ids)),
+    cancelled = 0
+    ids = list(investment_ids)
+    for lo in range(0, len(ids), ID_CHUNK):
+        chunk = ids[lo : lo + ID_CHUNK]
+        stale = select(SmallcaseExecutionRun.id).where(
+            SmallcaseExecutionRun.investment_id.in_(chunk),
             SmallcaseExecutionRun.status.in_(waiting),
         )
-        .values(status=RunStatus.CANCELLED.value, completed_at=utcnow())
-    )
-    return int(result.rowcount or 0)
+        conn.execute(
+            update(SmallcaseExecutionOrder)
+            .where(
+                SmallcaseExecutionOrder.execution_run_id.in_(stale),
+                SmallcaseExecutionOrder.status == OrderStatus.PLANNED.value,
+            )
+            .values(status=OrderStatus.CANCELLED.value)
+        )
+        result = conn.execute(
+            update(SmallcaseExecutionRun)
+            .where(
+                SmallcaseExecutionRun.investment_id.in_(chunk),
+                SmallcaseExecutionRun.status.in_(waiting),
+            )
+            .values(status=RunStatus.CANCELLED.value, completed_at=utcnow())
+        )
+        cancelled += int(result.rowcount or 0)
+    return cancelled
 
 
 def write_plan(
@@ -783,27 +797,20 @@ def write_plan(
             ),
             run_rows,
         )
-        order_rows = [
-            (*o[:5], o[5] or None, "market", OrderStatus.PLANNED.value, o[6], o[6])
+        # order fields are ids, codes and numbers (no tab, newline or backslash): one f-string
+        # per row is all COPY's text format needs
+        planned = OrderStatus.PLANNED.value
+        text = "".join(
+            f"{o[0]}\t{o[1]}\t{o[2]}\t{o[3]}\t{o[4]}\t{o[5] or chr(92) + 'N'}\tmarket\t{planned}"
+            f"\t{o[6]}\t{o[6]}\n"
             for o in writes["orders"]
-        ]
-        _copy(
-            cursor,
-            "smallcase_execution_orders",
-            (
-                "id",
-                "execution_run_id",
-                "asset_id",
-                "side",
-                "quantity",
-                "price",
-                "order_type",
-                "status",
-                "created_at",
-                "updated_at",
-            ),
-            order_rows,
         )
+        columns = (
+            "id, execution_run_id, asset_id, side, quantity, price, order_type, status, "
+            "created_at, updated_at"
+        )
+        with cursor.copy(f"COPY smallcase_execution_orders ({columns}) FROM STDIN") as copy:
+            copy.write(text)
     else:
         conn.execute(
             SmallcaseExecutionRun.__table__.insert(),

@@ -371,15 +371,15 @@ def test_client_side_limiter_reaches_90_percent_with_zero_429(clock: FakeClock) 
     assert statuses.count(429) == 0
     assert len(statuses) == 400
     rate_per_minute = 400 / elapsed * 60
-    assert 170 <= rate_per_minute <= 190  # 400 requests: 10 at once, then 180 per minute
+    assert 180 <= rate_per_minute <= 195  # 400 requests: 5 at once, then 190 per minute
     stamps = [r.at for r in fake.requests]
     window = max(sum(1 for t in stamps if s <= t < s + 60) for s in stamps)
-    assert window <= 190
+    assert window <= 195
 
 
 def test_fake_enforces_its_rolling_minute(clock: FakeClock) -> None:
     with FakeAlpaca(clock=clock, rate_limit_per_minute=5) as fake:
-        broker = timed_broker(fake, clock, rate_limiter=AlpacaRateLimiter(10_000, clock=clock))
+        broker = timed_broker(fake, clock, rate_limiter=AlpacaRateLimiter(10_000, burst=10, clock=clock))
         broker.rate_limiter.observe = lambda headers: None  # type: ignore[method-assign]
         for _ in range(5):
             broker.get_clock()
