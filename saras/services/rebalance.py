@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import uuid_utils
-from sqlalchemy import Connection, Engine, Numeric, cast, delete, func, select, update
+from sqlalchemy import Connection, Engine, Numeric, case, cast, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -246,6 +246,13 @@ def _fees_expr() -> Any:
     return cast(SmallcaseExecutionOrder.order_metadata["fees"].as_string(), Numeric(20, 4))
 
 
+def _dec(value: Any) -> Decimal:
+    """Return a database number as Decimal (SQLite hands back floats: take their short repr)."""
+    if isinstance(value, Decimal):
+        return value
+    return Decimal(str(value or 0))
+
+
 def load_state(
     conn: Connection, smallcase_id: uuid.UUID, investment_ids: Sequence[uuid.UUID]
 ) -> tuple[
@@ -266,31 +273,25 @@ def load_state(
         )
     )
     filled = func.coalesce(_filled_expr(), 0)
+    sign = case((order.side == OrderSide.BUY.value, 1), else_=-1)
+    gross = filled * func.coalesce(_avg_expr(), 0)
+    fees = func.coalesce(_fees_expr(), 0)
+    # net quantity per leg, and cash spent per investment: two grouped queries
     rows = conn.execute(
-        select(
-            run.investment_id,
-            Asset.symbol,
-            order.side,
-            func.sum(filled),
-            func.sum(filled * func.coalesce(_avg_expr(), 0)),
-            func.sum(func.coalesce(_fees_expr(), 0)),
-        )
+        select(run.investment_id, Asset.symbol, func.sum(sign * filled))
         .join(order, order.execution_run_id == run.id)
         .join(Asset, Asset.id == order.asset_id)
         .where(invest_filter)
-        .group_by(run.investment_id, Asset.symbol, order.side)
+        .group_by(run.investment_id, Asset.symbol)
     ).all()
-    positions: dict[tuple[uuid.UUID, str], Decimal] = defaultdict(Decimal)
-    spent: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
-    for inv, symbol, side, qty, gross, fees in rows:
-        qty, gross, fees = Decimal(str(qty or 0)), Decimal(str(gross or 0)), Decimal(str(fees or 0))
-        inv = uuid.UUID(str(inv))
-        if side == OrderSide.BUY.value:
-            positions[(inv, symbol)] += qty
-            spent[inv] += gross + fees
-        else:
-            positions[(inv, symbol)] -= qty
-            spent[inv] += fees - gross
+    positions = {(inv, symbol): _dec(qty) for inv, symbol, qty in rows}
+    spent_rows = conn.execute(
+        select(run.investment_id, func.sum(sign * gross + fees))
+        .join(order, order.execution_run_id == run.id)
+        .where(invest_filter)
+        .group_by(run.investment_id)
+    ).all()
+    spent = {inv: _dec(value) for inv, value in spent_rows}
     open_rows = conn.execute(
         select(run.investment_id, Asset.symbol, order.side, func.sum(order.quantity - filled))
         .join(order, order.execution_run_id == run.id)
@@ -300,11 +301,9 @@ def load_state(
     ).all()
     open_orders: dict[tuple[uuid.UUID, str], Decimal] = defaultdict(Decimal)
     for inv, symbol, side, remaining in open_rows:
-        remaining = Decimal(str(remaining or 0))
-        open_orders[(uuid.UUID(str(inv)), symbol)] += (
-            remaining if side == OrderSide.BUY.value else -remaining
-        )
-    return dict(positions), dict(open_orders), dict(spent)
+        remaining = _dec(remaining)
+        open_orders[(inv, symbol)] += remaining if side == OrderSide.BUY.value else -remaining
+    return positions, dict(open_orders), spent
 
 
 # --- quality gate -----------------------------------------------------------------------------
