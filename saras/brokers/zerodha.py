@@ -503,10 +503,12 @@ class ZerodhaBroker:
         on_fatal: Callable[[str], None] | None = None,
         rate_limiter: KiteRateLimiter | None = None,
         lookup_delays: Sequence[float] = (0.0, 1.0, 2.0),
+        confirm_placement: bool = True,
     ):
         self._config = config
         self._credentials = credentials
         self._timeout = timeout
+        self._confirm_placement = confirm_placement
         self._sleep = sleep
         self._clock = clock
         self._on_fatal = on_fatal
@@ -851,23 +853,33 @@ class ZerodhaBroker:
         )
 
     def _after_placement(self, spec: _Spec, order_id: str) -> BrokerOrder:
-        """Return the order as Kite now reports it, or PENDING if it cannot be read right now."""
+        """Return the order as Kite now reports it, or PENDING if it cannot be read right now.
+
+        With ``confirm_placement=False`` it is PENDING at once: Kite's 200 means "received", and
+        a caller that polls anyway (the executor) saves two reads per order, which is what lets
+        one account place near its 10 orders/s.
+        """
+        if not self._confirm_placement:
+            return self._pending(spec, order_id)
         try:
             order = self.get_order(order_id)
         except BrokerError as exc:  # the order exists: report it PENDING rather than lose its id
             log.warning("kite order %s placed but not readable yet: %s", order_id, exc)
-            return BrokerOrder(
-                broker_order_id=order_id,
-                client_order_id=spec.client_order_id,
-                symbol=spec.symbol,
-                side=spec.side,
-                quantity=Decimal(spec.quantity),
-                filled_quantity=Decimal("0"),
-                average_fill_price=None,
-                status=BrokerOrderStatus.PENDING,
-                submitted_at=self._clock().astimezone(UTC),
-            )
+            return self._pending(spec, order_id)
         return replace(order, client_order_id=spec.client_order_id)
+
+    def _pending(self, spec: _Spec, order_id: str) -> BrokerOrder:
+        return BrokerOrder(
+            broker_order_id=order_id,
+            client_order_id=spec.client_order_id,
+            symbol=spec.symbol,
+            side=spec.side,
+            quantity=Decimal(spec.quantity),
+            filled_quantity=Decimal("0"),
+            average_fill_price=None,
+            status=BrokerOrderStatus.PENDING,
+            submitted_at=self._clock().astimezone(UTC),
+        )
 
     # ------------------------------------------------------------------ reads and mapping
 

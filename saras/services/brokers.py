@@ -121,7 +121,8 @@ def open_broker(
         def on_fatal(message: str) -> None:
             mark_connection(engine, connection_id, ConnectionStatus.EXPIRED.value, message)
 
-        extras = {"on_fatal": on_fatal}
+        # the executor polls every order anyway: skip Kite's read-back after each placement
+        extras = {"on_fatal": on_fatal, "confirm_placement": not for_trading}
     extras.update(overrides)
     return create_broker(
         connection_config(connection), connection_credentials(connection, box), **extras

@@ -279,8 +279,13 @@ def test_insufficient_funds_rejections_are_recorded_once_and_not_retried(kite: P
 def test_token_expiry_mid_basket_stops_the_run_and_marks_the_connection(kite: Platform) -> None:
     p = kite
     run_id = p.plan()
+    # confirm each placement (read it back), so the first order is known filled when the
+    # token dies; without it the order would still be working and the run would stay open
+    # (test_token_expiry_while_an_order_works_keeps_the_run_resumable)
     outcome = p.execute(
-        run_id, checkpoint=Checkpoints().at("answer_recorded", 1, p.fake.expire_token)
+        run_id,
+        checkpoint=Checkpoints().at("answer_recorded", 1, p.fake.expire_token),
+        broker=p.broker(confirm_placement=True),
     )
     first, second, *rest = p.orders(run_id)
     assert p.connection().status == ConnectionStatus.EXPIRED.value
