@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from uuid_utils.compat import uuid7
 
 from models import PriceHistory
 from models.base import utcnow
+from saras.repositories import pgcopy
 
 PRICE_DECIMALS = 6
 VOLUME_DECIMALS = 4
@@ -73,6 +75,18 @@ def _copy_text(bars: pd.DataFrame, with_ids: bool) -> bytes:
     return buffer.getvalue().encode()
 
 
+def _copy(cursor: Any, statement: str, bars: pd.DataFrame) -> None:
+    """COPY bars with their new ids: binary when every value fits, else text."""
+    parts = pgcopy.binary_copy(bars)
+    if parts is None:
+        with cursor.copy(statement) as copy:
+            copy.write(_copy_text(bars, with_ids=True))
+        return
+    with cursor.copy(statement + pgcopy.BINARY) as copy:
+        for part in parts:
+            copy.write(part)
+
+
 def _has_overlap(conn: Connection, bars: pd.DataFrame) -> bool:
     asset_ids = [str(a) for a in pd.unique(bars["asset_id"])]
     row = conn.execute(
@@ -90,8 +104,7 @@ def _write_postgres(conn: Connection, bars: pd.DataFrame) -> dict[uuid.UUID, Wri
     columns = "id, asset_id, price_date, open_price, high_price, low_price, close_price, volume"
     if not _has_overlap(conn, bars):
         # Every key is new: straight into the table, no staging and no merge.
-        with cursor.copy(f"COPY price_history ({columns}) FROM STDIN") as copy:
-            copy.write(_copy_text(bars, with_ids=True))
+        _copy(cursor, f"COPY price_history ({columns}) FROM STDIN", bars)
         sizes = bars.groupby("asset_id", sort=False).size()
         return {uuid.UUID(str(a)): WriteCounts(inserted=int(n)) for a, n in sizes.items()}
 
@@ -100,8 +113,7 @@ def _write_postgres(conn: Connection, bars: pd.DataFrame) -> dict[uuid.UUID, Wri
         "(LIKE price_history INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
     cursor.execute("TRUNCATE stage_price_history")
-    with cursor.copy(f"COPY stage_price_history ({columns}) FROM STDIN") as copy:
-        copy.write(_copy_text(bars, with_ids=True))
+    _copy(cursor, f"COPY stage_price_history ({columns}) FROM STDIN", bars)
     changed = " OR ".join(f"p.{c} IS DISTINCT FROM EXCLUDED.{c}" for c in _VALUE_SQL)
     assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_SQL)
     cursor.execute(
