@@ -9,7 +9,10 @@ asset right after the order's fills). An investment's position in an asset is th
 * average price: ``position_average_price`` of its latest order in that asset with a fill (by
   ``filled_at``; an order without ``filled_at`` counts at its ``updated_at``).
 
-Order status is not consulted: a fill is a fill, whatever became of the rest of the order.
+Order status is not consulted: a fill is a fill, whatever became of the rest of the order. Two
+fills of one asset at the same instant resolve to the larger average price, on both backends.
+Metadata that cannot be read (``filled_quantity: "lots"``) fails the snapshot loudly
+(``LedgerError``, or PostgreSQL's cast error naming the value): the ledger is never guessed at.
 
 A snapshot of day D is the ledger *as of the end of D* (fills before D+1 00:00 UTC), so a re-run
 of a past day gives the same rows even after later trades. It is valued at the latest close on or
@@ -18,10 +21,12 @@ average price are still written). Rows are keyed (investment, asset, ``snapshot_
 00:00 UTC). A position whose quantity is zero is not snapshotted, and a row written earlier for
 that day (before the position was closed) is removed, so the day always matches the ledger.
 
-PostgreSQL: one statement computes the positions from the ledger, removes closed ones and upserts
-the rest with ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE (values) IS DISTINCT FROM``,
-so identical rows are never rewritten; ids are UUIDv7 made in SQL. SQLite: the same result computed
-in Python. Either way it runs in the caller's transaction.
+PostgreSQL: one statement computes the positions from the ledger, removes closed ones, drops the
+positions whose stored row already holds the same values, and inserts or updates the rest with
+``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE (values) IS DISTINCT FROM``; counts come
+from ``RETURNING (xmax = 0)``. An identical re-run writes (and locks) no row. Ids are UUIDv7 made
+in SQL. SQLite: the same result computed in Python. Either way it runs in the caller's
+transaction.
 """
 
 from __future__ import annotations
@@ -32,9 +37,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, and_, bindparam, delete, select, text, tuple_
+from sqlalchemy import (
+    Connection,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    true,
+    tuple_,
+)
 from uuid_utils.compat import uuid7
 
 from models import (
@@ -130,57 +146,48 @@ def fills_cutoff(day: date) -> datetime:
 def latest_closes(
     conn: Connection, day: date, asset_ids: Sequence[uuid.UUID] | None = None
 ) -> dict[uuid.UUID, AssetClose]:
-    """Return each asset's latest close on or before ``day`` (all assets when ids are None)."""
+    """Return each asset's latest close on or before ``day`` (every asset when ids are None)."""
+    if asset_ids is not None and not asset_ids:
+        return {}
     assets = Asset.__table__
     prices = PriceHistory.__table__
-    latest = (
-        select(prices.c.price_date, prices.c.close_price)
-        .where(prices.c.asset_id == assets.c.id, prices.c.price_date <= day)
-        .order_by(prices.c.price_date.desc())
-        .limit(1)
-        .lateral("latest")
-    )
-    query = select(
-        assets.c.id, assets.c.symbol, assets.c.exchange, latest.c.price_date, latest.c.close_price
-    ).outerjoin(latest, text("true"))
-    if asset_ids is not None:
-        if not asset_ids:
-            return {}
-        query = query.where(assets.c.id.in_(list(asset_ids)))
-    if conn.dialect.name != "postgresql":
-        return _latest_closes_portable(conn, day, asset_ids)
-    out = {}
-    for asset_id, symbol, exchange, price_date, close in conn.execute(query):
-        out[asset_id] = AssetClose(asset_id, symbol, exchange, close, price_date)
-    return out
-
-
-def _latest_closes_portable(
-    conn: Connection, day: date, asset_ids: Sequence[uuid.UUID] | None
-) -> dict[uuid.UUID, AssetClose]:
-    assets = Asset.__table__
-    prices = PriceHistory.__table__
-    latest = (
-        select(prices.c.asset_id, prices.c.price_date.label("day"))
-        .where(prices.c.price_date <= day)
-        .group_by(prices.c.asset_id)
-        .with_only_columns(prices.c.asset_id, text("max(price_date) AS day"))
-        .subquery()
-    )
-    query = (
-        select(
+    if conn.dialect.name == "postgresql":
+        # one backward index probe per asset on (asset_id, price_date)
+        latest = (
+            select(prices.c.price_date, prices.c.close_price)
+            .where(prices.c.asset_id == assets.c.id, prices.c.price_date <= day)
+            .order_by(prices.c.price_date.desc())
+            .limit(1)
+            .lateral("latest")
+        )
+        query = select(
             assets.c.id,
             assets.c.symbol,
             assets.c.exchange,
-            prices.c.price_date,
-            prices.c.close_price,
+            latest.c.price_date,
+            latest.c.close_price,
+        ).outerjoin(latest, true())
+    else:
+        last_day = (
+            select(prices.c.asset_id, func.max(prices.c.price_date).label("day"))
+            .where(prices.c.price_date <= day)
+            .group_by(prices.c.asset_id)
+            .subquery()
         )
-        .outerjoin(latest, latest.c.asset_id == assets.c.id)
-        .outerjoin(
-            prices,
-            and_(prices.c.asset_id == assets.c.id, prices.c.price_date == latest.c.day),
+        query = (
+            select(
+                assets.c.id,
+                assets.c.symbol,
+                assets.c.exchange,
+                prices.c.price_date,
+                prices.c.close_price,
+            )
+            .outerjoin(last_day, last_day.c.asset_id == assets.c.id)
+            .outerjoin(
+                prices,
+                and_(prices.c.asset_id == assets.c.id, prices.c.price_date == last_day.c.day),
+            )
         )
-    )
     if asset_ids is not None:
         query = query.where(assets.c.id.in_(list(asset_ids)))
     out = {}
@@ -214,9 +221,15 @@ _VALUE_COLUMNS = (
 
 
 def _snapshot_sql() -> str:
-    values = ", ".join(f"h.{c}" for c in _VALUE_COLUMNS)
+    values = ", ".join(f"s.{c}" for c in _VALUE_COLUMNS)
+    stored = ", ".join(f"h.{c}" for c in _VALUE_COLUMNS)
+    proposed = ", ".join(f"v.{c}" for c in _VALUE_COLUMNS)
     excluded = ", ".join(f"EXCLUDED.{c}" for c in _VALUE_COLUMNS)
     assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)
+    # The LATERAL ... LIMIT 1 probes make the plan an index lookup per position on the unique
+    # key (the table holds every earlier day too). Unchanged positions are dropped before the
+    # INSERT: ON CONFLICT would lock (and so dirty) every conflicting row even when its WHERE
+    # then declines the update. ON CONFLICT stays for a concurrent writer of the same day.
     return f"""
     WITH positions AS MATERIALIZED (
         SELECT i.id AS investment_id, o.asset_id, i.broker_connection_id,
@@ -233,29 +246,45 @@ def _snapshot_sql() -> str:
                        AS filled_at,
                    (o.order_metadata ->> 'position_average_price')::numeric AS average_price
         ) f
-        WHERE i.status = 'active' AND f.filled > 0 AND f.filled_at < :cutoff
+        WHERE i.status = :active AND f.filled > 0 AND f.filled_at < :cutoff
         GROUP BY i.id, o.asset_id
     ),
     closes AS (
         SELECT * FROM unnest(CAST(:asset_ids AS uuid[]), CAST(:closes AS numeric[]))
             AS c (asset_id, close_price)
     ),
+    valued AS (
+        SELECT p.investment_id, p.asset_id, p.broker_connection_id, p.quantity, p.average_price,
+               round(p.quantity * c.close_price, 4) AS market_value,
+               round((c.close_price - p.average_price) * p.quantity, 4) AS unrealized_pnl
+        FROM positions p LEFT JOIN closes c ON c.asset_id = p.asset_id
+        WHERE p.quantity <> 0
+    ),
     removed AS (
-        DELETE FROM user_smallcase_position_history h USING positions p
-        WHERE p.quantity = 0 AND h.investment_id = p.investment_id
-          AND h.asset_id = p.asset_id AND h.snapshot_date = :day
+        DELETE FROM user_smallcase_position_history h WHERE h.id IN (
+            SELECT s.id FROM positions p CROSS JOIN LATERAL (
+                SELECT s.id FROM user_smallcase_position_history s
+                WHERE s.investment_id = p.investment_id AND s.asset_id = p.asset_id
+                  AND s.snapshot_date = :day
+                LIMIT 1
+            ) s
+            WHERE p.quantity = 0
+        )
         RETURNING h.asset_id
     ),
     written AS (
         INSERT INTO user_smallcase_position_history AS h
             (id, investment_id, asset_id, {", ".join(_VALUE_COLUMNS)}, snapshot_date, created_at)
-        SELECT {UUIDV7_SQL}, p.investment_id, p.asset_id, p.broker_connection_id, p.quantity,
-               p.average_price, round(p.quantity * c.close_price, 4),
-               round((c.close_price - p.average_price) * p.quantity, 4), :day, now()
-        FROM positions p LEFT JOIN closes c ON c.asset_id = p.asset_id
-        WHERE p.quantity <> 0
+        SELECT {UUIDV7_SQL}, v.investment_id, v.asset_id, {proposed}, :day, now()
+        FROM valued v LEFT JOIN LATERAL (
+            SELECT true AS found, {values} FROM user_smallcase_position_history s
+            WHERE s.investment_id = v.investment_id AND s.asset_id = v.asset_id
+              AND s.snapshot_date = :day
+            LIMIT 1
+        ) s ON true
+        WHERE s.found IS NULL OR ({values}) IS DISTINCT FROM ({proposed})
         ON CONFLICT (investment_id, asset_id, snapshot_date) DO UPDATE SET {assignments}
-        WHERE ({values}) IS DISTINCT FROM ({excluded})
+        WHERE ({stored}) IS DISTINCT FROM ({excluded})
         RETURNING h.asset_id, (h.xmax = 0) AS inserted
     )
     SELECT asset_id, sum(positions), sum(inserted), sum(updated), sum(removed) FROM (
@@ -278,6 +307,7 @@ def _write_postgres(
     rows = conn.execute(
         text(_snapshot_sql()),
         {
+            "active": ACTIVE,
             "cutoff": fills_cutoff(day),
             "day": snapshot_timestamp(day),
             "asset_ids": [c.asset_id for c in priced],
@@ -299,7 +329,7 @@ def _write_postgres(
 def _write_portable(
     conn: Connection, day: date, closes: Mapping[uuid.UUID, AssetClose]
 ) -> SnapshotCounts:
-    table = UserSmallcasePositionHistory.__table__
+    table = cast(Table, UserSmallcasePositionHistory.__table__)
     stamp = snapshot_timestamp(day)
     positions = ledger_positions(conn, as_of=fills_cutoff(day))
     active = select(UserSmallcaseInvestment.id).where(UserSmallcaseInvestment.status == ACTIVE)
@@ -393,25 +423,34 @@ def _dec(value: Any, quantum: Decimal) -> Any:
     return _q(Decimal(str(value)), quantum)
 
 
-def _parse_decimal(value: Any) -> Decimal | None:
+class LedgerError(ValueError):
+    """An order's ledger metadata cannot be read (a bug in whoever wrote it): never guessed."""
+
+
+def _parse_decimal(value: Any, key: str, order_id: Any) -> Decimal | None:
     if value is None:
         return None
     try:
         number = Decimal(str(value))
     except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
+        number = Decimal("NaN")
+    if not number.is_finite():
+        raise LedgerError(f"order {order_id}: order_metadata.{key} {value!r} is not a number")
+    return number
 
 
-def _parse_instant(value: Any, fallback: datetime) -> datetime:
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            return fallback
-        if parsed.tzinfo is not None:
-            return parsed.astimezone(UTC)
-    return fallback
+def _parse_instant(value: Any, fallback: datetime, order_id: Any) -> datetime:
+    if value is None:
+        return fallback
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        raise LedgerError(
+            f"order {order_id}: order_metadata.filled_at {value!r} is not an aware ISO-8601 time"
+        )
+    return parsed.astimezone(UTC)
 
 
 def ledger_positions(
@@ -447,33 +486,38 @@ def ledger_positions(
     connection: dict[uuid.UUID, uuid.UUID] = {}
     for row in conn.execute(query):
         metadata = row.order_metadata or {}
-        filled = _parse_decimal(metadata.get("filled_quantity"))
+        filled = _parse_decimal(metadata.get("filled_quantity"), "filled_quantity", row.order_id)
         if filled is None or filled <= 0:
             continue
         updated_at = row.updated_at
         if updated_at.tzinfo is None:
             updated_at = updated_at.replace(tzinfo=UTC)
-        filled_at = _parse_instant(metadata.get("filled_at"), updated_at)
+        filled_at = _parse_instant(metadata.get("filled_at"), updated_at, row.order_id)
         if as_of is not None and filled_at >= as_of:
             continue
         key = (row.id, row.asset_id)
         connection[row.id] = row.broker_connection_id
         quantity[key] += -filled if row.side == OrderSide.SELL.value else filled
-        average = _parse_decimal(metadata.get("position_average_price"))
+        average = _parse_decimal(
+            metadata.get("position_average_price"), "position_average_price", row.order_id
+        )
         # Ties on filled_at keep the larger average, as the PostgreSQL path does.
         candidate = (filled_at, average)
         if key not in latest or _later(candidate, latest[key]):
             latest[key] = candidate
-    return [
-        LedgerPosition(
-            investment_id=key[0],
-            asset_id=key[1],
-            broker_connection_id=connection[key[0]],
-            quantity=_q(qty, QUANTITY_Q),
-            average_price=None if latest[key][1] is None else _q(latest[key][1], PRICE_Q),
+    out = []
+    for key in sorted(quantity, key=lambda k: (str(k[0]), str(k[1]))):
+        average = latest[key][1]
+        out.append(
+            LedgerPosition(
+                investment_id=key[0],
+                asset_id=key[1],
+                broker_connection_id=connection[key[0]],
+                quantity=_q(quantity[key], QUANTITY_Q),
+                average_price=None if average is None else _q(average, PRICE_Q),
+            )
         )
-        for key, qty in sorted(quantity.items(), key=lambda item: (str(item[0][0]), str(item[0][1])))
-    ]
+    return out
 
 
 def _later(a: tuple[datetime, Decimal | None], b: tuple[datetime, Decimal | None]) -> bool:
@@ -499,7 +543,7 @@ def connections_with_active_investments(conn: Connection) -> list[ConnectionInfo
             connections.c.alias,
             connections.c.broker_type,
             connections.c.status,
-            text("count(*)"),
+            func.count(),
         )
         .join(investments, investments.c.broker_connection_id == connections.c.id)
         .where(investments.c.status == ACTIVE)
@@ -531,6 +575,7 @@ def ledger_quantities_by_connection(
             runs.c.broker_connection_id,
             assets.c.symbol,
             orders.c.side,
+            orders.c.id,
             orders.c.order_metadata["filled_quantity"].as_string(),
         )
         .join(orders, orders.c.execution_run_id == runs.c.id)
@@ -538,8 +583,8 @@ def ledger_quantities_by_connection(
         .where(runs.c.broker_connection_id.in_(list(connection_ids)))
     )
     out: dict[uuid.UUID, dict[str, Decimal]] = {c: defaultdict(Decimal) for c in connection_ids}
-    for connection_id, symbol, side, filled_text in conn.execute(query):
-        filled = _parse_decimal(filled_text)
+    for connection_id, symbol, side, order_id, filled_text in conn.execute(query):
+        filled = _parse_decimal(filled_text, "filled_quantity", order_id)
         if filled is None or filled <= 0:
             continue
         out[connection_id][symbol] += -filled if side == OrderSide.SELL.value else filled
@@ -550,7 +595,7 @@ def count_active_investments(conn: Connection) -> int:
     """Return how many investments are active."""
     return int(
         conn.execute(
-            select(text("count(*)"))
+            select(func.count())
             .select_from(UserSmallcaseInvestment.__table__)
             .where(UserSmallcaseInvestment.__table__.c.status == ACTIVE)
         ).scalar_one()
@@ -561,6 +606,7 @@ __all__ = [
     "UUIDV7_SQL",
     "AssetClose",
     "ConnectionInfo",
+    "LedgerError",
     "LedgerPosition",
     "SnapshotCounts",
     "connections_with_active_investments",
