@@ -175,6 +175,32 @@ def assets_add(
         _print_rows([{"id": str(a.id), "symbol": a.symbol, "exchange": a.exchange}], as_json)
 
 
+@assets_app.command("import")
+def assets_import(
+    user: Annotated[str, typer.Argument(help="The user's e-mail or id.")],
+    alias: Annotated[str, typer.Argument(help="The connection whose broker lists the assets.")],
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", help="Only these symbols (repeatable).")
+    ] = None,
+    exchange: Annotated[
+        str | None, typer.Option(help="Only this exchange (NSE, BSE, ...).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create or refresh assets from a broker's own list (Alpaca assets, Kite instruments)."""
+    from saras.db import get_engine
+    from saras.repositories.connections import select_connection
+    from saras.services import admin
+    from saras.services.asset_master import import_assets, list_broker_assets
+    from saras.services.brokers import open_broker
+
+    with _session() as s:
+        connection = select_connection(s, admin.get_user(s, user).id, alias=alias)
+        broker = open_broker(get_engine(), connection)
+        counts = import_assets(s, list_broker_assets(broker, exchange), symbol)
+        _print_rows([vars(counts)], as_json)
+
+
 @assets_app.command("list")
 def assets_list(as_json: JsonOpt = False) -> None:
     """List assets."""

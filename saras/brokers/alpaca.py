@@ -44,7 +44,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -65,6 +65,7 @@ from pydantic import SecretStr
 
 from saras.brokers.base import (
     AccountInfo,
+    BrokerAsset,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -566,6 +567,35 @@ class AlpacaBroker:
                 request.quantity,
             )
         return found
+
+    def list_assets(self, exchange: str | None = None) -> Sequence[BrokerAsset]:
+        """Return Alpaca's active US equities, with whether each is fractionable."""
+        from alpaca.trading.enums import AssetClass, AssetStatus
+        from alpaca.trading.requests import GetAssetsRequest
+
+        request = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
+        rows = self._read("assets", lambda c: c.get_all_assets(request)) or []
+        out = []
+        for row in rows:
+            raw = row if isinstance(row, dict) else dict(row)
+            venue = str(raw.get("exchange") or "").upper()
+            if exchange and venue != exchange.upper():
+                continue
+            out.append(
+                BrokerAsset(
+                    symbol=str(raw["symbol"]).upper(),
+                    exchange=venue or "US",
+                    currency="USD",
+                    name=raw.get("name"),
+                    asset_type="equity",
+                    tradable=bool(raw.get("tradable", True)),
+                    metadata={
+                        "fractionable": bool(raw.get("fractionable", False)),
+                        "alpaca_asset_id": str(raw.get("id", "")),
+                    },
+                )
+            )
+        return out
 
     # ----------------------------------------------------------------- plumbing
 

@@ -155,6 +155,28 @@ class MarketClock:
     next_close: datetime | None = None
 
 
+@dataclass(frozen=True)
+class BrokerAsset:
+    """An instrument from a broker's own list (for the asset master)."""
+
+    symbol: str
+    exchange: str
+    currency: str
+    name: str | None = None
+    asset_type: str = "equity"
+    tradable: bool = True
+    metadata: dict[str, object] = field(default_factory=dict)  # fractionable, lot_size, ...
+
+
+@runtime_checkable
+class AssetLister(Protocol):
+    """A broker that can list its tradable instruments."""
+
+    def list_assets(self, exchange: str | None = None) -> Sequence[BrokerAsset]:
+        """Return the broker's instruments (on one exchange, when given)."""
+        ...
+
+
 @runtime_checkable
 class Broker(Protocol):
     """What the flows need from a broker account."""

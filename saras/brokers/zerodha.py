@@ -54,6 +54,7 @@ import urllib3.exceptions
 
 from saras.brokers.base import (
     AccountInfo,
+    BrokerAsset,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -880,6 +881,33 @@ class ZerodhaBroker:
             status=BrokerOrderStatus.PENDING,
             submitted_at=self._clock().astimezone(UTC),
         )
+
+    def list_assets(self, exchange: str | None = None) -> Sequence[BrokerAsset]:
+        """Return Kite's equity instruments (NSE and BSE) from the instruments dump."""
+        exchanges = [exchange.upper()] if exchange else ["NSE", "BSE"]
+        out = []
+        for venue in exchanges:
+            rows = self._read("instruments", lambda k, v=venue: k.instruments(v)) or []
+            for row in rows:
+                if str(row.get("instrument_type", "EQ")) != "EQ" or str(row.get("segment")) not in {
+                    venue,
+                    "",
+                }:
+                    continue
+                out.append(
+                    BrokerAsset(
+                        symbol=str(row["tradingsymbol"]).upper(),
+                        exchange=venue,
+                        currency="INR",
+                        name=row.get("name") or None,
+                        metadata={
+                            "instrument_token": int(row["instrument_token"]),
+                            "lot_size": int(row.get("lot_size") or 1),
+                            "tick_size": str(_decimal(row.get("tick_size")) or "0.05"),
+                        },
+                    )
+                )
+        return out
 
     # ------------------------------------------------------------------ reads and mapping
 
