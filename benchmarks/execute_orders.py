@@ -367,10 +367,10 @@ def add_account(platform: Platform, fake: FakeAlpaca, runs: int, orders_per_run:
             amounts={inv: AMOUNT},
             check_brokers=False,
         )
-        if len(plan.runs) != 1 or len(plan.runs[0].order_ids) != orders_per_run:
+        if len(plan.runs) != 1 or plan.runs[0].order_count != orders_per_run:
             raise RuntimeError(
                 f"expected one run of {orders_per_run} orders for investment {inv}: "
-                f"{[len(r.order_ids) for r in plan.runs]}, skipped {plan.skipped}"
+                f"{[r.order_count for r in plan.runs]}, skipped {plan.skipped}"
             )
         with engine.begin() as conn:
             write_plan(conn, plan, writes, status=RunStatus.APPROVED)
