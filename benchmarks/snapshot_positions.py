@@ -544,6 +544,16 @@ def rows_written_since(engine: Engine, xid: int) -> int:
         )
 
 
+def rows_locked(engine: Engine) -> int:
+    """Count position-history rows carrying a locker or deleter (ON CONFLICT locks the rows)."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                text(f"SELECT count(*) FROM {HISTORY} WHERE xmax <> CAST('0' AS xid)")
+            ).scalar_one()
+        )
+
+
 def fmt_cpu(cpu: float | None) -> str:
     """Describe server CPU seconds."""
     return "server CPU unknown" if cpu is None else f"{cpu:.2f} CPU-s in PostgreSQL"
@@ -669,17 +679,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             rerun = repo.write_snapshot(conn, SNAPSHOT_DATE)
         rerun_wall = time.perf_counter() - began
         rewritten = rows_written_since(engine, xid)
+        locked = rows_locked(engine)
         size_after = table_size(engine)
         rerun_ok = (
-            rerun.inserted == rerun.updated == rerun.removed == rewritten == 0
+            rerun.inserted == rerun.updated == rerun.removed == rewritten == locked == 0
             and rerun.unchanged == expected
             and size_after == size_before
         )
         out(
             f"re-run    {rerun.inserted + rerun.updated:>11,} rows  {rerun_wall:8.2f} s  "
             f"({rerun.inserted} inserted, {rerun.updated} updated, {rerun.unchanged:,} "
-            f"unchanged; {rewritten} row versions written; table {size_after - size_before:+,} "
-            f"bytes; target 0)  {verdict(rerun_ok)}"
+            f"unchanged; {rewritten} row versions written, {locked} locked; table "
+            f"{size_after - size_before:+,} bytes; target 0)  {verdict(rerun_ok)}"
         )
         if not rerun_ok:
             problems.append("the identical re-run wrote rows or grew the table")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 
@@ -74,8 +79,11 @@ def _reconcile_results(
     """Collect batch results; retry alone, with Prefect's retries, what answered retryably."""
     results: list[ConnectionResult] = []
     retries: list[tuple[ConnectionRef, PrefectFuture[ConnectionResult]]] = []
-    for group, future in zip(groups, futures, strict=True):
+    progress = create_progress_artifact(0.0, description="Reconciliation: connection batches done")
+    assert isinstance(progress, uuid.UUID)  # the sync API in a sync flow
+    for done, (group, future) in enumerate(zip(groups, futures, strict=True), start=1):
         future.wait()
+        update_progress_artifact(progress, 100.0 * done / len(groups))
         if not future.state.is_completed():
             message = str(future.state.message or "the reconciliation batch failed")
             results.extend(failed_result(ref, message) for ref in group)
@@ -184,7 +192,8 @@ def _finish(
     summary = (
         f"{totals['positions']} positions of {totals['investments']} active investments on {day}"
         f" ({totals['inserted']} inserted, {totals['updated']} updated, "
-        f"{totals['unchanged']} unchanged); {len(results)} connections reconciled"
+        f"{totals['unchanged']} unchanged, {totals['removed']} removed); "
+        f"{len(results)} connections reconciled"
     )
     return Completed(message=f"{summary}; {message}" if message else summary, data=data)
 

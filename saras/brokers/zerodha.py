@@ -126,7 +126,7 @@ class SlidingWindowLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        margin: float = 0.1,
+        margin: float = 0.05,
     ):
         self._limits = [(int(n), float(w) + margin) for n, w in limits]
         if any(n <= 0 for n, _ in self._limits):
@@ -167,7 +167,7 @@ class KiteRateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        margin: float = 0.1,
+        margin: float = 0.05,
     ) -> KiteRateLimiter:
         """Build the limiter pair with Kite's published limits."""
         return cls(

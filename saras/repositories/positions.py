@@ -226,12 +226,12 @@ def _snapshot_sql() -> str:
     proposed = ", ".join(f"v.{c}" for c in _VALUE_COLUMNS)
     excluded = ", ".join(f"EXCLUDED.{c}" for c in _VALUE_COLUMNS)
     assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)
-    # The LATERAL ... LIMIT 1 probes make the plan an index lookup per position on the unique
-    # key (the table holds every earlier day too). Unchanged positions are dropped before the
-    # INSERT: ON CONFLICT would lock (and so dirty) every conflicting row even when its WHERE
-    # then declines the update. ON CONFLICT stays for a concurrent writer of the same day.
+    # ``joined`` pairs every position (zero ones too) with the day's stored row, once. Unchanged
+    # positions are dropped before the INSERT: ON CONFLICT would lock (and so dirty) every
+    # conflicting row even when its WHERE then declines the update. ON CONFLICT stays for a
+    # concurrent writer of the same day.
     return f"""
-    WITH positions AS MATERIALIZED (
+    WITH positions AS (
         SELECT i.id AS investment_id, o.asset_id, i.broker_connection_id,
                round(sum(CASE WHEN o.side = 'sell' THEN -f.filled ELSE f.filled END), 9)
                    AS quantity,
@@ -253,43 +253,39 @@ def _snapshot_sql() -> str:
         SELECT * FROM unnest(CAST(:asset_ids AS uuid[]), CAST(:closes AS numeric[]))
             AS c (asset_id, close_price)
     ),
-    valued AS (
-        SELECT p.investment_id, p.asset_id, p.broker_connection_id, p.quantity, p.average_price,
-               round(p.quantity * c.close_price, 4) AS market_value,
-               round((c.close_price - p.average_price) * p.quantity, 4) AS unrealized_pnl
-        FROM positions p LEFT JOIN closes c ON c.asset_id = p.asset_id
-        WHERE p.quantity <> 0
+    joined AS MATERIALIZED (
+        SELECT v.*, s.id AS stored_id,
+               s.id IS NOT NULL AND ({values}) IS NOT DISTINCT FROM ({proposed}) AS same
+        FROM (
+            SELECT p.investment_id, p.asset_id, p.broker_connection_id, p.quantity,
+                   p.average_price, round(p.quantity * c.close_price, 4) AS market_value,
+                   round((c.close_price - p.average_price) * p.quantity, 4) AS unrealized_pnl
+            FROM positions p LEFT JOIN closes c ON c.asset_id = p.asset_id
+        ) v
+        LEFT JOIN user_smallcase_position_history s
+            ON s.investment_id = v.investment_id AND s.asset_id = v.asset_id
+           AND s.snapshot_date = :day
     ),
     removed AS (
-        DELETE FROM user_smallcase_position_history h WHERE h.id IN (
-            SELECT s.id FROM positions p CROSS JOIN LATERAL (
-                SELECT s.id FROM user_smallcase_position_history s
-                WHERE s.investment_id = p.investment_id AND s.asset_id = p.asset_id
-                  AND s.snapshot_date = :day
-                LIMIT 1
-            ) s
-            WHERE p.quantity = 0
-        )
+        DELETE FROM user_smallcase_position_history h
+        WHERE h.id = ANY(ARRAY(
+            SELECT stored_id FROM joined WHERE quantity = 0 AND stored_id IS NOT NULL
+        ))
         RETURNING h.asset_id
     ),
     written AS (
         INSERT INTO user_smallcase_position_history AS h
             (id, investment_id, asset_id, {", ".join(_VALUE_COLUMNS)}, snapshot_date, created_at)
         SELECT {UUIDV7_SQL}, v.investment_id, v.asset_id, {proposed}, :day, now()
-        FROM valued v LEFT JOIN LATERAL (
-            SELECT true AS found, {values} FROM user_smallcase_position_history s
-            WHERE s.investment_id = v.investment_id AND s.asset_id = v.asset_id
-              AND s.snapshot_date = :day
-            LIMIT 1
-        ) s ON true
-        WHERE s.found IS NULL OR ({values}) IS DISTINCT FROM ({proposed})
+        FROM joined v
+        WHERE v.quantity <> 0 AND NOT v.same
         ON CONFLICT (investment_id, asset_id, snapshot_date) DO UPDATE SET {assignments}
         WHERE ({stored}) IS DISTINCT FROM ({excluded})
         RETURNING h.asset_id, (h.xmax = 0) AS inserted
     )
     SELECT asset_id, sum(positions), sum(inserted), sum(updated), sum(removed) FROM (
         SELECT asset_id, count(*) AS positions, 0 AS inserted, 0 AS updated, 0 AS removed
-        FROM positions WHERE quantity <> 0 GROUP BY asset_id
+        FROM joined WHERE quantity <> 0 GROUP BY asset_id
         UNION ALL
         SELECT asset_id, 0, count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted),
                0
@@ -304,6 +300,12 @@ def _write_postgres(
     conn: Connection, day: date, closes: Mapping[uuid.UUID, AssetClose]
 ) -> SnapshotCounts:
     priced = [c for c in closes.values() if c.close is not None]
+    # No nested loops for this one statement: the history table's statistics are often stale
+    # (empty before the first snapshot, a day behind after it), and a nested loop over a
+    # table the planner believes empty rescans it once per position (quadratic). Hash and merge
+    # joins stay linear whatever the estimates. Restored at once; a failure rolls it back.
+    previous = conn.execute(text("SELECT current_setting('enable_nestloop')")).scalar_one()
+    conn.execute(text("SELECT set_config('enable_nestloop', 'off', true)"))
     rows = conn.execute(
         text(_snapshot_sql()),
         {
@@ -314,6 +316,7 @@ def _write_postgres(
             "closes": [c.close for c in priced],
         },
     ).all()
+    conn.execute(text("SELECT set_config('enable_nestloop', :v, true)"), {"v": previous})
     counts = SnapshotCounts(day)
     for asset_id, positions, inserted, updated, removed in rows:
         counts.positions += int(positions)
