@@ -27,10 +27,17 @@ def main() -> None:
     for spec in config["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / spec["entrypoint"]))
         schedules = [
-            Cron(s["cron"], timezone=s["timezone"], slug=s["slug"], parameters=s.get("parameters") or {})
+            Cron(
+                s["cron"],
+                timezone=s["timezone"],
+                slug=s["slug"],
+                parameters=s.get("parameters") or {},
+            )
             for s in spec.get("schedules") or []
         ]
-        deployments.append(flow.to_deployment(name=spec["name"], schedules=schedules, tags=spec.get("tags")))
+        deployments.append(
+            flow.to_deployment(name=spec["name"], schedules=schedules, tags=spec.get("tags"))
+        )
     serve(*deployments)
 
 

@@ -172,13 +172,13 @@ def investment_position(
         )
     ).all()
     quantity = Decimal(0)
-    latest: tuple[str, Decimal] | None = None
+    latest: tuple[datetime, Decimal] | None = None
     for side, metadata in orders:
         metadata = metadata or {}
         filled = Decimal(str(metadata.get("filled_quantity", "0")))
         quantity += filled if side == OrderSide.BUY.value else -filled
         if "position_average_price" in metadata and metadata.get("filled_at"):
-            stamp = str(metadata["filled_at"])
+            stamp = datetime.fromisoformat(str(metadata["filled_at"]))  # compared as instants
             if latest is None or stamp > latest[0]:
                 latest = (stamp, Decimal(str(metadata["position_average_price"])))
     return quantity, (latest[1] if latest else None)

@@ -379,7 +379,9 @@ def test_client_side_limiter_reaches_90_percent_with_zero_429(clock: FakeClock) 
 
 def test_fake_enforces_its_rolling_minute(clock: FakeClock) -> None:
     with FakeAlpaca(clock=clock, rate_limit_per_minute=5) as fake:
-        broker = timed_broker(fake, clock, rate_limiter=AlpacaRateLimiter(10_000, burst=10, clock=clock))
+        broker = timed_broker(
+            fake, clock, rate_limiter=AlpacaRateLimiter(10_000, burst=10, clock=clock)
+        )
         broker.rate_limiter.observe = lambda headers: None  # type: ignore[method-assign]
         for _ in range(5):
             broker.get_clock()
