@@ -77,7 +77,7 @@ def test_execute_orders_benchmark_smoke(pg_server: PostgresServer) -> None:
     kite = _line(out, r"^kite 1\s+\d+ orders in [\d.]+ s = ([\d.]+) orders/s -> ([\d.]+) of 10/s")
     assert float(kite.group(1)) > 0
     assert re.search(r"^\s+requests: \d+ order POSTs .* 429s 0 \(target 0\)\s+PASS$", out, re.M)
-    _line(out, r"^kite what-if\s+\d+ orders in [\d.]+ s = [\d.]+ orders/s")
+    _line(out, r"^kite read-back\s+\d+ orders in [\d.]+ s = [\d.]+ orders/s")
     # many connections: every C executed every order, the speedup is reported against C=1
     _line(out, r"^C=1\s+12/12 orders on 3 connections in\s+[\d.]+ s = .* speedup\s+1\.00 ")
     _line(out, r"^C=3\s+12/12 orders on 3 connections in\s+[\d.]+ s = .* speedup\s+\d+\.\d\d ")
