@@ -54,7 +54,7 @@ from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -66,14 +66,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere in the clone
 
 from models import (  # noqa: E402
     Smallcase,
-    SmallcaseExecutionOrder,
-    SmallcaseExecutionRun,
 )
 from models.base import utcnow  # noqa: E402
 from saras import migrations  # noqa: E402
 from saras.db import make_engine  # noqa: E402
 from saras.domain.enums import (  # noqa: E402
-    UNFINISHED_RUN_STATUSES,
     OrderStatus,
     RunStatus,
     RunType,
@@ -502,41 +499,6 @@ def build(engine: Engine, investments: int, constituents: int, seed: int = 11) -
 # --- ours -------------------------------------------------------------------------------------
 
 
-def chunked_supersede_unfinished(conn: Connection, investment_ids: Sequence[uuid.UUID]) -> int:
-    """The proposed fix of ``supersede_unfinished``: the same two updates, 10,000 ids at a time.
-
-    As shipped, the function binds every investment id as its own parameter, which PostgreSQL
-    refuses beyond 65,535 parameters per statement (and SQLite beyond 32,766).
-    """
-    waiting = [s.value for s in UNFINISHED_RUN_STATUSES if s is not RunStatus.EXECUTING]
-    ids = list(investment_ids)
-    cancelled = 0
-    for lo in range(0, len(ids), 10_000):
-        part = ids[lo : lo + 10_000]
-        stale = select(SmallcaseExecutionRun.id).where(
-            SmallcaseExecutionRun.investment_id.in_(part),
-            SmallcaseExecutionRun.status.in_(waiting),
-        )
-        conn.execute(
-            update(SmallcaseExecutionOrder)
-            .where(
-                SmallcaseExecutionOrder.execution_run_id.in_(stale),
-                SmallcaseExecutionOrder.status == OrderStatus.PLANNED.value,
-            )
-            .values(status=OrderStatus.CANCELLED.value)
-        )
-        result = conn.execute(
-            update(SmallcaseExecutionRun)
-            .where(
-                SmallcaseExecutionRun.investment_id.in_(part),
-                SmallcaseExecutionRun.status.in_(waiting),
-            )
-            .values(status=RunStatus.CANCELLED.value, completed_at=utcnow())
-        )
-        cancelled += int(result.rowcount or 0)
-    return cancelled
-
-
 @dataclass
 class Ours:
     """What the timed plan + write did."""
@@ -545,8 +507,6 @@ class Ours:
     writes: dict[str, Any]
     plan_seconds: float
     write_seconds: float
-    failure: str | None = None  # write_plan's error as shipped, when it raised
-    patched: bool = False  # timed again with the proposed supersede fix
 
     @property
     def seconds(self) -> float:
@@ -554,51 +514,18 @@ class Ours:
         return self.plan_seconds + self.write_seconds
 
 
-def run_ours(engine: Engine, smallcase_id: str, phases: Phases | None, patch: bool) -> Ours:
+def run_ours(engine: Engine, smallcase_id: str, phases: Phases | None) -> Ours:
     """Plan and write like the ``plan_runs`` task (approved, no approval step); time it."""
-    plan: service.SmallcasePlan | None = None
-    writes: dict[str, Any] = {}
-    plan_seconds = 0.0
     with instrumented(phases):
         began = time.perf_counter()
-        try:
-            with Session(engine) as session, session.begin():
-                sc = session.get_one(Smallcase, uuid.UUID(smallcase_id))
-                plan, writes = service.plan_smallcase(
-                    engine, sc, run_type=RunType.REBALANCE, check_brokers=False
-                )
-                write_began = time.perf_counter()
-                plan_seconds = write_began - began
-                service.write_plan(session.connection(), plan, writes, status=RunStatus.APPROVED)
-            return Ours(plan, writes, plan_seconds, time.perf_counter() - write_began)
-        except DBAPIError as exc:
-            if plan is None or not patch:
-                raise
-            failure = f"{type(exc.orig).__name__}: {str(exc.orig).splitlines()[0]}"
-            failed_after = time.perf_counter() - write_began
-    # the shipped write failed (and rolled back): time the write again with the proposed fix
-    out(
-        f"note: write_plan failed as shipped after {failed_after:.1f} s ({failure}); "
-        "timing it again with the proposed fix of supersede_unfinished (benchmark-local)"
-    )
-    if phases is not None:
-        for name in (
-            "supersede",
-            "COPY smallcase_execution_runs",
-            "COPY smallcase_execution_orders",
-        ):
-            phases.seconds.pop(name, None)
-    shipped = service.supersede_unfinished
-    service.supersede_unfinished = chunked_supersede_unfinished
-    try:
-        with instrumented(phases):
-            began = time.perf_counter()
-            with engine.begin() as conn:
-                service.write_plan(conn, plan, writes, status=RunStatus.APPROVED)
-            write_seconds = time.perf_counter() - began
-    finally:
-        service.supersede_unfinished = shipped
-    return Ours(plan, writes, plan_seconds, write_seconds, failure, patched=True)
+        with Session(engine) as session, session.begin():
+            sc = session.get_one(Smallcase, uuid.UUID(smallcase_id))
+            plan, writes = service.plan_smallcase(
+                engine, sc, run_type=RunType.REBALANCE, check_brokers=False
+            )
+            write_began = time.perf_counter()
+            service.write_plan(session.connection(), plan, writes, status=RunStatus.APPROVED)
+        return Ours(plan, writes, write_began - began, time.perf_counter() - write_began)
 
 
 def written_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
@@ -779,11 +706,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-breakdown", action="store_true", help="do not time the service's steps")
     p.add_argument("--no-verify", action="store_true", help="skip the row-by-row comparison")
-    p.add_argument(
-        "--no-patch",
-        action="store_true",
-        help="when write_plan fails as shipped, stop instead of timing the fix",
-    )
     p.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
     args = p.parse_args(argv)
     if args.smoke:
@@ -828,12 +750,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # (a) ours
         checkpoint(engine)
-        ours = run_ours(engine, built.smallcase_id, phases, patch=not args.no_patch)
+        ours = run_ours(engine, built.smallcase_id, phases)
         ours_rss = peak_rss_mib()
         plan = ours.plan
         runs, written = written_orders(engine, built.smallcase_id)
-        if ours.failure:
-            problems.append(f"write_plan as shipped: {ours.failure}")
         if plan.order_count != expected or written != expected:
             problems.append(
                 f"planned {plan.order_count:,} and wrote {written:,} orders, expected "
@@ -862,7 +782,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio = ours.seconds / raw_s if raw_s else float("inf")
 
         out()
-        label = "ours*" if ours.patched else "ours"
+        label = "ours"
         rate = written / ours.seconds if ours.seconds else 0.0
         out(
             f"{label:<10} {fmt_int(written):>11} orders {fmt_int(runs):>9} runs  "
@@ -870,11 +790,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"(plan_smallcase {ours.plan_seconds:.2f} s + write_plan/commit "
             f"{ours.write_seconds:.2f} s)"
         )
-        if ours.patched:
-            out(
-                "           * write_plan failed as shipped; timed with the proposed "
-                "supersede_unfinished fix (see FAILED below)"
-            )
         if phases is not None:
             plan_parts = [
                 "load investments",
@@ -887,16 +802,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in plan_parts)
             other = ours.plan_seconds - sum(phases.get(k) for k in plan_parts)
             out(f"           plan  : {shown}, other (state matrices, grouping) {other:.2f} s")
-            write_parts = [
-                "supersede",
-                "COPY smallcase_execution_runs",
-                "COPY smallcase_execution_orders",
-            ]
+            write_parts = ["supersede", "COPY smallcase_execution_runs"]
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in write_parts)
             other = ours.write_seconds - sum(phases.get(k) for k in write_parts)
             out(
-                f"           write : {shown} (COPY = text + send), row tuples + commit "
-                f"{other:.2f} s"
+                f"           write : {shown} (COPY = text + send), order rows + their COPY "
+                f"+ commit {other:.2f} s"
             )
         raw_rate = raw_rows / raw_s if raw_s else 0.0
         out(
