@@ -57,7 +57,7 @@ from saras.domain.rebalance import (
 )
 from saras.errors import InvalidInputError
 from saras.marketdata import calendars
-from saras.repositories.execution import current_orders_hash
+from saras.repositories.execution import current_orders_hash, orders_hash, qty_text
 from saras.services import admin
 from saras.services.brokers import mark_connection, open_broker
 
@@ -870,11 +870,22 @@ def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequen
 
 
 def recompute_plan_hash(engine: Engine, run_ids: Sequence[uuid.UUID]) -> str:
-    """Recompute a plan's hash from the orders as they are in the database now."""
-    overall = hashlib.sha256()
+    """Recompute a plan's hash from the orders as they are in the database now (set-based)."""
+    per_run: dict[uuid.UUID, list[tuple[str, str, str, str]]] = defaultdict(list)
+    order = SmallcaseExecutionOrder
+    ids = [uuid.UUID(str(r)) for r in run_ids]
     with engine.connect() as conn:
-        for run_id in run_ids:
-            overall.update(current_orders_hash(conn, run_id).encode())
+        for lo in range(0, len(ids), ID_CHUNK):
+            rows = conn.execute(
+                select(order.execution_run_id, order.id, Asset.symbol, order.side, order.quantity)
+                .join(Asset, Asset.id == order.asset_id)
+                .where(order.execution_run_id.in_(ids[lo : lo + ID_CHUNK]))
+            )
+            for run_id, order_id, symbol, side, quantity in rows:
+                per_run[run_id].append((str(order_id), symbol, side, qty_text(_dec(quantity))))
+    overall = hashlib.sha256()
+    for run_id in ids:
+        overall.update(orders_hash(run_id, per_run.get(run_id, [])).encode())
     return overall.hexdigest()
 
 
