@@ -15,7 +15,7 @@ from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, select, update
 from uuid_utils.compat import uuid7
 
 from models import (
@@ -25,7 +25,6 @@ from models import (
     SmallcaseExecutionOrder,
     SmallcaseExecutionRun,
     TradingTransaction,
-    UserSmallcaseInvestment,
 )
 from saras.brokers.base import BrokerOrder
 from saras.domain.enums import OrderSide, OrderStatus
@@ -316,42 +315,6 @@ def _move_holding(
         update(PortfolioHolding)
         .where(PortfolioHolding.id == holding.id)
         .values(quantity=new_quantity, average_price=new_average, updated_at=now)
-    )
-
-
-def investment_cash(conn: Connection, investment_id: uuid.UUID) -> Decimal:
-    """Return an investment's uninvested cash: its amount, less buys, plus sells, less fees."""
-    amount = conn.execute(
-        select(UserSmallcaseInvestment.investment_amount).where(
-            UserSmallcaseInvestment.id == investment_id
-        )
-    ).scalar_one()
-    cash = Decimal(str(amount))
-    rows = conn.execute(
-        select(SmallcaseExecutionOrder.side, SmallcaseExecutionOrder.order_metadata)
-        .join(
-            SmallcaseExecutionRun,
-            SmallcaseExecutionRun.id == SmallcaseExecutionOrder.execution_run_id,
-        )
-        .where(SmallcaseExecutionRun.investment_id == investment_id)
-    ).all()
-    for side, metadata in rows:
-        metadata = metadata or {}
-        qty = Decimal(str(metadata.get("filled_quantity", "0")))
-        if not qty:
-            continue
-        gross = qty * Decimal(str(metadata.get("average_fill_price", "0")))
-        fees = Decimal(str(metadata.get("fees", "0")))
-        cash += (-gross if side == OrderSide.BUY.value else gross) - fees
-    return cash.quantize(MONEY_Q)
-
-
-def count_orders(conn: Connection, run_id: uuid.UUID) -> int:
-    """Count a run's orders."""
-    return int(
-        conn.execute(
-            select(func.count()).where(SmallcaseExecutionOrder.execution_run_id == run_id)
-        ).scalar_one()
     )
 
 

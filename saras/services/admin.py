@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import (
@@ -270,8 +270,3 @@ def get_smallcase(session: Session, name_or_id: str) -> Smallcase:
     if smallcase is None:
         raise NotFoundError(f"no smallcase {name_or_id!r}")
     return smallcase
-
-
-def count_rows(session: Session, model: type[Any]) -> int:
-    """Count the rows of a table."""
-    return int(session.scalar(select(func.count()).select_from(model)) or 0)

@@ -933,8 +933,3 @@ def decide_runs(
             )
             changed += 1
     return changed
-
-
-def investments_by_smallcase_name(session: Session, name_or_id: str) -> Smallcase:
-    """Find a smallcase by name or id (a clear error when there is none)."""
-    return admin.get_smallcase(session, name_or_id)
