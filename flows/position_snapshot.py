@@ -24,6 +24,7 @@ from saras.services.snapshots import (
     default_snapshot_date,
     failed_result,
 )
+from tasks import concurrent_writes
 from tasks.common import record_audit
 from tasks.snapshots import (
     plan_reconciliation,
@@ -52,15 +53,18 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
     day = snapshot_date or default_snapshot_date(now)
 
     snapshot = write_position_snapshot.submit(day, now)
+    if not concurrent_writes():
+        snapshot.wait()
     refs = plan_reconciliation()
     groups = batches(refs, batch_size or RECONCILE_BATCH_SIZE)
     logger.info(
         "snapshot of %s; reconciling %d connections in %d batches", day, len(refs), len(groups)
     )
-    futures = [
-        reconcile_connections.submit(group, f"{i + 1}-of-{len(groups)}")
-        for i, group in enumerate(groups)
-    ]
+    futures = []
+    for i, group in enumerate(groups):
+        futures.append(reconcile_connections.submit(group, f"{i + 1}-of-{len(groups)}"))
+        if not concurrent_writes():
+            futures[-1].wait()
     results = _reconcile_results(groups, futures)
 
     snapshot.wait()

@@ -16,6 +16,7 @@ from prefect.states import Completed, Failed, State
 
 from saras.services.prices import SymbolReport, batches, fail_batch, summarize
 from saras.settings import get_settings
+from tasks import concurrent_writes
 from tasks.common import record_audit
 from tasks.prices import ingest_price_batch, plan_price_ingestion, revalue_portfolios
 
@@ -43,10 +44,12 @@ def ingest_price_history(
     groups = batches(items, batch_size or get_settings().ingestion_batch_size)
     logger.info("ingesting %d symbols in %d batches", len(items), len(groups))
     progress = create_progress_artifact(0.0, description="Price ingestion: batches done")
-    futures = [
-        ingest_price_batch.submit(group, now, source_options, f"{group[0].source}-{i + 1}")
-        for i, group in enumerate(groups)
-    ]
+    futures = []
+    for i, group in enumerate(groups):
+        label = f"{group[0].source}-{i + 1}"
+        futures.append(ingest_price_batch.submit(group, now, source_options, label))
+        if not concurrent_writes():
+            futures[-1].wait()
     for done, (group, future) in enumerate(zip(groups, futures, strict=True), start=1):
         future.wait()
         if future.state.is_completed():

@@ -17,3 +17,15 @@ def retry_when(predicate: Callable[[BaseException], bool]) -> Callable[[Any, Any
         return False
 
     return condition
+
+
+def concurrent_writes() -> bool:
+    """Tell whether tasks may write to the database at the same time.
+
+    PostgreSQL: yes. The embedded SQLite database has one writer at a time, and a transaction
+    that read before another committed cannot then write (SQLITE_BUSY_SNAPSHOT), so flows run
+    their writing tasks one after another there.
+    """
+    from saras.db import get_engine, is_postgres
+
+    return is_postgres(get_engine())

@@ -17,6 +17,7 @@ from prefect.input import RunInput
 from prefect.states import Completed, Failed, State
 
 from saras.domain.orders import RunEvent
+from tasks import concurrent_writes
 from tasks.common import record_audit
 from tasks.execution import execute_connection_runs
 from tasks.prices import revalue_portfolios
@@ -96,10 +97,12 @@ def execute_planned(
     for i, (connection, runs) in enumerate(sorted(outcome["runs_by_connection"].items())):
         groups[i % MAX_EXECUTION_TASKS][connection] = runs
     groups = [g for g in groups if g]
-    futures = [
-        execute_connection_runs.submit(group, f"{i + 1}-of-{len(groups)}", execution)
-        for i, group in enumerate(groups)
-    ]
+    futures = []
+    for i, group in enumerate(groups):
+        label = f"{i + 1}-of-{len(groups)}"
+        futures.append(execute_connection_runs.submit(group, label, execution))
+        if not concurrent_writes():
+            futures[-1].wait()
     results: list[dict[str, Any]] = []
     for future in futures:
         results.extend(future.result())
