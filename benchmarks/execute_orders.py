@@ -57,7 +57,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from uuid_utils.compat import uuid7
@@ -65,6 +65,8 @@ from uuid_utils.compat import uuid7
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere in the clone
     sys.path.insert(0, str(ROOT))
+
+import throwaway  # noqa: E402 - benchmarks/throwaway.py, beside this script
 
 from models import (  # noqa: E402
     Asset,
@@ -77,7 +79,6 @@ from models import (  # noqa: E402
     UserSmallcaseInvestment,
 )
 from models.base import utcnow  # noqa: E402
-from saras import migrations  # noqa: E402
 from saras.brokers.alpaca import AlpacaBroker, AlpacaRateLimiter  # noqa: E402
 from saras.brokers.base import (  # noqa: E402
     BrokerCredentials,
@@ -172,12 +173,7 @@ class Database:
         saras_db._engine_for.cache_clear()
         if self.admin_url is None:
             return
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        throwaway.drop_database(self.admin_url, self.name)
 
 
 _engines: list[Engine] = []
@@ -187,25 +183,8 @@ def open_database(database_url: str | None, admin_url: str) -> Database:
     """Use ``database_url`` as is, or create and migrate a throwaway database on ``admin_url``."""
     if database_url:
         return Database(database_url, None, make_url(database_url).database or "")
-    name = f"saras_bench_{os.getpid()}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    db = Database(url, admin_url, name)
-    engine = make_engine(url)
-    try:
-        migrations.upgrade("head", engine)
-    except BaseException:
-        engine.dispose()
-        db.close()
-        raise
-    engine.dispose()
-    return db
+    url, name = throwaway.create_database(admin_url)
+    return Database(url, admin_url, name)
 
 
 # --- the platform -----------------------------------------------------------------------------

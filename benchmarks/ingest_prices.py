@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from uuid_utils.compat import uuid7
@@ -55,8 +55,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere in the clone
     sys.path.insert(0, str(ROOT))
 
+import throwaway  # noqa: E402 - benchmarks/throwaway.py, beside this script
+
 from models import Asset  # noqa: E402
-from saras import migrations  # noqa: E402
 from saras.db import make_engine  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
 from saras.marketdata import simulated as simulated_module  # noqa: E402
@@ -193,12 +194,7 @@ class Database:
             self.engine.dispose()
             return
         self.engine.dispose()
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        throwaway.drop_database(self.admin_url, self.name)
 
 
 def open_database(database_url: str | None, admin_url: str) -> Database:
@@ -206,23 +202,8 @@ def open_database(database_url: str | None, admin_url: str) -> Database:
     if database_url:
         engine = make_engine(database_url)
         return Database(database_url, engine, None, make_url(database_url).database or "")
-    name = f"saras_bench_{os.getpid()}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    db = Database(url, engine, admin_url, name)
-    try:
-        migrations.upgrade("head", engine)
-    except BaseException:
-        db.close()
-        raise
-    return db
+    url, name = throwaway.create_database(admin_url)
+    return Database(url, make_engine(url), admin_url, name)
 
 
 def checkpoint(engine: Engine) -> None:

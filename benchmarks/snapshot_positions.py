@@ -43,14 +43,15 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from uuid_utils.compat import uuid7
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saras import migrations
+import throwaway
+
 from saras.db import make_engine
 from saras.marketdata import calendars
 from saras.repositories import positions as repo
@@ -185,12 +186,7 @@ class Database:
             self.engine.dispose()
             return
         self.engine.dispose()
-        admin = create_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        finally:
-            admin.dispose()
+        throwaway.drop_database(self.admin_url, self.name)
 
 
 def open_database(database_url: str | None, admin_url: str) -> Database:
@@ -198,23 +194,8 @@ def open_database(database_url: str | None, admin_url: str) -> Database:
     if database_url:
         engine = make_engine(database_url)
         return Database(database_url, engine, None, make_url(database_url).database or "")
-    name = f"saras_bench_{os.getpid()}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    finally:
-        admin.dispose()
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    engine = make_engine(url)
-    db = Database(url, engine, admin_url, name)
-    try:
-        migrations.upgrade("head", engine)
-    except BaseException:
-        db.close()
-        raise
-    return db
+    url, name = throwaway.create_database(admin_url)
+    return Database(url, make_engine(url), admin_url, name)
 
 
 # --- building the ledger ----------------------------------------------------------------------
