@@ -170,11 +170,14 @@ def _finish(
     if failed:
         names = "; ".join(r.error or r.alias for r in failed[:10])
         problems.append(f"{len(failed)} of {len(results)} connections failed: {names}")
-    notes = list(problems)
     if differences:
+        # never silent: the investments on these connections are not planned until the
+        # differences are resolved or accepted (`saras reconcile accept`)
         aliases = sorted({d["connection"] for d in differences})
-        notes.append(f"{len(differences)} reconciliation differences on {', '.join(aliases[:10])}")
-    message = "; ".join(notes) or None
+        problems.append(
+            f"{len(differences)} reconciliation differences on {', '.join(aliases[:10])}"
+        )
+    message = "; ".join(problems) or None
     record_audit(
         "flow.snapshot_positions",
         success=not problems,

@@ -2,6 +2,12 @@
 
 from models.base import Base
 from models.brokers import UserBrokerConnection
+from models.corporate_actions import (
+    CorporateAction,
+    PositionAdjustment,
+    Reconciliation,
+    ReconciliationDifference,
+)
 from models.market import Asset, PriceHistory
 from models.portfolios import Portfolio, PortfolioHolding, TradingTransaction
 from models.smallcases import (
@@ -18,9 +24,13 @@ __all__ = [
     "Asset",
     "AuditLog",
     "Base",
+    "CorporateAction",
     "Portfolio",
     "PortfolioHolding",
+    "PositionAdjustment",
     "PriceHistory",
+    "Reconciliation",
+    "ReconciliationDifference",
     "Smallcase",
     "SmallcaseConstituent",
     "SmallcaseExecutionOrder",

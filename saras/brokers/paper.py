@@ -38,6 +38,7 @@ How it behaves:
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -67,12 +68,15 @@ from saras.domain.enums import BrokerType, OrderSide, OrderType
 __all__ = [
     "METADATA_KEYS",
     "PAPER_TABLE_PREFIX",
+    "PaperActionResult",
     "PaperBroker",
+    "PaperCorporateAction",
     "PaperFillMode",
     "PaperMarketHours",
     "PaperSettings",
     "ensure_paper_schema",
     "paper_accounts",
+    "paper_corporate_actions",
     "paper_fills",
     "paper_metadata",
     "paper_orders",
@@ -187,6 +191,8 @@ paper_orders = sa.Table(
     ),
     sa.Column("client_order_id", sa.String(128), nullable=False),
     sa.Column("symbol", sa.String(32), nullable=False),
+    # The exchange the order was sent for (NULL: not given, for orders older than the column).
+    sa.Column("exchange", sa.String(16), nullable=True),
     sa.Column("side", sa.String(4), nullable=False),
     sa.Column("quantity", _quantity_type(), nullable=True),  # None: notional, not yet filled
     sa.Column("notional", _money_type(), nullable=True),
@@ -246,10 +252,35 @@ paper_positions = sa.Table(
         primary_key=True,
     ),
     sa.Column("symbol", sa.String(32), primary_key=True),
+    # '' when the exchange is not known (positions booked before the column existed, or orders
+    # sent without one): an asset is a (symbol, exchange) pair, so INFY on NSE and INFY on NYSE
+    # are two positions.
+    sa.Column("exchange", sa.String(16), primary_key=True, server_default=""),
     sa.Column("quantity", _quantity_type(), nullable=False),
     sa.Column("average_price", _money_type(), nullable=True),
     sa.Column("updated_at", _UTCDateTime(), nullable=False),
     sa.CheckConstraint("quantity >= 0", name="quantity"),
+)
+
+paper_corporate_actions = sa.Table(
+    "paper_corporate_actions",
+    paper_metadata,
+    sa.Column(
+        "account_id",
+        sa.String(64),
+        sa.ForeignKey("paper_accounts.account_id"),
+        primary_key=True,
+    ),
+    # The caller's id of the action (Saras passes its corporate_actions row id): applying the
+    # same action twice finds this row and changes nothing.
+    sa.Column("action_id", sa.String(64), primary_key=True),
+    sa.Column("symbol", sa.String(32), nullable=False),
+    sa.Column("exchange", sa.String(16), nullable=False),
+    sa.Column("action_type", sa.String(16), nullable=False),
+    sa.Column("quantity_before", _quantity_type(), nullable=False),
+    sa.Column("quantity_after", _quantity_type(), nullable=False),
+    sa.Column("cash", _money_type(), nullable=False),  # dividend or cash in lieu credited
+    sa.Column("applied_at", _UTCDateTime(), nullable=False),
 )
 
 # pg_advisory_xact_lock key serializing concurrent schema creation (any stable 63-bit number).
@@ -266,6 +297,46 @@ def _is_duplicate_ddl(error: sa_exc.DBAPIError) -> bool:
     return "already exists" in str(error.orig).lower()
 
 
+def _upgrade_legacy_schema(conn: Connection) -> None:
+    """Give paper tables made before assets were (symbol, exchange) pairs their exchange column.
+
+    ``paper_orders`` gains a nullable ``exchange``; ``paper_positions`` gains ``exchange`` ('' for
+    the rows already there) as part of its primary key. Rows are kept; a legacy position is
+    claimed by the first order that names its exchange (see ``PaperBroker._position``).
+    """
+    inspector = sa.inspect(conn)
+    order_columns = {c["name"] for c in inspector.get_columns("paper_orders")}
+    if "exchange" not in order_columns:
+        conn.execute(sa.text("ALTER TABLE paper_orders ADD COLUMN exchange VARCHAR(16)"))
+    position_columns = {c["name"] for c in inspector.get_columns("paper_positions")}
+    if "exchange" in position_columns:
+        return
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot change a primary key in place: rebuild the table, keeping its rows.
+        conn.execute(sa.text("ALTER TABLE paper_positions RENAME TO paper_positions_legacy"))
+        paper_positions.create(conn)
+        conn.execute(
+            sa.text(
+                "INSERT INTO paper_positions "
+                "(account_id, symbol, exchange, quantity, average_price, updated_at) "
+                "SELECT account_id, symbol, '', quantity, average_price, updated_at "
+                "FROM paper_positions_legacy"
+            )
+        )
+        conn.execute(sa.text("DROP TABLE paper_positions_legacy"))
+        return
+    conn.execute(
+        sa.text("ALTER TABLE paper_positions ADD COLUMN exchange VARCHAR(16) NOT NULL DEFAULT ''")
+    )
+    conn.execute(sa.text("ALTER TABLE paper_positions DROP CONSTRAINT pk_paper_positions"))
+    conn.execute(
+        sa.text(
+            "ALTER TABLE paper_positions ADD CONSTRAINT pk_paper_positions "
+            "PRIMARY KEY (account_id, symbol, exchange)"
+        )
+    )
+
+
 def ensure_paper_schema(engine: Engine) -> None:
     """Create the paper broker's tables if they are missing (idempotent, safe to race)."""
     # Losing a race means another creator made a table we had not seen, so each retry sees
@@ -280,6 +351,7 @@ def ensure_paper_schema(engine: Engine) -> None:
                         sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY}
                     )
                 paper_metadata.create_all(conn, checkfirst=True)
+                _upgrade_legacy_schema(conn)
             return
         except (sa_exc.ProgrammingError, sa_exc.IntegrityError, sa_exc.OperationalError) as exc:
             # Another process created a table between our check and our CREATE: check again.
@@ -444,6 +516,66 @@ def _fill_id(broker_order_id: str, sequence: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+#: ``(symbol, exchange) -> latest stored price``; a one-argument ``symbol -> price`` callable is
+#: accepted too (it cannot tell two exchanges apart, so use it only with unique symbols).
+PriceLookup = Callable[[str, str | None], Decimal | None] | Callable[[str], Decimal | None]
+
+
+def _by_asset(lookup: PriceLookup) -> Callable[[str, str | None], Decimal | None]:
+    """Return ``lookup`` as a (symbol, exchange) callable, wrapping a symbol-only one."""
+    try:
+        parameters = list(inspect.signature(lookup).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: call it as it always was
+        parameters = []
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if sum(p.kind in positional for p in parameters) >= 2 or any(
+        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+    ):
+        return lookup  # type: ignore[return-value]
+    by_symbol = lookup
+
+    def by_asset(symbol: str, exchange: str | None) -> Decimal | None:
+        return by_symbol(symbol)  # type: ignore[call-arg]
+
+    return by_asset
+
+
+@dataclass(frozen=True)
+class PaperCorporateAction:
+    """A corporate action for the paper book: exactly one of ``ratio`` and ``cash_per_share``.
+
+    ``ratio`` is the number of shares held after the action per share held before (a 4:1 split
+    is 4, a 1:10 reverse split 0.1, a 1:1 bonus issue 2).
+    """
+
+    action_id: str
+    symbol: str
+    exchange: str | None
+    action_type: str
+    ratio: Decimal | None = None
+    cash_per_share: Decimal | None = None
+    cash_in_lieu_price: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ratio is None) == (self.cash_per_share is None):
+            raise ValueError(f"action {self.action_id}: give exactly one of ratio, cash_per_share")
+        if self.ratio is not None and self.ratio <= 0:
+            raise ValueError(f"action {self.action_id}: ratio must be positive, got {self.ratio}")
+        if self.cash_per_share is not None and self.cash_per_share < 0:
+            raise ValueError(f"action {self.action_id}: a dividend cannot be negative")
+
+
+@dataclass(frozen=True)
+class PaperActionResult:
+    """What applying a corporate action did to the paper book."""
+
+    action_id: str
+    quantity_before: Decimal
+    quantity_after: Decimal
+    cash: Decimal
+    applied: bool  # False: the action had been applied before, nothing changed
+
+
 @dataclass
 class _Order:
     """A paper order row, worked on in Python inside one transaction."""
@@ -452,6 +584,7 @@ class _Order:
     account_id: str
     client_order_id: str
     symbol: str
+    exchange: str | None
     side: OrderSide
     quantity: Decimal | None
     notional: Decimal | None
@@ -506,7 +639,7 @@ class PaperBroker:
         credentials: BrokerCredentials,
         *,
         engine: Engine,
-        price_lookup: Callable[[str], Decimal | None],
+        price_lookup: PriceLookup,
         settings: PaperSettings | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -517,7 +650,7 @@ class PaperBroker:
         self.settings = PaperSettings.from_metadata(config.metadata, base=settings)
         self._credentials = credentials
         self._engine = engine
-        self._price_lookup = price_lookup
+        self._price_lookup = _by_asset(price_lookup)
         self._clock = clock or _utc_now
         self._schema_ready = False
         self._account_ready = False
@@ -548,17 +681,19 @@ class PaperBroker:
                     paper_positions.c.account_id == self.account_id,
                     paper_positions.c.quantity != 0,
                 )
-                .order_by(paper_positions.c.symbol)
+                .order_by(paper_positions.c.symbol, paper_positions.c.exchange)
             ).all()
         positions = []
         for row in rows:
-            price = self._lookup_price(row.symbol)
+            exchange = row.exchange or None
+            price = self._lookup_price(row.symbol, exchange)
             positions.append(
                 BrokerPosition(
                     symbol=row.symbol,
                     quantity=row.quantity,
                     average_price=row.average_price,
                     market_value=None if price is None else _money(row.quantity * price),
+                    exchange=exchange,
                 )
             )
         return positions
@@ -574,7 +709,7 @@ class PaperBroker:
         existing = self._find(client_order_id=request.client_order_id)
         if existing is not None:
             return self._to_broker_orders([existing])[0]
-        price = self._lookup_price(request.symbol)
+        price = self._lookup_price(request.symbol, request.exchange)
         now = self._now()
         market_open = self._is_market_open(now)
         order = self._new_order(request, now)
@@ -705,11 +840,17 @@ class PaperBroker:
         return self.get_account()
 
     def set_position(
-        self, symbol: str, quantity: Decimal, average_price: Decimal | None = None
+        self,
+        symbol: str,
+        quantity: Decimal,
+        average_price: Decimal | None = None,
+        *,
+        exchange: str | None = None,
     ) -> BrokerPosition | None:
         """Set a position as if traded outside Saras (for reconciliation drift); 0 removes it.
 
         Cash is untouched. Without ``average_price`` an existing position keeps its average.
+        ``exchange`` names the asset's venue (None: the position booked without one).
         """
         quantity = Decimal(str(quantity))
         if not quantity.is_finite() or quantity < 0:
@@ -722,13 +863,81 @@ class PaperBroker:
         now = self._now()
         with self._engine.begin() as conn:
             self._lock_account(conn)
-            held, held_average = self._position(conn, symbol)
+            held, held_average = self._position(conn, symbol, exchange)
             if average_price is None:
                 average_price = held_average
             self._write_position(
-                conn, symbol, quantity, average_price, now, exists=held is not None
+                conn, symbol, exchange, quantity, average_price, now, exists=held is not None
             )
-        return next((p for p in self.get_positions() if p.symbol == symbol), None)
+        return next(
+            (p for p in self.get_positions() if (p.symbol, p.exchange) == (symbol, exchange)),
+            None,
+        )
+
+    def apply_corporate_action(self, action: PaperCorporateAction) -> PaperActionResult:
+        """Apply a split, reverse split, bonus issue or dividend to the book, once per action id.
+
+        A ratio action multiplies the held quantity by ``ratio`` and divides the average price
+        by it, cash unchanged; a fraction the account cannot hold (whole shares when fractional
+        trading is off, beyond 9 places otherwise) is paid as cash in lieu at
+        ``cash_in_lieu_price`` (the post-action price; the latest stored price when not given).
+        A dividend credits ``cash_per_share`` x the held quantity. Applying an action id already
+        applied returns the first result and changes nothing.
+        """
+        self._prepare()
+        now = self._now()
+        venue = action.exchange or ""
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            done = conn.execute(
+                sa.select(paper_corporate_actions).where(
+                    paper_corporate_actions.c.account_id == self.account_id,
+                    paper_corporate_actions.c.action_id == action.action_id,
+                )
+            ).first()
+            if done is not None:
+                return PaperActionResult(
+                    action.action_id, done.quantity_before, done.quantity_after, done.cash, False
+                )
+            held, average = self._position(conn, action.symbol, action.exchange)
+            before = held or _ZERO
+            after, cash = before, _ZERO
+            if action.cash_per_share is not None:
+                cash = _money(before * action.cash_per_share)
+            elif before > 0:
+                assert action.ratio is not None
+                exact = before * action.ratio
+                after = _floor_quantity(exact, self.settings.fractional)
+                remainder = exact - after
+                if remainder > 0:
+                    price = action.cash_in_lieu_price or self._lookup_price(
+                        action.symbol, action.exchange
+                    )
+                    if price is None:
+                        raise ValueError(
+                            f"{action.symbol}: cash in lieu of {remainder} shares needs a price"
+                        )
+                    cash = _money(remainder * price)
+                new_average = None if average is None else _price(average / action.ratio)
+                self._write_position(
+                    conn, action.symbol, action.exchange, after, new_average, now, exists=True
+                )
+            if cash:
+                self._set_cash(conn, self._cash(conn) + cash, now)
+            conn.execute(
+                sa.insert(paper_corporate_actions).values(
+                    account_id=self.account_id,
+                    action_id=action.action_id,
+                    symbol=action.symbol,
+                    exchange=venue,
+                    action_type=action.action_type,
+                    quantity_before=before,
+                    quantity_after=after,
+                    cash=cash,
+                    applied_at=now,
+                )
+            )
+        return PaperActionResult(action.action_id, before, after, cash, True)
 
     # ---- internals --------------------------------------------------------------------------
 
@@ -757,9 +966,9 @@ class PaperBroker:
             raise ValueError("the paper broker's clock returned a naive datetime")
         return now.astimezone(UTC)
 
-    def _lookup_price(self, symbol: str) -> Decimal | None:
-        """Return the latest stored price of a symbol, or None when unknown or unusable."""
-        value = self._price_lookup(symbol)
+    def _lookup_price(self, symbol: str, exchange: str | None) -> Decimal | None:
+        """Return the latest stored price of an asset, or None when unknown or unusable."""
+        value = self._price_lookup(symbol, exchange)
         if value is None:
             return None
         price = value if isinstance(value, Decimal) else Decimal(str(value))
@@ -798,13 +1007,27 @@ class PaperBroker:
             .values(cash=_money(cash), updated_at=now)
         )
 
-    def _position(self, conn: Connection, symbol: str) -> tuple[Decimal | None, Decimal | None]:
+    def _position(
+        self, conn: Connection, symbol: str, exchange: str | None
+    ) -> tuple[Decimal | None, Decimal | None]:
+        """Return the held quantity and average price of (symbol, exchange); None when none.
+
+        A position booked before exchanges were recorded ('') is claimed by the first caller
+        that names an exchange for its symbol (the caller holds the account lock).
+        """
+        venue = exchange or ""
+        columns = (paper_positions.c.quantity, paper_positions.c.average_price)
+        mine = paper_positions.c.account_id == self.account_id
         row = conn.execute(
-            sa.select(paper_positions.c.quantity, paper_positions.c.average_price).where(
-                paper_positions.c.account_id == self.account_id,
-                paper_positions.c.symbol == symbol,
+            sa.select(*columns).where(
+                mine, paper_positions.c.symbol == symbol, paper_positions.c.exchange == venue
             )
         ).first()
+        if row is None and venue:
+            legacy = (paper_positions.c.symbol == symbol) & (paper_positions.c.exchange == "")
+            row = conn.execute(sa.select(*columns).where(mine, legacy)).first()
+            if row is not None:
+                conn.execute(sa.update(paper_positions).where(mine, legacy).values(exchange=venue))
         if row is None:
             return None, None
         return row.quantity, row.average_price
@@ -813,14 +1036,18 @@ class PaperBroker:
         self,
         conn: Connection,
         symbol: str,
+        exchange: str | None,
         quantity: Decimal,
         average_price: Decimal | None,
         now: datetime,
         *,
         exists: bool,
     ) -> None:
-        where = (paper_positions.c.account_id == self.account_id) & (
-            paper_positions.c.symbol == symbol
+        venue = exchange or ""
+        where = (
+            (paper_positions.c.account_id == self.account_id)
+            & (paper_positions.c.symbol == symbol)
+            & (paper_positions.c.exchange == venue)
         )
         if quantity == 0:
             if exists:
@@ -832,7 +1059,7 @@ class PaperBroker:
         else:
             conn.execute(
                 sa.insert(paper_positions).values(
-                    account_id=self.account_id, symbol=symbol, **values
+                    account_id=self.account_id, symbol=symbol, exchange=venue, **values
                 )
             )
 
@@ -923,7 +1150,8 @@ class PaperBroker:
         """Count a lookup of each working order, fill those that are due, return them all."""
         working = [o for o in orders if not o.terminal]
         if working:
-            prices = {s: self._lookup_price(s) for s in sorted({o.symbol for o in working})}
+            assets = sorted({(o.symbol, o.exchange or "") for o in working})
+            prices = {(s, e): self._lookup_price(s, e or None) for s, e in assets}
             now = self._now()
             market_open = self._is_market_open(now)
             with self._engine.begin() as conn:
@@ -933,7 +1161,8 @@ class PaperBroker:
                     if order is None or order.terminal:
                         continue
                     order.polls_seen += 1
-                    self._advance(conn, order, prices[order.symbol], market_open, now)
+                    price = prices[(order.symbol, order.exchange or "")]
+                    self._advance(conn, order, price, market_open, now)
                     self._save(conn, order)
             with self._engine.connect() as conn:
                 fresh = {
@@ -953,6 +1182,7 @@ class PaperBroker:
             account_id=self.account_id,
             client_order_id=request.client_order_id,
             symbol=request.symbol,
+            exchange=request.exchange,
             side=request.side,
             quantity=request.quantity,
             notional=request.notional,
@@ -1031,7 +1261,7 @@ class PaperBroker:
                     f" including fees, cash is {cash} {currency}"
                 )
             return None
-        held, _ = self._position(conn, order.symbol)
+        held, _ = self._position(conn, order.symbol, order.exchange)
         held = held or _ZERO
         if quantity > held:
             return f"insufficient position: selling {quantity} {order.symbol}, holding {held}"
@@ -1132,7 +1362,7 @@ class PaperBroker:
         cash = cash - gross - fee if order.side is OrderSide.BUY else cash + gross - fee
         self._set_cash(conn, cash, now)
 
-        held, held_average = self._position(conn, order.symbol)
+        held, held_average = self._position(conn, order.symbol, order.exchange)
         held_quantity = held or _ZERO
         if order.side is OrderSide.BUY:
             new_quantity = held_quantity + chunk
@@ -1142,7 +1372,13 @@ class PaperBroker:
             new_quantity = held_quantity - chunk
             new_average = held_average
         self._write_position(
-            conn, order.symbol, new_quantity, new_average, now, exists=held is not None
+            conn,
+            order.symbol,
+            order.exchange,
+            new_quantity,
+            new_average,
+            now,
+            exists=held is not None,
         )
 
         filled_value = sum((f.quantity * f.price for f in previous), _ZERO) + chunk * executed

@@ -118,6 +118,62 @@ class TransactionType(StrEnum):
     WITHDRAWAL = "withdrawal"
     DIVIDEND = "dividend"
     FEE = "fee"
+    SPLIT = "split"  # a split or reverse split: the holding after it (quantity, average price)
+    BONUS = "bonus"  # a bonus issue: the holding after it
+    CASH_IN_LIEU = "cash_in_lieu"  # the fraction of a share a split or bonus could not give
+    ADJUSTMENT = "adjustment"  # a reconciliation difference accepted into the ledger
+
+
+class CorporateActionType(StrEnum):
+    """Kinds of corporate actions Saras applies to its ledger."""
+
+    SPLIT = "split"
+    REVERSE_SPLIT = "reverse_split"
+    BONUS = "bonus"
+    DIVIDEND = "dividend"
+
+
+class CorporateActionStatus(StrEnum):
+    """Whether a detected corporate action has been applied to the ledger."""
+
+    DETECTED = "detected"  # known, not yet applied: the asset is not planned
+    APPLIED = "applied"
+    DISMISSED = "dismissed"  # judged not to be an action (e.g. a vendor's data fix)
+
+
+class AdjustmentKind(StrEnum):
+    """Why an investment's ledger position or cash moved without a fill."""
+
+    SPLIT = "split"
+    BONUS = "bonus"
+    CASH_IN_LIEU = "cash_in_lieu"
+    DIVIDEND = "dividend"
+    ACCEPTED_DIFFERENCE = "accepted_difference"
+
+
+class DifferenceKind(StrEnum):
+    """What a reconciliation difference is about."""
+
+    POSITION = "position"
+    CASH = "cash"
+
+
+class DifferenceClass(StrEnum):
+    """Why our ledger and the broker differ, where Saras can tell."""
+
+    SPLIT_NOT_APPLIED = "split_not_applied"  # the broker holds ours x a pending action's ratio
+    FILL_NOT_RECORDED = "fill_not_recorded"  # an order of ours is still working or in doubt
+    EXTERNAL_TRADE = "external_trade"  # nothing of ours explains it: traded outside Saras
+    CASH = "cash"  # broker cash moved other than our ledger says
+    UNKNOWN = "unknown"
+
+
+class DifferenceStatus(StrEnum):
+    """Lifecycle of a reconciliation difference."""
+
+    OPEN = "open"  # seen at the last reconciliation: the investments on it are not planned
+    RESOLVED = "resolved"  # no longer seen
+    ACCEPTED = "accepted"  # taken into the ledger by `saras reconcile accept`
 
 
 class AssetType(StrEnum):

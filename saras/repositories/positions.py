@@ -55,6 +55,7 @@ from uuid_utils.compat import uuid7
 
 from models import (
     Asset,
+    PositionAdjustment,
     PriceHistory,
     SmallcaseExecutionOrder,
     SmallcaseExecutionRun,
@@ -559,10 +560,14 @@ def connections_with_active_investments(conn: Connection) -> list[ConnectionInfo
     ]
 
 
+#: An asset as brokers and reconciliation name it: (symbol, exchange).
+AssetKey = tuple[str, str]
+
+
 def ledger_quantities_by_connection(
     conn: Connection, connection_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, dict[str, Decimal]]:
-    """Return, per connection, our net quantity per symbol over every order placed through it.
+) -> dict[uuid.UUID, dict[AssetKey, Decimal]]:
+    """Return, per connection, our net quantity per (symbol, exchange) over its orders.
 
     Every investment counts, whatever its status (an exiting investment's shares are still at
     the broker), and all fills so far count (brokers report their current book). Orders belong
@@ -577,6 +582,7 @@ def ledger_quantities_by_connection(
         select(
             runs.c.broker_connection_id,
             assets.c.symbol,
+            assets.c.exchange,
             orders.c.side,
             orders.c.id,
             orders.c.order_metadata["filled_quantity"].as_string(),
@@ -585,13 +591,18 @@ def ledger_quantities_by_connection(
         .join(assets, assets.c.id == orders.c.asset_id)
         .where(runs.c.broker_connection_id.in_(list(connection_ids)))
     )
-    out: dict[uuid.UUID, dict[str, Decimal]] = {c: defaultdict(Decimal) for c in connection_ids}
-    for connection_id, symbol, side, order_id, filled_text in conn.execute(query):
+    out: dict[uuid.UUID, dict[AssetKey, Decimal]] = {
+        c: defaultdict(Decimal) for c in connection_ids
+    }
+    for connection_id, symbol, exchange, side, order_id, filled_text in conn.execute(query):
         filled = _parse_decimal(filled_text, "filled_quantity", order_id)
         if filled is None or filled <= 0:
             continue
-        out[connection_id][symbol] += -filled if side == OrderSide.SELL.value else filled
-    return {c: {s: _q(q, QUANTITY_Q) for s, q in book.items()} for c, book in out.items()}
+        key = (symbol, exchange)
+        out[connection_id][key] += -filled if side == OrderSide.SELL.value else filled
+    for connection_id, key, delta in adjustment_quantities_by_connection(conn, connection_ids):
+        out[connection_id][key] += delta
+    return {c: {k: _q(q, QUANTITY_Q) for k, q in book.items()} for c, book in out.items()}
 
 
 def count_active_investments(conn: Connection) -> int:
@@ -608,10 +619,12 @@ def count_active_investments(conn: Connection) -> int:
 __all__ = [
     "UUIDV7_SQL",
     "AssetClose",
+    "AssetKey",
     "ConnectionInfo",
     "LedgerError",
     "LedgerPosition",
     "SnapshotCounts",
+    "adjustment_quantities_by_connection",
     "connections_with_active_investments",
     "count_active_investments",
     "fills_cutoff",
@@ -621,3 +634,37 @@ __all__ = [
     "snapshot_timestamp",
     "write_snapshot",
 ]
+
+
+def adjustment_quantities_by_connection(
+    conn: Connection, connection_ids: Sequence[uuid.UUID]
+) -> list[tuple[uuid.UUID, AssetKey, Decimal]]:
+    """Return the quantity moves of ``position_adjustments`` (splits, accepted differences).
+
+    Each row is (the investment's connection, (symbol, exchange), signed quantity): positions
+    are fills plus these.
+    """
+    if not connection_ids:
+        return []
+    adjustments = PositionAdjustment.__table__
+    investments = UserSmallcaseInvestment.__table__
+    assets = Asset.__table__
+    query = (
+        select(
+            investments.c.broker_connection_id,
+            assets.c.symbol,
+            assets.c.exchange,
+            func.sum(adjustments.c.quantity_delta),
+        )
+        .join(investments, investments.c.id == adjustments.c.investment_id)
+        .join(assets, assets.c.id == adjustments.c.asset_id)
+        .where(
+            investments.c.broker_connection_id.in_(list(connection_ids)),
+            adjustments.c.quantity_delta != 0,
+        )
+        .group_by(investments.c.broker_connection_id, assets.c.symbol, assets.c.exchange)
+    )
+    return [
+        (connection_id, (symbol, exchange), _dec(delta, QUANTITY_Q))
+        for connection_id, symbol, exchange, delta in conn.execute(query)
+    ]

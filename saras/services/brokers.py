@@ -56,10 +56,14 @@ def connection_credentials(
 
 def latest_close_lookup(
     engine: Engine, exchange: str | None = None
-) -> Callable[[str], Decimal | None]:
-    """Return ``symbol -> latest stored close`` backed by price_history (for the paper broker)."""
+) -> Callable[[str, str | None], Decimal | None]:
+    """Return ``(symbol, exchange) -> latest stored close`` from price_history (paper broker).
 
-    def lookup(symbol: str) -> Decimal | None:
+    The asset is the (symbol, exchange) pair: INFY on NSE and INFY on NYSE have their own
+    prices. Without an exchange (neither here nor in the call) the symbol alone decides.
+    """
+
+    def lookup(symbol: str, venue: str | None = None) -> Decimal | None:
         query = (
             select(PriceHistory.close_price)
             .join(Asset, Asset.id == PriceHistory.asset_id)
@@ -67,8 +71,8 @@ def latest_close_lookup(
             .order_by(PriceHistory.price_date.desc())
             .limit(1)
         )
-        if exchange:
-            query = query.where(Asset.exchange == exchange)
+        if venue or exchange:
+            query = query.where(Asset.exchange == (venue or exchange))
         with engine.connect() as conn:
             value = conn.execute(query).scalar()
         return None if value is None else Decimal(str(value))

@@ -189,12 +189,16 @@ class ConnectionRef:
 
 @dataclass(frozen=True)
 class Difference:
-    """A symbol whose quantity at the broker differs from our ledger's."""
+    """An asset (symbol, exchange) whose quantity at the broker differs from our ledger's.
+
+    ``exchange`` is None when the broker did not say and our ledger has no such symbol.
+    """
 
     alias: str
     symbol: str
     ours: Decimal
     broker: Decimal
+    exchange: str | None = None
 
     @property
     def difference(self) -> Decimal:
@@ -206,6 +210,7 @@ class Difference:
         return {
             "connection": self.alias,
             "symbol": self.symbol,
+            "exchange": self.exchange or "",
             "ours": _text(self.ours),
             "broker": _text(self.broker),
             "difference": _text(self.difference),
@@ -264,14 +269,20 @@ def batches(refs: Sequence[ConnectionRef], size: int) -> list[list[ConnectionRef
     return [list(refs[i : i + size]) for i in range(0, len(refs), size)]
 
 
-def compare(alias: str, ours: dict[str, Decimal], broker: dict[str, Decimal]) -> list[Difference]:
-    """Return the symbols whose quantities differ (zero on one side counts), by symbol."""
+#: an asset as reconciliation keys it: (symbol, exchange); exchange "" when nobody knows it
+AssetKey = tuple[str, str]
+
+
+def compare(
+    alias: str, ours: dict[AssetKey, Decimal], broker: dict[AssetKey, Decimal]
+) -> list[Difference]:
+    """Return the assets whose quantities differ (zero on one side counts), in key order."""
     out = []
-    for symbol in sorted(set(ours) | set(broker)):
-        mine = ours.get(symbol, Decimal(0))
-        theirs = broker.get(symbol, Decimal(0))
+    for symbol, exchange in sorted(set(ours) | set(broker)):
+        mine = ours.get((symbol, exchange), Decimal(0))
+        theirs = broker.get((symbol, exchange), Decimal(0))
         if mine != theirs:
-            out.append(Difference(alias, symbol, mine, theirs))
+            out.append(Difference(alias, symbol, mine, theirs, exchange or None))
     return out
 
 
@@ -286,20 +297,31 @@ def _open(engine: Engine, ref: ConnectionRef) -> Broker:
     return open_broker(engine, row)
 
 
-def _book(broker: Broker) -> dict[str, Decimal]:
-    """Ask the broker for its positions (one call); sum them per symbol."""
-    book: dict[str, Decimal] = {}
+def _book(broker: Broker, ours: dict[AssetKey, Decimal]) -> dict[AssetKey, Decimal]:
+    """Ask the broker for its positions (one call); sum them per (symbol, exchange).
+
+    A position the broker reports without an exchange (or on a venue name of its own, e.g.
+    Alpaca's primary exchange) is matched to our asset when our ledger has exactly one asset of
+    that symbol on this connection; otherwise it keeps the broker's exchange ('' when none).
+    """
+    by_symbol: dict[str, list[AssetKey]] = {}
+    for key in ours:
+        by_symbol.setdefault(key[0], []).append(key)
+    book: dict[AssetKey, Decimal] = {}
     for position in broker.get_positions():
         quantity = Decimal(str(position.quantity)).quantize(_QUANTITY_Q)
-        book[position.symbol] = book.get(position.symbol, Decimal(0)) + quantity
-    return {s: q for s, q in book.items() if q != 0}
+        key = (position.symbol, position.exchange or "")
+        if key not in ours and len(by_symbol.get(position.symbol, [])) == 1:
+            key = by_symbol[position.symbol][0]
+        book[key] = book.get(key, Decimal(0)) + quantity
+    return {k: q for k, q in book.items() if q != 0}
 
 
 def reconcile_connection(
     engine: Engine,
     ref: ConnectionRef,
     *,
-    ours: dict[str, Decimal] | None = None,
+    ours: dict[AssetKey, Decimal] | None = None,
     request_id: str | None = None,
 ) -> ConnectionResult:
     """Reconcile one connection; raises ``RetryableBrokerError`` for the task to retry.
@@ -321,7 +343,7 @@ def reconcile_connection(
         result.error = f"connection {ref.alias} cannot be opened: {exc}"
         return result
     try:
-        book = _book(broker)
+        book = _book(broker, ours)
     except FatalBrokerError as exc:
         if ref.broker_type != BrokerType.ZERODHA.value:  # Kite marks itself expired
             mark_connection(engine, ref.connection_id, ConnectionStatus.ERROR.value, str(exc))
@@ -377,7 +399,8 @@ def _audit_differences(
     engine: Engine, ref: ConnectionRef, differences: Sequence[Difference], request_id: str | None
 ) -> None:
     shown = "; ".join(
-        f"{d.symbol}: ours {_text(d.ours)}, broker {_text(d.broker)}" for d in differences[:20]
+        f"{d.symbol} ({d.exchange or '?'}): ours {_text(d.ours)}, broker {_text(d.broker)}"
+        for d in differences[:20]
     )
     more = f" (+{len(differences) - 20} more)" if len(differences) > 20 else ""
     message = (

@@ -962,3 +962,116 @@ def test_naive_clock_is_refused(engine: sa.Engine, prices: Prices) -> None:
     )
     with pytest.raises(ValueError, match="naive"):
         broker.get_account()
+
+
+# ---- assets are (symbol, exchange) pairs --------------------------------------------------
+
+
+class VenuePrices(dict[tuple[str, str | None], Decimal]):
+    """Latest closes per (symbol, exchange): INFY on NSE and on NYSE are two assets."""
+
+    def __call__(self, symbol: str, exchange: str | None) -> Decimal | None:
+        return self.get((symbol, exchange))
+
+
+def test_one_symbol_on_two_exchanges_is_two_assets(engine: sa.Engine, clock: Clock) -> None:
+    prices = VenuePrices({("INFY", "NSE"): D("1500"), ("INFY", "NYSE"): D("18")})
+    broker = PaperBroker(
+        ConnectionConfig("acct-venues", "paper", True),
+        BrokerCredentials(),
+        engine=engine,
+        price_lookup=prices,
+        settings=PaperSettings(starting_cash=D("100000")),
+        clock=clock,
+    )
+
+    def infy(cid: str, exchange: str, side: OrderSide, qty: str) -> BrokerOrder:
+        return broker.place_order(OrderRequest(cid, "INFY", side, D(qty), exchange=exchange))
+
+    nse = infy("nse-buy", "NSE", OrderSide.BUY, "10")
+    nyse = infy("nyse-buy", "NYSE", OrderSide.BUY, "100")
+    assert (nse.average_fill_price, nyse.average_fill_price) == (D("1500"), D("18"))
+    held = {(p.exchange, p.quantity, p.average_price) for p in broker.get_positions()}
+    assert held == {("NSE", D("10"), D("1500")), ("NYSE", D("100"), D("18"))}
+    assert broker.get_account().cash == D("100000") - D("15000") - D("1800")
+
+    # selling NYSE shares sells them at the NYSE price and leaves the NSE position alone
+    sold = infy("nyse-sell", "NYSE", OrderSide.SELL, "40")
+    assert sold.average_fill_price == D("18")
+    held = {(p.exchange, p.quantity) for p in broker.get_positions()}
+    assert held == {("NSE", D("10")), ("NYSE", D("60"))}
+    # and more than the NSE holding cannot be sold on NSE, whatever NYSE holds
+    with pytest.raises(OrderRejectedError, match="insufficient position"):
+        infy("nse-oversell", "NSE", OrderSide.SELL, "11")
+    values = {p.exchange: p.market_value for p in broker.get_positions()}
+    assert values == {"NSE": D("15000"), "NYSE": D("1080")}
+
+
+def test_corporate_actions_apply_to_the_book_once(make_broker: MakeBroker, prices: Prices) -> None:
+    from saras.brokers.paper import PaperCorporateAction
+
+    broker = make_broker(fractional=False)
+    broker.place_order(order("b1", quantity="15"))  # 15 AAPL at 100
+    split = PaperCorporateAction("split-1", "AAPL", None, "split", ratio=D("4"))
+    first = broker.apply_corporate_action(split)
+    again = broker.apply_corporate_action(split)
+    assert (first.quantity_after, first.applied, again.applied) == (D("60"), True, False)
+    assert holdings(broker) == {"AAPL": (D("60"), D("25"))}
+    cash = broker.get_account().cash
+
+    # a 1:4 reverse split of 60 whole shares leaves 15; of 62, 15 and cash in lieu of 0.5
+    broker.set_position("AAPL", D("62"))
+    prices["AAPL"] = D("100")
+    reverse = PaperCorporateAction("rs-1", "AAPL", None, "reverse_split", ratio=D("0.25"))
+    result = broker.apply_corporate_action(reverse)
+    assert (result.quantity_after, result.cash) == (D("15"), D("50"))
+    assert broker.get_account().cash == cash + D("50")
+
+    dividend = PaperCorporateAction("div-1", "AAPL", None, "dividend", cash_per_share=D("0.24"))
+    assert broker.apply_corporate_action(dividend).cash == D("3.6")
+    assert broker.apply_corporate_action(dividend).applied is False
+    assert broker.get_account().cash == cash + D("53.6")
+
+
+def test_a_legacy_book_without_exchanges_is_upgraded_in_place(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE paper_accounts (account_id VARCHAR(64) PRIMARY KEY, "
+                "currency VARCHAR(8) NOT NULL, cash NUMERIC(20, 6) NOT NULL, "
+                "created_at TIMESTAMP WITH TIME ZONE NOT NULL, "
+                "updated_at TIMESTAMP WITH TIME ZONE NOT NULL)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE TABLE paper_positions (account_id VARCHAR(64) NOT NULL "
+                "REFERENCES paper_accounts (account_id), symbol VARCHAR(32) NOT NULL, "
+                "quantity NUMERIC(24, 9) NOT NULL, average_price NUMERIC(20, 6), "
+                "updated_at TIMESTAMP WITH TIME ZONE NOT NULL, "
+                "CONSTRAINT pk_paper_positions PRIMARY KEY (account_id, symbol))"
+            )
+        )
+        conn.execute(
+            sa.text("INSERT INTO paper_accounts VALUES ('old', 'USD', 1000, :t, :t)"),
+            {"t": T0},
+        )
+        conn.execute(
+            sa.text("INSERT INTO paper_positions VALUES ('old', 'AAPL', 5, 90, :t)"), {"t": T0}
+        )
+    prices = VenuePrices({("AAPL", "NASDAQ"): D("100")})
+    broker = PaperBroker(
+        ConnectionConfig("old", "paper", True),
+        BrokerCredentials(),
+        engine=engine,
+        price_lookup=prices,
+        clock=Clock(),
+    )
+    assert [(p.symbol, p.exchange, p.quantity) for p in broker.get_positions()] == [
+        ("AAPL", None, D("5"))
+    ]
+    # the first order naming the exchange claims the legacy position
+    broker.place_order(OrderRequest("s1", "AAPL", OrderSide.SELL, D("2"), exchange="NASDAQ"))
+    assert [(p.symbol, p.exchange, p.quantity) for p in broker.get_positions()] == [
+        ("AAPL", "NASDAQ", D("3"))
+    ]

@@ -83,8 +83,20 @@ def _investor(engine: Engine, broker_type: str = "paper", **kw: Any) -> tuple[st
         return str(inv.id), str(conn.id)
 
 
+def _asset_of(db: Session, symbol: str) -> Asset:
+    """Return the asset named ``SYMBOL`` (unique symbol) or ``SYMBOL@EXCHANGE``."""
+    name, _, exchange = symbol.partition("@")
+    query = select(Asset).where(Asset.symbol == name)
+    if exchange:
+        query = query.where(Asset.exchange == exchange)
+    return db.scalars(query).one()
+
+
 def _ledger(engine: Engine, investment_id: str, fills: Sequence[tuple[str, str, str, str]]) -> None:
-    """Write one completed run whose orders filled as given: (symbol, side, quantity, price)."""
+    """Write one completed run whose orders filled as given: (symbol, side, quantity, price).
+
+    ``symbol`` may name its exchange, ``INFY@NSE``.
+    """
     with Session(engine) as db, db.begin():
         inv = db.get(UserSmallcaseInvestment, uuid.UUID(investment_id))
         assert inv is not None
@@ -98,7 +110,7 @@ def _ledger(engine: Engine, investment_id: str, fills: Sequence[tuple[str, str, 
         db.flush()
         held: dict[str, tuple[Decimal, Decimal]] = {}
         for symbol, side, qty, price in fills:
-            asset = db.scalars(select(Asset).where(Asset.symbol == symbol)).one()
+            asset = _asset_of(db, symbol)
             q, p = Decimal(qty), Decimal(price)
             have, avg = held.get(symbol, (Decimal(0), Decimal(0)))
             if side == "buy":
@@ -207,15 +219,15 @@ def test_snapshot_rerun_and_reconciliation_with_a_drifted_book(flow_db: Engine) 
 
     state, data = _run(snapshot_date=DAY)
 
-    assert state.is_completed() and state.name == "Completed", state.message
+    assert state.is_completed() and state.name == "Partially Completed", state.message
     totals = data["totals"]
     assert (totals["investments"], totals["positions"], totals["inserted"]) == (2, 3, 3)
     assert (totals["connections"], totals["connections_failed"], data["stale"]) == (2, 0, [])
     expected = [
-        {"connection": "paper_drifted", "symbol": "AAA", "ours": "5", "broker": "7",
-         "difference": "2"},
-        {"connection": "paper_drifted", "symbol": "ZZZ", "ours": "0", "broker": "3",
-         "difference": "3"},
+        {"connection": "paper_drifted", "symbol": "AAA", "exchange": "NYSE", "ours": "5",
+         "broker": "7", "difference": "2"},
+        {"connection": "paper_drifted", "symbol": "ZZZ", "exchange": "", "ours": "0",
+         "broker": "3", "difference": "3"},
     ]  # fmt: skip
     assert data["differences"] == expected
     assert _artifact_rows(state, "reconciliation") == expected
@@ -243,7 +255,8 @@ def test_snapshot_rerun_and_reconciliation_with_a_drifted_book(flow_db: Engine) 
         )
     assert difference.user_id == owner
     (run_audit,) = _audits(flow_db, "flow.snapshot_positions")
-    assert run_audit.success is True and run_audit.request_id == difference.request_id
+    # a difference is never silent: the run is not a success
+    assert run_audit.success is False and run_audit.request_id == difference.request_id
 
     # a re-run changes nothing
     state, data = _run(snapshot_date=DAY)
@@ -366,3 +379,25 @@ def test_stale_and_missing_prices_are_reported(flow_db: Engine) -> None:
     assert Decimal(str(rows[(inv, "OLD")].market_value)) == Decimal(60)  # the old close, flagged
     # the paper broker holds nothing: every symbol differs, and is reported, not a failure
     assert {d["symbol"] for d in data["differences"]} == {"FRESH", "NOCLOSE", "OLD"}
+
+
+def test_one_symbol_on_two_exchanges_is_reconciled_as_two_assets(flow_db: Engine) -> None:
+    _assets(flow_db, {"INFY": "1500"}, exchange="NSE")
+    _assets(flow_db, {"INFY": "18"}, exchange="NYSE")
+    inv, conn_id = _investor(flow_db, alias="paper_infy")
+    _ledger(flow_db, inv, [("INFY@NSE", "buy", "5", "1500"), ("INFY@NYSE", "buy", "3", "18")])
+    with Session(flow_db) as db:
+        row = db.get(UserBrokerConnection, uuid.UUID(conn_id))
+        assert row is not None
+        db.expunge(row)
+    broker = open_broker(flow_db, row)
+    assert isinstance(broker, PaperBroker)
+    # the broker holds the same 8 INFY, but 3 on NSE and 5 on NYSE
+    broker.set_position("INFY", Decimal(3), Decimal(1500), exchange="NSE")
+    broker.set_position("INFY", Decimal(5), Decimal(18), exchange="NYSE")
+
+    state, data = _run(snapshot_date=DAY)
+
+    rows = {(d["symbol"], d["exchange"]): (d["ours"], d["broker"]) for d in data["differences"]}
+    assert rows == {("INFY", "NSE"): ("5", "3"), ("INFY", "NYSE"): ("3", "5")}
+    assert state.name == "Partially Completed"
