@@ -16,6 +16,7 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 
+from saras.services.corporate_actions import AppliedAction
 from saras.services.snapshots import (
     ConnectionRef,
     ConnectionResult,
@@ -27,6 +28,7 @@ from saras.services.snapshots import (
 from tasks import concurrent_writes
 from tasks.common import record_audit
 from tasks.snapshots import (
+    apply_corporate_actions,
     plan_reconciliation,
     reconcile_connection,
     reconcile_connections,
@@ -52,6 +54,10 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
     now = datetime.now(UTC)
     day = snapshot_date or default_snapshot_date(now)
 
+    # the ledger follows the market first: splits, bonus issues, dividends due by the day
+    applying = apply_corporate_actions(day, return_state=True)
+    applied: list[AppliedAction] = applying.result() if applying.is_completed() else []
+    actions_error = None if applying.is_completed() else str(applying.message or "failed")
     snapshot = write_position_snapshot.submit(day, now)
     if not concurrent_writes():
         snapshot.wait()
@@ -62,10 +68,10 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
     )
     futures = []
     for i, group in enumerate(groups):
-        futures.append(reconcile_connections.submit(group, f"{i + 1}-of-{len(groups)}"))
+        futures.append(reconcile_connections.submit(group, f"{i + 1}-of-{len(groups)}", day))
         if not concurrent_writes():
             futures[-1].wait()
-    results = _reconcile_results(groups, futures)
+    results = _reconcile_results(groups, futures, day)
 
     snapshot.wait()
     report: SnapshotReport | None = None
@@ -74,11 +80,13 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
         report = snapshot.result()
     else:
         snapshot_error = str(snapshot.state.message or "the snapshot write failed")
-    return _finish(day, report, snapshot_error, results, began)
+    return _finish(day, report, snapshot_error, results, began, applied, actions_error)
 
 
 def _reconcile_results(
-    groups: list[list[ConnectionRef]], futures: list[PrefectFuture[list[ConnectionResult]]]
+    groups: list[list[ConnectionRef]],
+    futures: list[PrefectFuture[list[ConnectionResult]]],
+    day: date,
 ) -> list[ConnectionResult]:
     """Collect batch results; retry alone, with Prefect's retries, what answered retryably."""
     results: list[ConnectionResult] = []
@@ -96,7 +104,7 @@ def _reconcile_results(
         for result in future.result():
             if result.retry:
                 ref = by_id[result.connection_id]
-                retries.append((ref, reconcile_connection.submit(ref)))
+                retries.append((ref, reconcile_connection.submit(ref, day)))
             else:
                 results.append(result)
     for ref, single in retries:
@@ -116,6 +124,8 @@ def _finish(
     snapshot_error: str | None,
     results: list[ConnectionResult],
     began: float,
+    applied: list[AppliedAction],
+    actions_error: str | None = None,
 ) -> State:
     differences = [d.as_row() for r in results for d in r.differences]
     failed = [r for r in results if r.failed]
@@ -125,6 +135,7 @@ def _finish(
         connections=len(results),
         connections_failed=len(failed),
         differences=len(differences),
+        corporate_actions_applied=len(applied),
     )
 
     stale_text = ", ".join(
@@ -146,6 +157,23 @@ def _finish(
             key="stale-prices",
             description=f"Assets valued at an old close, or at none, on {day}",
         )
+    if applied:
+        create_table_artifact(
+            [
+                {
+                    "symbol": a.symbol,
+                    "exchange": a.exchange,
+                    "action": a.action_type,
+                    "ex_date": str(a.ex_date),
+                    "investments": a.investments,
+                    "quantity_added": f"{a.quantity_added.normalize():f}",
+                    "cash": f"{a.cash.normalize():f}",
+                }
+                for a in applied
+            ],
+            key="corporate-actions",
+            description=f"Corporate actions applied to the ledger on {day}",
+        )
     create_table_artifact(
         differences,
         key="reconciliation",
@@ -162,6 +190,8 @@ def _finish(
     )
 
     problems = []
+    if actions_error:
+        problems.append(f"corporate actions could not be applied: {actions_error}")
     if snapshot_error:
         problems.append(f"snapshot failed: {snapshot_error}")
     if stale:
@@ -188,6 +218,7 @@ def _finish(
     data = {
         "snapshot_date": str(day),
         "totals": totals,
+        "corporate_actions": [str(a.action_id) for a in applied],
         "stale": stale,
         "differences": differences,
         "connections": [r.as_row() for r in results],

@@ -15,6 +15,7 @@ import typer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from saras.cli_reconcile import app as reconcile_app
 from saras.errors import SarasError
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ app.add_typer(connections_app, name="connections")
 app.add_typer(portfolios_app, name="portfolios")
 app.add_typer(smallcases_app, name="smallcases")
 app.add_typer(keys_app, name="keys")
+app.add_typer(reconcile_app, name="reconcile")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 

@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 from saras.brokers.errors import is_retryable
 from saras.db import get_engine
 from saras.services import snapshots as service
+from saras.services.corporate_actions import AppliedAction, apply_due_actions
 from tasks import retry_when
 from tasks.common import current_flow_run_id
 
@@ -34,10 +35,23 @@ def plan_reconciliation() -> list[service.ConnectionRef]:
 
 @task(cache_policy=NO_CACHE, task_run_name="reconcile-{label}")
 def reconcile_connections(
-    connections: list[service.ConnectionRef], label: str
+    connections: list[service.ConnectionRef], label: str, snapshot_date: date | None = None
 ) -> list[service.ConnectionResult]:
     """Reconcile a batch of connections, one positions call each."""
-    return service.reconcile_batch(get_engine(), connections, request_id=current_flow_run_id())
+    return service.reconcile_batch(
+        get_engine(), connections, request_id=current_flow_run_id(), day=snapshot_date
+    )
+
+
+@task(
+    retries=2,
+    retry_delay_seconds=10,
+    retry_condition_fn=retry_when(lambda exc: isinstance(exc, OperationalError)),
+    cache_policy=NO_CACHE,
+)
+def apply_corporate_actions(snapshot_date: date) -> list[AppliedAction]:
+    """Apply the corporate actions due by the snapshot day to the ledger (each once)."""
+    return apply_due_actions(get_engine(), as_of=snapshot_date)
 
 
 @task(
@@ -47,6 +61,10 @@ def reconcile_connections(
     cache_policy=NO_CACHE,
     task_run_name="reconcile-retry-{connection.alias}",
 )
-def reconcile_connection(connection: service.ConnectionRef) -> service.ConnectionResult:
+def reconcile_connection(
+    connection: service.ConnectionRef, snapshot_date: date | None = None
+) -> service.ConnectionResult:
     """Reconcile one connection whose broker answered with a retryable error."""
-    return service.reconcile_connection(get_engine(), connection, request_id=current_flow_run_id())
+    return service.reconcile_connection(
+        get_engine(), connection, request_id=current_flow_run_id(), day=snapshot_date
+    )

@@ -642,6 +642,7 @@ class PaperBroker:
         price_lookup: PriceLookup,
         settings: PaperSettings | None = None,
         clock: Callable[[], datetime] | None = None,
+        corporate_actions: Callable[[], Sequence[PaperCorporateAction]] | None = None,
     ) -> None:
         account_id = str(config.connection_id)
         if not account_id or len(account_id) > 64:
@@ -652,6 +653,7 @@ class PaperBroker:
         self._engine = engine
         self._price_lookup = _by_asset(price_lookup)
         self._clock = clock or _utc_now
+        self._corporate_actions = corporate_actions
         self._schema_ready = False
         self._account_ready = False
 
@@ -663,6 +665,7 @@ class PaperBroker:
     def get_account(self) -> AccountInfo:
         """Return cash, buying power (the cash) and currency."""
         self._prepare()
+        self._catch_up()
         with self._engine.connect() as conn:
             row = conn.execute(
                 sa.select(paper_accounts.c.cash, paper_accounts.c.currency).where(
@@ -674,6 +677,7 @@ class PaperBroker:
     def get_positions(self) -> Sequence[BrokerPosition]:
         """Return every non-zero position, valued at the latest stored price when there is one."""
         self._prepare()
+        self._catch_up()
         with self._engine.connect() as conn:
             rows = conn.execute(
                 sa.select(paper_positions)
@@ -709,6 +713,7 @@ class PaperBroker:
         existing = self._find(client_order_id=request.client_order_id)
         if existing is not None:
             return self._to_broker_orders([existing])[0]
+        self._catch_up()
         price = self._lookup_price(request.symbol, request.exchange)
         now = self._now()
         market_open = self._is_market_open(now)
@@ -940,6 +945,25 @@ class PaperBroker:
         return PaperActionResult(action.action_id, before, after, cash, True)
 
     # ---- internals --------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Apply the market's corporate actions this book has not seen yet (each once)."""
+        if self._corporate_actions is None:
+            return
+        actions = self._corporate_actions()
+        if not actions:
+            return
+        with self._engine.connect() as conn:
+            seen = set(
+                conn.execute(
+                    sa.select(paper_corporate_actions.c.action_id).where(
+                        paper_corporate_actions.c.account_id == self.account_id
+                    )
+                ).scalars()
+            )
+        for action in actions:
+            if action.action_id not in seen:
+                self.apply_corporate_action(action)
 
     def _prepare(self) -> None:
         """Create the schema and the account (with its starting-cash deposit) on first use."""

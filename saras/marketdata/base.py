@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -104,6 +105,23 @@ class BarRequest:
             )
 
 
+@dataclass(frozen=True)
+class SourceAction:
+    """A corporate action a source reported alongside its bars, under our own symbol.
+
+    ``action_type`` is ``split`` (ratio > 1), ``reverse_split`` (ratio < 1), ``bonus`` or
+    ``dividend``; ``ratio`` is the shares held after per share held before, ``cash_amount`` a
+    dividend per share (in the asset's currency unless ``currency`` says otherwise).
+    """
+
+    symbol: str
+    action_type: str
+    ex_date: date
+    ratio: Decimal | None = None
+    cash_amount: Decimal | None = None
+    currency: str | None = None
+
+
 @dataclass
 class FetchResult:
     """What a source delivered for one batch of requests."""
@@ -112,6 +130,8 @@ class FetchResult:
     adjusted: bool
     failures: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    #: corporate actions the source reported for the requested symbols and days (if it can)
+    actions: list[SourceAction] = field(default_factory=list)
 
     @property
     def symbols(self) -> list[str]:

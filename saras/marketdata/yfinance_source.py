@@ -33,6 +33,7 @@ import re
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import date, timedelta
+from decimal import Decimal
 from typing import Any
 
 import numpy as np
@@ -55,6 +56,7 @@ from saras.marketdata._util import (
 from saras.marketdata.base import (
     BarRequest,
     FetchResult,
+    SourceAction,
     SourceUnavailableError,
     concat_bars,
 )
@@ -161,6 +163,7 @@ class YFinanceSource:
         self._apply_cache_dir()
         failures: dict[str, str] = {}
         frames: list[pd.DataFrame] = []
+        actions: list[SourceAction] = []
         transient: set[str] = set()
         todo = triage(requests, failures)
         for start, end, batch in group_by_range(todo, self._batch_size):
@@ -176,7 +179,7 @@ class YFinanceSource:
                 if attempt:
                     self._sleep(self._retry.delay(attempt - 1))
                     _clear_response_cache()
-                got, errors = self._download(pending, start, end)
+                got, errors = self._download(pending, start, end, actions)
                 for ticker, frame in got.items():
                     frames.append(frame)
                     del pending[ticker]
@@ -195,10 +198,14 @@ class YFinanceSource:
                 + "; ".join(f"{s}: {r}" for s, r in list(failures.items())[:5]),
                 source=self.name,
             )
-        return FetchResult(bars, self._auto_adjust, failures, self.name)
+        return FetchResult(bars, self._auto_adjust, failures, self.name, actions)
 
     def _download(
-        self, pending: Mapping[str, BarRequest], start: date, end: date
+        self,
+        pending: Mapping[str, BarRequest],
+        start: date,
+        end: date,
+        actions: list[SourceAction],
     ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
         """Run one ``yf.download``; return frames per delivered ticker and reasons per failure."""
         tickers = sorted(pending)
@@ -212,7 +219,7 @@ class YFinanceSource:
                 end=(end + timedelta(days=1)).isoformat(),
                 interval="1d",
                 auto_adjust=self._auto_adjust,
-                actions=False,
+                actions=True,  # the `Dividends` and `Stock Splits` columns
                 repair=False,
                 keepna=False,
                 group_by="ticker",
@@ -227,10 +234,15 @@ class YFinanceSource:
             return {}, dict.fromkeys(tickers, reason)
         finally:
             logger.removeHandler(capture)
-        return self._split(data, pending, start, end), capture.reasons
+        return self._split(data, pending, start, end, actions), capture.reasons
 
     def _split(
-        self, data: pd.DataFrame | None, pending: Mapping[str, BarRequest], start: date, end: date
+        self,
+        data: pd.DataFrame | None,
+        pending: Mapping[str, BarRequest],
+        start: date,
+        end: date,
+        actions: list[SourceAction],
     ) -> dict[str, pd.DataFrame]:
         got: dict[str, pd.DataFrame] = {}
         if data is None or data.empty or not isinstance(data.columns, pd.MultiIndex):
@@ -240,6 +252,7 @@ class YFinanceSource:
             if ticker not in present:
                 continue
             sub = data[ticker]
+            actions.extend(_actions(req.symbol, sub, start, end))
             cols = [c for c in ("Open", "High", "Low", "Close", "Volume") if c in sub.columns]
             if len(cols) < 5:
                 continue
@@ -273,6 +286,31 @@ class YFinanceSource:
             if _cache_dir_set != self._cache_dir:
                 yf.set_tz_cache_location(self._cache_dir)
                 _cache_dir_set = self._cache_dir
+
+
+def _actions(symbol: str, frame: pd.DataFrame, start: date, end: date) -> list[SourceAction]:
+    """Read Yahoo's ``Stock Splits`` and ``Dividends`` columns (0 or NaN: none that day).
+
+    ``Stock Splits`` is Yahoo's numerator / denominator (4.0 for 4:1, 0.1 for 1:10); Yahoo's
+    dividends are per share, already adjusted for later splits.
+    """
+    out: list[SourceAction] = []
+    for column in ("Stock Splits", "Dividends"):
+        if column not in frame.columns:
+            continue
+        for stamp, value in frame[column].items():
+            if value is None or pd.isna(value) or float(value) <= 0:
+                continue
+            day = pd.Timestamp(stamp).date()
+            if not start <= day <= end:
+                continue
+            amount = Decimal(repr(round(float(value), 12)))
+            if column == "Dividends":
+                out.append(SourceAction(symbol, "dividend", day, cash_amount=amount))
+            elif amount != 1:
+                kind = "split" if amount > 1 else "reverse_split"
+                out.append(SourceAction(symbol, kind, day, ratio=amount))
+    return out
 
 
 def _clear_response_cache() -> None:

@@ -232,12 +232,10 @@ def _snapshot_sql() -> str:
     # conflicting row even when its WHERE then declines the update. ON CONFLICT stays for a
     # concurrent writer of the same day.
     return f"""
-    WITH positions AS (
+    WITH moves AS (
         SELECT i.id AS investment_id, o.asset_id, i.broker_connection_id,
-               round(sum(CASE WHEN o.side = 'sell' THEN -f.filled ELSE f.filled END), 9)
-                   AS quantity,
-               round((max(ARRAY[extract(epoch FROM f.filled_at), f.average_price]))[2], 6)
-                   AS average_price
+               CASE WHEN o.side = 'sell' THEN -f.filled ELSE f.filled END AS quantity,
+               f.filled_at, f.average_price
         FROM user_smallcase_investments i
         JOIN smallcase_execution_runs r ON r.investment_id = i.id
         JOIN smallcase_execution_orders o ON o.execution_run_id = r.id
@@ -248,7 +246,20 @@ def _snapshot_sql() -> str:
                    (o.order_metadata ->> 'position_average_price')::numeric AS average_price
         ) f
         WHERE i.status = :active AND f.filled > 0 AND f.filled_at < :cutoff
-        GROUP BY i.id, o.asset_id
+        UNION ALL
+        SELECT i.id, a.asset_id, i.broker_connection_id, a.quantity_delta, a.effective_at,
+               a.average_price
+        FROM user_smallcase_investments i
+        JOIN position_adjustments a ON a.investment_id = i.id
+        WHERE i.status = :active AND a.asset_id IS NOT NULL AND a.quantity_delta <> 0
+          AND a.effective_at < :cutoff
+    ),
+    positions AS (
+        SELECT investment_id, asset_id, broker_connection_id, round(sum(quantity), 9) AS quantity,
+               round((max(ARRAY[extract(epoch FROM filled_at), average_price]))[2], 6)
+                   AS average_price
+        FROM moves
+        GROUP BY investment_id, asset_id, broker_connection_id
     ),
     closes AS (
         SELECT * FROM unnest(CAST(:asset_ids AS uuid[]), CAST(:closes AS numeric[]))
@@ -465,6 +476,8 @@ def ledger_positions(
     active_only: bool = True,
 ) -> list[LedgerPosition]:
     """Compute positions from the ledger in Python (zero positions included), in key order."""
+    if investment_ids is not None:
+        investment_ids = list(investment_ids)
     orders = SmallcaseExecutionOrder.__table__
     runs = SmallcaseExecutionRun.__table__
     investments = UserSmallcaseInvestment.__table__
@@ -507,6 +520,37 @@ def ledger_positions(
         )
         # Ties on filled_at keep the larger average, as the PostgreSQL path does.
         candidate = (filled_at, average)
+        if key not in latest or _later(candidate, latest[key]):
+            latest[key] = candidate
+    # splits, bonus issues and accepted differences move positions without a fill
+    adjustments = PositionAdjustment.__table__
+    moved = (
+        select(
+            investments.c.id,
+            investments.c.broker_connection_id,
+            adjustments.c.asset_id,
+            adjustments.c.quantity_delta,
+            adjustments.c.average_price,
+            adjustments.c.effective_at,
+        )
+        .join(adjustments, adjustments.c.investment_id == investments.c.id)
+        .where(adjustments.c.asset_id.is_not(None), adjustments.c.quantity_delta != 0)
+    )
+    if active_only:
+        moved = moved.where(investments.c.status == ACTIVE)
+    if investment_ids is not None:
+        moved = moved.where(investments.c.id.in_(list(investment_ids)))
+    for row in conn.execute(moved):
+        effective_at = row.effective_at
+        if effective_at.tzinfo is None:
+            effective_at = effective_at.replace(tzinfo=UTC)
+        if as_of is not None and effective_at >= as_of:
+            continue
+        key = (row.id, row.asset_id)
+        connection[row.id] = row.broker_connection_id
+        quantity[key] += Decimal(str(row.quantity_delta))
+        average = None if row.average_price is None else Decimal(str(row.average_price))
+        candidate = (effective_at, average)
         if key not in latest or _later(candidate, latest[key]):
             latest[key] = candidate
     out = []

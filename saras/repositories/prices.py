@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import Connection, Table, bindparam, select, text
 from uuid_utils.compat import uuid7
 
 from models import PriceHistory
@@ -145,7 +145,7 @@ def _write_postgres(conn: Connection, bars: pd.DataFrame) -> dict[uuid.UUID, Wri
 
 def _write_portable(conn: Connection, bars: pd.DataFrame) -> dict[uuid.UUID, WriteCounts]:
     asset_ids = [uuid.UUID(str(a)) for a in pd.unique(bars["asset_id"])]
-    table = PriceHistory.__table__
+    table = cast(Table, PriceHistory.__table__)
     existing_rows = conn.execute(
         select(table.c.asset_id, table.c.price_date, *(table.c[c] for c in _VALUE_SQL)).where(
             table.c.asset_id.in_(asset_ids),
@@ -199,7 +199,7 @@ def last_stored_dates(conn: Connection, asset_ids: Sequence[uuid.UUID]) -> dict[
     """Return each asset's latest stored price date (assets with no prices are absent)."""
     if not asset_ids:
         return {}
-    table = PriceHistory.__table__
+    table = cast(Table, PriceHistory.__table__)
     rows = conn.execute(
         select(table.c.asset_id, text("max(price_date)"))
         .where(table.c.asset_id.in_(list(asset_ids)))
@@ -217,7 +217,7 @@ def stored_closes(
     keys = list(keys)
     if not keys:
         return {}
-    table = PriceHistory.__table__
+    table = cast(Table, PriceHistory.__table__)
     asset_ids = sorted({k[0] for k in keys})
     days = sorted({k[1] for k in keys})
     rows = conn.execute(
@@ -277,7 +277,7 @@ def first_stored_dates(conn: Connection, asset_ids: Sequence[uuid.UUID]) -> dict
     """Return each asset's earliest stored price date (assets with no prices are absent)."""
     if not asset_ids:
         return {}
-    table = PriceHistory.__table__
+    table = cast(Table, PriceHistory.__table__)
     rows = conn.execute(
         select(table.c.asset_id, text("min(price_date)"))
         .where(table.c.asset_id.in_(list(asset_ids)))

@@ -118,7 +118,13 @@ def open_broker(
         )
     extras: dict[str, Any] = {}
     if connection.broker_type == BrokerType.PAPER.value:
-        extras = {"engine": engine, "price_lookup": latest_close_lookup(engine)}
+        from saras.services.corporate_actions import paper_action_feed
+
+        extras = {
+            "engine": engine,
+            "price_lookup": latest_close_lookup(engine),
+            "corporate_actions": paper_action_feed(engine),  # the market's splits, dividends
+        }
     elif connection.broker_type == BrokerType.ZERODHA.value:
         connection_id = connection.id
 

@@ -30,6 +30,7 @@ from saras.marketdata.base import (
 from saras.marketdata.registry import get_source
 from saras.marketdata.validation import validate_bars
 from saras.repositories import prices as price_repo
+from saras.services import corporate_actions
 from saras.settings import Settings, get_settings
 
 #: relative difference of a re-fetched close that means the source rewrote its history
@@ -67,6 +68,8 @@ class SymbolReport:
     missing_sessions: int = 0
     off_calendar: int = 0
     rewritten: bool = False
+    #: corporate actions first recorded by this run (reported by the source, or inferred)
+    actions: int = 0
     error: str | None = None
 
     @property
@@ -201,7 +204,9 @@ def ingest_batch(
             reports[symbol].error = reason
 
     bars = result.bars
-    rewrite = _adjusted_symbols(engine, bars, by_symbol)
+    source_name = result.source or items[0].source
+    reported = list(result.actions)
+    rewrite, factors = _adjusted_symbols(engine, bars, by_symbol)
     if rewrite:
         full = source.fetch_daily_bars(
             [
@@ -215,8 +220,10 @@ def ingest_batch(
             ]
         )
         bars = pd.concat([bars[~bars["symbol"].isin(rewrite)], full.bars], ignore_index=True)
+        reported.extend(full.actions)
         for symbol in rewrite:
             reports[symbol].rewritten = True
+    inferred = corporate_actions.infer_from_rewrite(by_symbol, factors, reported)
     # Without a rewrite, a day fetched only to detect adjustments is already stored: drop it
     # (keeps the nightly increment on the all-new fast path).
     detection_day = {
@@ -248,6 +255,12 @@ def ingest_batch(
     frame = valid.assign(asset_id=valid["symbol"].map(asset_of))
     with engine.begin() as conn:
         counts = price_repo.write_bars(conn, frame)
+        recorded = corporate_actions.record_source_actions(conn, by_symbol, reported, source_name)
+        guessed = corporate_actions.record_source_actions(
+            conn, by_symbol, inferred, corporate_actions.INFERRED_PREFIX + source_name
+        )
+    for symbol in set(recorded) | set(guessed):
+        reports[symbol].actions = recorded.get(symbol, 0) + guessed.get(symbol, 0)
     symbol_of = {uuid.UUID(i.asset_id): i.symbol for i in items}
     for asset_id, c in counts.items():
         r = reports[symbol_of[asset_id]]
@@ -257,18 +270,24 @@ def ingest_batch(
 
 def _adjusted_symbols(
     engine: Engine, bars: pd.DataFrame, by_symbol: Mapping[str, IngestionItem]
-) -> list[str]:
+) -> tuple[list[str], dict[str, float]]:
+    """Return the symbols whose source rewrote the stored history, and by what factor.
+
+    The factor is stored close / re-fetched close of the last stored day (4.0 after a 4:1
+    split, about 1.01 after a 1% dividend adjustment).
+    """
     keys = [(uuid.UUID(i.asset_id), i.last_stored) for i in by_symbol.values() if i.last_stored]
     if not keys or bars.empty:
-        return []
+        return [], {}
     with engine.connect() as conn:
-        stored = price_repo.stored_closes(conn, keys)  # type: ignore[arg-type]
+        stored = price_repo.stored_closes(conn, keys)
     fetched = {
         (row.symbol, row.price_date): row.close
         for row in bars.itertuples(index=False)
         if by_symbol[row.symbol].last_stored == row.price_date
     }
     out = []
+    factors: dict[str, float] = {}
     for symbol, item in by_symbol.items():
         old = stored.get((uuid.UUID(item.asset_id), item.last_stored))  # type: ignore[arg-type]
         new = fetched.get((symbol, item.last_stored))
@@ -276,7 +295,9 @@ def _adjusted_symbols(
             continue
         if abs(round(float(new), price_repo.PRICE_DECIMALS) - old) / old > ADJUSTMENT_TOLERANCE:
             out.append(symbol)
-    return sorted(out)
+            if new:
+                factors[symbol] = float(old) / float(new)
+    return sorted(out), factors
 
 
 def _fail_all(reports: dict[str, SymbolReport], message: str) -> list[SymbolReport]:

@@ -24,25 +24,38 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.orm import Session
 
-from models import UserBrokerConnection
-from saras.brokers.base import Broker
+from models import (
+    Asset,
+    SmallcaseExecutionOrder,
+    SmallcaseExecutionRun,
+    UserBrokerConnection,
+)
+from saras.brokers.base import AccountInfo, Broker
 from saras.brokers.errors import (
     FatalBrokerError,
     NonRetryableBrokerError,
     RetryableBrokerError,
 )
 from saras.brokers.registry import UnknownBrokerError
-from saras.domain.enums import BrokerType, ConnectionStatus
+from saras.domain.enums import (
+    BrokerType,
+    ConnectionStatus,
+    CorporateActionStatus,
+    DifferenceClass,
+    DifferenceKind,
+    OrderStatus,
+)
 from saras.marketdata import calendars
 from saras.marketdata.base import MarketDataError
+from saras.repositories import corporate_actions as ca_repo
 from saras.repositories import positions as repo
 from saras.repositories.audit import write_audit
 from saras.secrets import SecretKeyError
@@ -54,6 +67,13 @@ DIFFERENCE_EVENT = "reconciliation.difference"
 #: how far back to look for an exchange's last session (longest market closure plus margin)
 _SESSION_LOOKBACK = timedelta(days=14)
 _QUANTITY_Q = Decimal("1e-9")
+#: our order statuses whose fills may still be on their way to the ledger
+_WORKING = (
+    OrderStatus.SUBMITTING,
+    OrderStatus.SUBMITTED,
+    OrderStatus.PARTIALLY_FILLED,
+    OrderStatus.UNKNOWN,
+)
 
 
 # --- the snapshot -----------------------------------------------------------------------------
@@ -199,6 +219,11 @@ class Difference:
     ours: Decimal
     broker: Decimal
     exchange: str | None = None
+    kind: DifferenceKind = DifferenceKind.POSITION
+    #: why, where Saras can tell (``DifferenceClass``); empty until classified
+    classification: str = ""
+    currency: str | None = None
+    detail: str = ""
 
     @property
     def difference(self) -> Decimal:
@@ -209,11 +234,15 @@ class Difference:
         """Return the row shown in the reconciliation artifact."""
         return {
             "connection": self.alias,
+            "kind": self.kind.value,
             "symbol": self.symbol,
             "exchange": self.exchange or "",
+            "currency": self.currency or "",
             "ours": _text(self.ours),
             "broker": _text(self.broker),
             "difference": _text(self.difference),
+            "classification": self.classification,
+            "detail": self.detail,
         }
 
 
@@ -323,6 +352,7 @@ def reconcile_connection(
     *,
     ours: dict[AssetKey, Decimal] | None = None,
     request_id: str | None = None,
+    day: date | None = None,
 ) -> ConnectionResult:
     """Reconcile one connection; raises ``RetryableBrokerError`` for the task to retry.
 
@@ -344,6 +374,7 @@ def reconcile_connection(
         return result
     try:
         book = _book(broker, ours)
+        account = broker.get_account()
     except FatalBrokerError as exc:
         if ref.broker_type != BrokerType.ZERODHA.value:  # Kite marks itself expired
             mark_connection(engine, ref.connection_id, ConnectionStatus.ERROR.value, str(exc))
@@ -355,13 +386,134 @@ def reconcile_connection(
     ours = {s: q for s, q in ours.items() if q != 0}
     result.symbols = len(set(ours) | set(book))
     result.differences = compare(ref.alias, ours, book)
+    result.differences = _record(
+        engine, ref, result.differences, account, day or datetime.now(UTC).date()
+    )
     if result.differences:
         _audit_differences(engine, ref, result.differences, request_id)
     return result
 
 
+def _record(
+    engine: Engine,
+    ref: ConnectionRef,
+    differences: list[Difference],
+    account: AccountInfo,
+    day: date,
+) -> list[Difference]:
+    """Classify the differences, reconcile cash, and store the day's reconciliation.
+
+    Cash: the broker's cash should have moved since the connection's first reconciliation (its
+    anchor) as our ledger's cash flows through the connection moved; the first reconciliation
+    only sets the anchor.
+    """
+    connection_id = uuid.UUID(ref.connection_id)
+    cash = Decimal(str(account.cash)).quantize(Decimal("0.0001"))
+    with engine.begin() as conn:
+        flow = ca_repo.ledger_cash_flows(conn, [connection_id])[connection_id]
+        anchor = ca_repo.cash_anchor(conn, connection_id)
+        classified = [_classify(conn, connection_id, d) for d in differences]
+        if anchor is not None and anchor.snapshot_date != day:
+            expected = anchor.broker_cash + (flow - anchor.ledger_cash_flow)
+            if abs(cash - expected) > ca_repo.CASH_TOLERANCE:
+                classified.append(
+                    Difference(
+                        ref.alias,
+                        "",
+                        expected,
+                        cash,
+                        None,
+                        DifferenceKind.CASH,
+                        DifferenceClass.CASH.value,
+                        account.currency,
+                        f"broker cash moved by {_text(cash - anchor.broker_cash)} since "
+                        f"{anchor.snapshot_date}, our ledger by "
+                        f"{_text(flow - anchor.ledger_cash_flow)} {account.currency}",
+                    )
+                )
+        ca_repo.record_reconciliation(
+            conn,
+            connection_id,
+            day,
+            broker_cash=cash,
+            ledger_cash_flow=flow,
+            currency=account.currency,
+            differences=[
+                ca_repo.StoredDifference(
+                    kind=d.kind,
+                    symbol=d.symbol,
+                    exchange=d.exchange or "",
+                    asset_id=_asset_id(conn, d),
+                    ours=d.ours,
+                    broker=d.broker,
+                    classification=d.classification,
+                    detail=d.detail,
+                    currency=d.currency,
+                )
+                for d in classified
+            ],
+        )
+    return classified
+
+
+def _asset_id(conn: Connection, d: Difference) -> uuid.UUID | None:
+    if d.kind is not DifferenceKind.POSITION or not d.exchange:
+        return None
+    found = conn.execute(
+        select(Asset.id).where(Asset.symbol == d.symbol, Asset.exchange == d.exchange)
+    ).scalar()
+    return None if found is None else uuid.UUID(str(found))
+
+
+def _classify(conn: Connection, connection_id: uuid.UUID, d: Difference) -> Difference:
+    """Say why a position differs, where Saras can tell."""
+    asset_id = _asset_id(conn, d)
+    if asset_id is not None:
+        pending = ca_repo.list_actions(
+            conn, status=CorporateActionStatus.DETECTED, asset_ids=[asset_id]
+        )
+        ratio = Decimal(1)
+        for action in pending:
+            if action.ratio is not None:
+                ratio *= action.ratio
+        if pending and ratio != 1 and abs(d.ours * ratio - d.broker) <= max(ratio, Decimal(1)):
+            names = ", ".join(f"{a.action_type.value} of {a.ex_date}" for a in pending)
+            return replace(
+                d,
+                classification=DifferenceClass.SPLIT_NOT_APPLIED.value,
+                detail=f"the broker applied {names} (x{_text(ratio)}); our ledger has not yet",
+            )
+        orders = SmallcaseExecutionOrder.__table__
+        runs = SmallcaseExecutionRun.__table__
+        working = conn.execute(
+            select(func.count())
+            .select_from(orders)
+            .join(runs, runs.c.id == orders.c.execution_run_id)
+            .where(
+                runs.c.broker_connection_id == connection_id,
+                orders.c.asset_id == asset_id,
+                orders.c.status.in_([s.value for s in _WORKING]),
+            )
+        ).scalar_one()
+        if working:
+            return replace(
+                d,
+                classification=DifferenceClass.FILL_NOT_RECORDED.value,
+                detail=f"{working} order(s) of ours in this asset are still working or in doubt",
+            )
+    return replace(
+        d,
+        classification=DifferenceClass.EXTERNAL_TRADE.value,
+        detail="nothing of ours explains it: traded outside Saras (accept it to book it)",
+    )
+
+
 def reconcile_batch(
-    engine: Engine, refs: Sequence[ConnectionRef], *, request_id: str | None = None
+    engine: Engine,
+    refs: Sequence[ConnectionRef],
+    *,
+    request_id: str | None = None,
+    day: date | None = None,
 ) -> list[ConnectionResult]:
     """Reconcile a batch of connections, one positions call each; failures stay per connection.
 
@@ -378,7 +530,7 @@ def reconcile_batch(
         try:
             results.append(
                 reconcile_connection(
-                    engine, ref, ours=ours.get(connection_id, {}), request_id=request_id
+                    engine, ref, ours=ours.get(connection_id, {}), request_id=request_id, day=day
                 )
             )
         except RetryableBrokerError as exc:
@@ -399,7 +551,12 @@ def _audit_differences(
     engine: Engine, ref: ConnectionRef, differences: Sequence[Difference], request_id: str | None
 ) -> None:
     shown = "; ".join(
-        f"{d.symbol} ({d.exchange or '?'}): ours {_text(d.ours)}, broker {_text(d.broker)}"
+        (
+            f"cash ({d.currency}): ours {_text(d.ours)}, broker {_text(d.broker)}"
+            if d.kind is DifferenceKind.CASH
+            else f"{d.symbol} ({d.exchange or '?'}): ours {_text(d.ours)}, "
+            f"broker {_text(d.broker)} [{d.classification}]"
+        )
         for d in differences[:20]
     )
     more = f" (+{len(differences) - 20} more)" if len(differences) > 20 else ""

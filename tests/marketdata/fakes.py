@@ -13,7 +13,7 @@ import json
 import threading
 import time as time_module
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -185,6 +185,9 @@ class _Chart:
     timestamps: list[int]
     quote: dict[str, list[Any]]
     adjclose: list[Any] | None
+    #: Yahoo's ``events``: {"dividends": {ts: {"amount", "date"}}, "splits": {ts: {"date",
+    #: "numerator", "denominator", "splitRatio"}}}, keyed by the event's timestamp as a string
+    events: dict[str, dict[str, dict[str, Any]]] | None = None
 
 
 class FakeYahoo(FakeServer):
@@ -203,8 +206,14 @@ class FakeYahoo(FakeServer):
         exchange: str = "NMS",
         currency: str = "USD",
         open_time: time = time(9, 30),
+        dividends: Mapping[str, float] | None = None,
+        splits: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
-        """Serve daily bars (date, open, high, low, close[, adjclose], volume) for a ticker."""
+        """Serve daily bars (date, open, high, low, close[, adjclose], volume) for a ticker.
+
+        ``dividends`` ({day: amount}) and ``splits`` ({day: (numerator, denominator)}) are
+        served as Yahoo's chart ``events``, stamped at the session's open like the bars.
+        """
         zone = ZoneInfo(tz)
         stamps: list[int] = []
         cols: dict[str, list[Any]] = {k: [] for k in ("open", "high", "low", "close", "volume")}
@@ -239,7 +248,19 @@ class FakeYahoo(FakeServer):
             "range": "",
             "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
         }
-        self.charts[ticker.upper()] = _Chart(meta, stamps, cols, adj)
+        events: dict[str, dict[str, dict[str, Any]]] = {}
+        for day, amount in (dividends or {}).items():
+            ts = int(datetime.combine(_day(day), open_time, zone).timestamp())
+            events.setdefault("dividends", {})[str(ts)] = {"amount": amount, "date": ts}
+        for day, (numerator, denominator) in (splits or {}).items():
+            ts = int(datetime.combine(_day(day), open_time, zone).timestamp())
+            events.setdefault("splits", {})[str(ts)] = {
+                "date": ts,
+                "numerator": numerator,
+                "denominator": denominator,
+                "splitRatio": f"{numerator}:{denominator}",
+            }
+        self.charts[ticker.upper()] = _Chart(meta, stamps, cols, adj, events or None)
 
     def add_chart_payload(self, ticker: str, payload: dict[str, Any]) -> None:
         """Serve a recorded v8 chart payload (sliced by period1/period2 like Yahoo)."""
@@ -305,6 +326,12 @@ class FakeYahoo(FakeServer):
             }
             if chart.adjclose is not None:
                 result["indicators"]["adjclose"] = [{"adjclose": [chart.adjclose[i] for i in keep]}]
+            if chart.events and "events=" in request.query_string.decode():
+                low, high = result["timestamp"][0], result["timestamp"][-1]
+                result["events"] = {
+                    kind: {k: v for k, v in found.items() if low <= v["date"] <= high}
+                    for kind, found in chart.events.items()
+                }
         else:
             result["indicators"] = {"quote": [{}], "adjclose": [{}]}
         return _json({"chart": {"result": [result], "error": None}})

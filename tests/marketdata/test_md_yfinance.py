@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, time
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
@@ -166,3 +167,27 @@ def test_ticker_mapping_and_options() -> None:
         YFinanceSource({"session": object()})
     with pytest.raises(SourceConfigError, match="batch_size"):
         YFinanceSource({"batch_size": 0})
+
+
+def test_splits_and_dividends_come_from_yahoos_events(
+    fake_yahoo: Any, yahoo_session: Any, sleeps: Any
+) -> None:
+    fake_yahoo.add_symbol(
+        "ACME", ACME, dividends={"2024-07-02": 0.24}, splits={"2024-07-05": (4, 1)}
+    )
+    fake_yahoo.add_symbol("BOLT", BOLT, splits={"2024-07-03": (1, 10)})
+    src = get_source("yfinance", {"session": yahoo_session}, sleep=sleeps)
+
+    result = src.fetch_daily_bars([r("ACME"), r("BOLT", "NASDAQ")])
+
+    found = {(a.symbol, a.action_type, a.ex_date): a for a in result.actions}
+    assert set(found) == {
+        ("ACME", "dividend", date(2024, 7, 2)),
+        ("ACME", "split", date(2024, 7, 5)),
+        ("BOLT", "reverse_split", date(2024, 7, 3)),
+    }
+    assert found[("ACME", "dividend", date(2024, 7, 2))].cash_amount == Decimal("0.24")
+    assert found[("ACME", "split", date(2024, 7, 5))].ratio == Decimal("4")
+    assert found[("BOLT", "reverse_split", date(2024, 7, 3))].ratio == Decimal("0.1")
+    # the bars are still only the sessions
+    assert len(result.bars[result.bars["symbol"] == "ACME"]) == 4
