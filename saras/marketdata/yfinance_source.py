@@ -161,6 +161,9 @@ class YFinanceSource:
     def fetch_daily_bars(self, requests: Sequence[BarRequest]) -> FetchResult:
         """Download daily bars in batches; list every symbol that could not be delivered."""
         self._apply_cache_dir()
+        # A call may be the re-fetch of a history the source has just rewritten (a split):
+        # yfinance's in-process cache of past-dated answers would hand back the old one.
+        _clear_response_cache()
         failures: dict[str, str] = {}
         frames: list[pd.DataFrame] = []
         actions: list[SourceAction] = []
@@ -219,7 +222,7 @@ class YFinanceSource:
                 end=(end + timedelta(days=1)).isoformat(),
                 interval="1d",
                 auto_adjust=self._auto_adjust,
-                actions=True,  # the `Dividends` and `Stock Splits` columns
+                actions=True,  # adds the `Dividends` and `Stock Splits` columns
                 repair=False,
                 keepna=False,
                 group_by="ticker",

@@ -617,7 +617,7 @@ def planning_gates(
                 what = (
                     f"ratio {action.ratio.normalize():f}"
                     if action.ratio is not None
-                    else f"{action.cash_amount} {action.currency or ''} per share".strip()
+                    else f"{_text(action.cash_amount or Decimal(0))} {action.currency} per share"
                 )
                 out[investment_id].append(
                     PlanningGate(

@@ -71,7 +71,9 @@ PRICE_Q = Decimal("1e-6")
 MONEY_Q = Decimal("1e-4")
 INFERRED_PREFIX = "inferred:"
 #: a rewrite factor within this relative distance of a simple ratio is taken for a split
-_RATIO_TOLERANCE = 0.005
+_RATIO_TOLERANCE = 0.002
+#: the largest denominator (and, for reverse splits, numerator) of the ratios splits use
+_MAX_TERM = 10
 #: factors closer to 1 than this are dividend (or data) adjustments, not splits
 _MIN_SPLIT_FACTOR = 1.2
 
@@ -123,12 +125,19 @@ def record_source_actions(
 
 
 def simple_ratio(factor: float) -> Fraction | None:
-    """Return the simple ratio (denominator <= 20) a rewrite factor stands for, or None."""
-    if factor <= 0:
+    """Return the split ratio a rewrite factor stands for (4, 3/2, 1/10, ...), or None.
+
+    Only ratios of small terms count (larger at most 20, smaller at most 10), within 0.2%:
+    1.018 (a dividend adjustment) or 1.37 (a vendor's data fix) are not splits.
+    """
+    if factor <= 0 or 1 / _MIN_SPLIT_FACTOR < factor < _MIN_SPLIT_FACTOR:
         return None
-    if 1 / _MIN_SPLIT_FACTOR < factor < _MIN_SPLIT_FACTOR:
-        return None
-    ratio = Fraction(factor).limit_denominator(20)
+    forward = factor >= 1
+    ratio = Fraction(factor if forward else 1 / factor).limit_denominator(_MAX_TERM)
+    if ratio.numerator > 2 * _MAX_TERM:
+        return None  # 79/10 is a coincidence, not a split
+    if not forward:
+        ratio = 1 / ratio
     if abs(float(ratio) - factor) / factor > _RATIO_TOLERANCE:
         return None
     return ratio

@@ -57,6 +57,7 @@ from saras.domain.rebalance import (
 )
 from saras.errors import InvalidInputError
 from saras.marketdata import calendars
+from saras.repositories import corporate_actions as ca_repo
 from saras.repositories.execution import current_orders_hash, orders_hash, qty_text
 from saras.services import admin
 from saras.services.brokers import mark_connection, open_broker
@@ -503,6 +504,9 @@ def plan_smallcase(
         investments = load_investments(conn, smallcase.id, investment_ids)
         ids = [i.id for i in investments]
         positions, open_orders, spent = load_state(conn, smallcase.id, ids)
+        # corporate actions and reconciliation (paper): adjustments, then the gates
+        positions, spent = ca_repo.adjust_planning_state(conn, ids, positions, spent)
+        gates = ca_repo.planning_gates(conn, ids, [a.id for a, _ in targets.values()])
         held_symbols = {s for (_, s), q in positions.items() if q}
         assets = {a.symbol: a for a, _ in targets.values()}
         missing = held_symbols - set(assets)
@@ -537,6 +541,11 @@ def plan_smallcase(
         }
     groups: dict[tuple[bool, int, Decimal], list[InvestmentRow]] = defaultdict(list)
     for inv in usable:
+        if inv.id in gates:  # corporate_action_pending / reconciliation_difference (paper)
+            for reason in sorted({g.reason for g in gates[inv.id]}):
+                plan.skipped.setdefault(reason, []).append(str(inv.id))
+            plan.problems.extend(g.detail for g in gates[inv.id] if g.detail not in plan.problems)
+            continue
         if inv.id in busy:
             plan.skipped.setdefault("run_in_progress", []).append(str(inv.id))
             continue
