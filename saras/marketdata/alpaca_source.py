@@ -20,25 +20,36 @@ Options: ``api_key`` and ``api_secret`` (required; str or SecretStr, never logge
 ``data_url`` (endpoint override, e.g. a proxy or a test server), ``feed`` (default ``iex``),
 ``adjustment`` (``raw``, ``split``, ``dividend``, ``all``; default ``all``; ``FetchResult.adjusted``
 is true for ``split`` and ``all``), ``batch_size`` (default 200), ``timeout`` (s, 30),
-``max_retries`` (3), ``backoff`` (base seconds, 1.0).
+``max_retries`` (3), ``backoff`` (base seconds, 1.0), ``corporate_actions`` (default True).
+
+Corporate actions: with each batch, ``GET /v1/corporate-actions`` (alpaca-py's
+``CorporateActionsClient``; the answer's ``corporate_actions`` maps ``forward_splits``,
+``reverse_splits``, ``stock_dividends`` and ``cash_dividends`` to lists of
+``{symbol, new_rate, old_rate | rate, ex_date, ...}``) fills ``FetchResult.actions``: a split's
+ratio is ``new_rate / old_rate``, a stock dividend of ``rate`` is a bonus issue of ratio
+``1 + rate``, a cash dividend's ``rate`` is per share. Best effort: an account without access
+to the endpoint still gets its bars (the failure is logged).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time as _time
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pandas as pd
 import requests
 from alpaca.common.exceptions import APIError
-from alpaca.data.enums import Adjustment, DataFeed
+from alpaca.data.enums import Adjustment, CorporateActionsType, DataFeed
 from alpaca.data.historical import StockHistoricalDataClient
-from alpaca.data.requests import StockBarsRequest
+from alpaca.data.historical.corporate_actions import CorporateActionsClient
+from alpaca.data.requests import CorporateActionsRequest, StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
 from requests.adapters import HTTPAdapter
 
@@ -56,14 +67,23 @@ from saras.marketdata._util import (
 from saras.marketdata.base import (
     BarRequest,
     FetchResult,
+    SourceAction,
     SourceAuthError,
     SourceConfigError,
     SourceUnavailableError,
     concat_bars,
 )
 
+log = logging.getLogger(__name__)
 NEW_YORK = ZoneInfo("America/New_York")
+_ACTION_TYPES = [
+    CorporateActionsType.FORWARD_SPLIT,
+    CorporateActionsType.REVERSE_SPLIT,
+    CorporateActionsType.STOCK_DIVIDEND,
+    CorporateActionsType.CASH_DIVIDEND,
+]
 _OPTIONS = (
+    "corporate_actions",
     "api_key",
     "api_secret",
     "data_url",
@@ -142,6 +162,7 @@ class AlpacaSource:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._client: StockHistoricalDataClient | None = None
+        self._with_actions = opts.bool_("corporate_actions", True)
 
     def __repr__(self) -> str:
         return (
@@ -176,8 +197,11 @@ class AlpacaSource:
         transient: set[str] = set()
         frames: list[pd.DataFrame] = []
         todo = triage(requests, failures)
+        actions: list[SourceAction] = []
         for start, end, batch in group_by_range(todo, self._batch_size):
             self._fetch_batch(batch, start, end, frames, failures, transient)
+            if self._with_actions:
+                actions.extend(self._get_actions([r.symbol for r in batch], start, end))
         bars = concat_bars(frames)
         if len(bars) == 0 and failures and transient == set(failures):
             raise SourceUnavailableError(
@@ -185,7 +209,37 @@ class AlpacaSource:
                 + next(iter(failures.values())),
                 source=self.name,
             )
-        return FetchResult(bars, self.adjusted, failures, self.name)
+        return FetchResult(bars, self.adjusted, failures, self.name, actions)
+
+    def _get_actions(self, symbols: list[str], start: date, end: date) -> list[SourceAction]:
+        """Ask Alpaca for the batch's splits and dividends (best effort, never fatal)."""
+        assert self._api_key is not None and self._api_secret is not None
+        client = CorporateActionsClient(
+            api_key=self._api_key.get_secret_value(),
+            secret_key=self._api_secret.get_secret_value(),
+            url_override=self._data_url,
+            raw_data=True,
+        )
+        client._retry = 0
+        adapter = _TimeoutAdapter(self._timeout)
+        client._session.mount("http://", adapter)
+        client._session.mount("https://", adapter)
+        request = CorporateActionsRequest(
+            symbols=symbols, types=_ACTION_TYPES, start=start, end=end
+        )
+        try:
+            raw = client.get_corporate_actions(request)
+        except APIError as exc:
+            log.warning(
+                "alpaca corporate actions unavailable (HTTP %s: %s): none captured",
+                exc.status_code,
+                _body_message(exc),
+            )
+            return []
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            log.warning("alpaca corporate actions unavailable (%s)", type(exc).__name__)
+            return []
+        return _actions(raw if isinstance(raw, dict) else {}, set(symbols))
 
     def _fetch_batch(
         self,
@@ -291,6 +345,44 @@ class AlpacaSource:
         except ValueError:
             return None
         return None
+
+
+def _number(value: Any) -> Decimal | None:
+    try:
+        number = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() and number > 0 else None
+
+
+def _actions(raw: Mapping[str, Any], symbols: set[str]) -> list[SourceAction]:
+    """Translate Alpaca's corporate-actions answer (grouped by type) into ``SourceAction``s."""
+    out: list[SourceAction] = []
+    for group, items in raw.items():
+        for item in items if isinstance(items, list) else []:
+            symbol = item.get("symbol")
+            if symbol not in symbols or not item.get("ex_date"):
+                continue
+            ex_date = date.fromisoformat(str(item["ex_date"])[:10])
+            match group:
+                case "forward_splits" | "reverse_splits":
+                    new, old = _number(item.get("new_rate")), _number(item.get("old_rate"))
+                    if new is None or old is None or new == old:
+                        continue
+                    ratio = (new / old).quantize(Decimal("1e-12"))
+                    kind = "split" if ratio > 1 else "reverse_split"
+                    out.append(SourceAction(symbol, kind, ex_date, ratio=ratio))
+                case "stock_dividends":
+                    rate = _number(item.get("rate"))
+                    if rate is not None:
+                        out.append(SourceAction(symbol, "bonus", ex_date, ratio=1 + rate))
+                case "cash_dividends":
+                    rate = _number(item.get("rate"))
+                    if rate is not None:
+                        out.append(SourceAction(symbol, "dividend", ex_date, cash_amount=rate))
+                case _:
+                    continue
+    return out
 
 
 def _frame(symbol: str, rows: list[dict[str, Any]]) -> pd.DataFrame:

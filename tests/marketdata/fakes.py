@@ -369,6 +369,27 @@ class FakeAlpacaData(FakeServer):
         super().__init__()
         self.key, self.secret, self.page_size = key, secret, page_size
         self.bars: dict[str, list[dict[str, Any]]] = {}
+        #: ``GET /v1/corporate-actions``: group (``forward_splits``, ``cash_dividends``, ...) ->
+        #: items as Alpaca sends them
+        self.corporate_actions: dict[str, list[dict[str, Any]]] = {}
+
+    def add_corporate_action(self, group: str, **item: Any) -> None:
+        """Serve one corporate action (e.g. ``forward_splits``, symbol=, new_rate=, old_rate=,
+        ex_date=) with the fields Alpaca adds (id, cusip, process_date)."""
+        full = {
+            "id": f"ca-{sum(len(v) for v in self.corporate_actions.values()) + 1}",
+            "cusip": "000000000",
+            "process_date": item.get("ex_date"),
+            **item,
+        }
+        if group == "reverse_splits":
+            full.setdefault("old_cusip", "000000000")
+            full.setdefault("new_cusip", "000000001")
+            full.pop("cusip", None)
+        if group == "cash_dividends":
+            full.setdefault("special", False)
+            full.setdefault("foreign", False)
+        self.corporate_actions.setdefault(group, []).append(full)
 
     def add_bars(self, symbol: str, bars: Sequence[Bar]) -> None:
         """Serve daily bars (date, open, high, low, close, volume) for ``symbol``."""
@@ -390,13 +411,15 @@ class FakeAlpacaData(FakeServer):
         self.bars[symbol] = rows
 
     def handle(self, request: Request) -> Response:
-        if request.path != "/v2/stocks/bars":
+        if request.path not in ("/v2/stocks/bars", "/v1/corporate-actions"):
             return _json({"message": "Not Found"}, 404)
         if (
             request.headers.get("APCA-API-KEY-ID") != self.key
             or request.headers.get("APCA-API-SECRET-KEY") != self.secret
         ):
             return _json({"message": "unauthorized"}, 401)
+        if request.path == "/v1/corporate-actions":
+            return self._corporate_actions(request)
         args = request.args
         if args.get("timeframe") != "1Day":
             return _json({"code": 42210000, "message": "invalid timeframe"}, 422)
@@ -424,6 +447,24 @@ class FakeAlpacaData(FakeServer):
             {"bars": out, "next_page_token": token},
             headers={"X-RateLimit-Limit": "200", "X-RateLimit-Remaining": "199"},
         )
+
+    def _corporate_actions(self, request: Request) -> Response:
+        args = request.args
+        symbols = {s for s in args.get("symbols", "").split(",") if s}
+        types = {t for t in args.get("types", "").split(",") if t}
+        start = date.fromisoformat(args["start"]) if "start" in args else date.min
+        end = date.fromisoformat(args["end"]) if "end" in args else date.max
+        found: dict[str, list[dict[str, Any]]] = {}
+        for group, items in self.corporate_actions.items():
+            if types and group.removesuffix("s") not in types:
+                continue
+            for item in items:
+                if symbols and item.get("symbol") not in symbols:
+                    continue
+                if not start <= date.fromisoformat(item["ex_date"]) <= end:
+                    continue
+                found.setdefault(group, []).append(item)
+        return _json({"corporate_actions": found, "next_page_token": None})
 
 
 def _rfc3339(text: str) -> datetime:

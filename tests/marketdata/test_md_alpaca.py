@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
@@ -182,3 +183,60 @@ def test_options_are_checked_without_io() -> None:
         }
     )
     assert raw.adjusted is False and "127.0.0.1:9'" in repr(raw)
+
+
+def test_splits_bonus_issues_and_dividends_from_the_corporate_actions_endpoint(
+    fake_alpaca: Any,
+) -> None:
+    fake_alpaca.add_bars("ACME", ACME)
+    fake_alpaca.add_bars("BOLT", BOLT)
+    fake_alpaca.add_corporate_action(
+        "forward_splits", symbol="ACME", new_rate=4, old_rate=1, ex_date="2024-01-03"
+    )
+    fake_alpaca.add_corporate_action(
+        "reverse_splits", symbol="BOLT", new_rate=1, old_rate=10, ex_date="2024-01-04"
+    )
+    fake_alpaca.add_corporate_action(
+        "stock_dividends", symbol="BOLT", rate=0.5, ex_date="2024-01-03"
+    )
+    fake_alpaca.add_corporate_action(
+        "cash_dividends", symbol="ACME", rate=0.24, ex_date="2024-01-04"
+    )
+    fake_alpaca.add_corporate_action(  # another symbol, and outside the range: not ours
+        "cash_dividends", symbol="ZZZ", rate=1, ex_date="2024-01-04"
+    )
+    fake_alpaca.add_corporate_action(
+        "cash_dividends", symbol="ACME", rate=0.3, ex_date="2023-06-01"
+    )
+
+    result = source(fake_alpaca).fetch_daily_bars(
+        [
+            BarRequest("ACME", "NASDAQ", date(2024, 1, 2), date(2024, 1, 5)),
+            BarRequest("BOLT", "NASDAQ", date(2024, 1, 2), date(2024, 1, 5)),
+        ]
+    )
+
+    found = {(a.symbol, a.action_type): a for a in result.actions}
+    assert set(found) == {
+        ("ACME", "split"),
+        ("BOLT", "reverse_split"),
+        ("BOLT", "bonus"),
+        ("ACME", "dividend"),
+    }
+    assert found[("ACME", "split")].ratio == Decimal(4)
+    assert found[("BOLT", "reverse_split")].ratio == Decimal("0.1")
+    assert found[("BOLT", "bonus")].ratio == Decimal("1.5")
+    assert found[("ACME", "dividend")].cash_amount == Decimal("0.24")
+    (call,) = fake_alpaca.seen("/v1/corporate-actions")
+    assert set(call.args["symbols"].split(",")) == {"ACME", "BOLT"}
+
+
+def test_bars_still_come_when_corporate_actions_are_refused(
+    fakes: ModuleType, fake_alpaca: Any
+) -> None:
+    fake_alpaca.add_bars("ACME", ACME)
+    fake_alpaca.fail_next("/v1/corporate-actions", fakes.Scripted(403, {"message": "forbidden"}))
+    result = source(fake_alpaca).fetch_daily_bars(
+        [BarRequest("ACME", "NASDAQ", date(2024, 1, 2), date(2024, 1, 5))]
+    )
+    assert result.failures == {} and result.actions == [] and len(result.bars) > 0
