@@ -998,8 +998,8 @@ def test_one_symbol_on_two_exchanges_is_two_assets(engine: sa.Engine, clock: Clo
     # selling NYSE shares sells them at the NYSE price and leaves the NSE position alone
     sold = infy("nyse-sell", "NYSE", OrderSide.SELL, "40")
     assert sold.average_fill_price == D("18")
-    held = {(p.exchange, p.quantity) for p in broker.get_positions()}
-    assert held == {("NSE", D("10")), ("NYSE", D("60"))}
+    left = {(p.exchange, p.quantity) for p in broker.get_positions()}
+    assert left == {("NSE", D("10")), ("NYSE", D("60"))}
     # and more than the NSE holding cannot be sold on NSE, whatever NYSE holds
     with pytest.raises(OrderRejectedError, match="insufficient position"):
         infy("nse-oversell", "NSE", OrderSide.SELL, "11")

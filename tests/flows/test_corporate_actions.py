@@ -206,19 +206,21 @@ def _buy(engine: Engine, investment_id: str, connection_id: str) -> None:
 
 
 def _ingest(**kw: Any) -> dict[str, Any]:
-    state = ingest_price_history(symbols=list(PRICES), source="localyahoo", return_state=True, **kw)
+    state: Any = ingest_price_history(
+        symbols=list(PRICES), source="localyahoo", return_state=True, **kw
+    )
     assert state.is_completed(), state.message
     data: dict[str, Any] = state.result()
     return {r["symbol"]: r for r in data["reports"]}
 
 
 def _snapshot(day: date) -> tuple[Any, dict[str, Any]]:
-    state = snapshot_positions(snapshot_date=day, return_state=True)
+    state: Any = snapshot_positions(snapshot_date=day, return_state=True)
     return state, state.result(raise_on_failure=False)
 
 
 def _dry_run() -> tuple[Any, dict[str, Any]]:
-    state = rebalance_smallcase("Actions", dry_run=True, return_state=True)
+    state: Any = rebalance_smallcase("Actions", dry_run=True, return_state=True)
     plan: dict[str, Any] = state.result(raise_on_failure=False)["plan"]
     return state, plan
 

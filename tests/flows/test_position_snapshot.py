@@ -28,7 +28,13 @@ from models import (
     UserSmallcasePositionHistory,
 )
 from saras.brokers import registry
-from saras.brokers.base import BrokerCredentials, BrokerPosition, ConnectionConfig, OrderRequest
+from saras.brokers.base import (
+    AccountInfo,
+    BrokerCredentials,
+    BrokerPosition,
+    ConnectionConfig,
+    OrderRequest,
+)
 from saras.brokers.errors import RetryableBrokerError
 from saras.brokers.paper import PaperBroker
 from saras.domain.enums import OrderSide
@@ -223,11 +229,14 @@ def test_snapshot_rerun_and_reconciliation_with_a_drifted_book(flow_db: Engine) 
     totals = data["totals"]
     assert (totals["investments"], totals["positions"], totals["inserted"]) == (2, 3, 3)
     assert (totals["connections"], totals["connections_failed"], data["stale"]) == (2, 0, [])
+    outside = "nothing of ours explains it: traded outside Saras (accept it to book it)"
     expected = [
-        {"connection": "paper_drifted", "symbol": "AAA", "exchange": "NYSE", "ours": "5",
-         "broker": "7", "difference": "2"},
-        {"connection": "paper_drifted", "symbol": "ZZZ", "exchange": "", "ours": "0",
-         "broker": "3", "difference": "3"},
+        {"connection": "paper_drifted", "kind": "position", "symbol": "AAA", "exchange": "NYSE",
+         "currency": "", "ours": "5", "broker": "7", "difference": "2",
+         "classification": "external_trade", "detail": outside},
+        {"connection": "paper_drifted", "kind": "position", "symbol": "ZZZ", "exchange": "",
+         "currency": "", "ours": "0", "broker": "3", "difference": "3",
+         "classification": "external_trade", "detail": outside},
     ]  # fmt: skip
     assert data["differences"] == expected
     assert _artifact_rows(state, "reconciliation") == expected
@@ -282,6 +291,9 @@ class FlakyBroker:
         if n <= 2:
             raise RetryableBrokerError("503 Service Unavailable", broker="flaky", status_code=503)
         return [BrokerPosition("INFY", Decimal(4))]
+
+    def get_account(self) -> AccountInfo:
+        return AccountInfo(cash=Decimal(1000), buying_power=Decimal(1000), currency="INR")
 
 
 @pytest.fixture

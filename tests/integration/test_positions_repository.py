@@ -399,7 +399,15 @@ def test_ledger_quantities_per_connection_and_symbol(db: Session) -> None:
     lonely = f.connection(db, owner, alias="unused")
 
     quantities = repo.ledger_quantities_by_connection(db.connection(), [conn.id, lonely.id])
-    assert quantities == {conn.id: {"INFY": Decimal(5), "TCS": Decimal(5)}, lonely.id: {}}
+    # an asset is a (symbol, exchange) pair: INFY on NSE and INFY on BSE are not summed
+    assert quantities == {
+        conn.id: {
+            ("INFY", "NSE"): Decimal(3),
+            ("INFY", "BSE"): Decimal(2),
+            ("TCS", "NSE"): Decimal(5),
+        },
+        lonely.id: {},
+    }
 
     listed = repo.connections_with_active_investments(db.connection())
     assert [(c.connection_id, c.alias, c.active_investments) for c in listed] == [
