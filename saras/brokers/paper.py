@@ -654,6 +654,7 @@ class PaperBroker:
         self._price_lookup = _by_asset(price_lookup)
         self._clock = clock or _utc_now
         self._corporate_actions = corporate_actions
+        self._caught_up = False
         self._schema_ready = False
         self._account_ready = False
 
@@ -713,7 +714,8 @@ class PaperBroker:
         existing = self._find(client_order_id=request.client_order_id)
         if existing is not None:
             return self._to_broker_orders([existing])[0]
-        self._catch_up()
+        if not self._caught_up:  # once per instance: an execution run places many orders
+            self._catch_up()
         price = self._lookup_price(request.symbol, request.exchange)
         now = self._now()
         market_open = self._is_market_open(now)
@@ -950,6 +952,7 @@ class PaperBroker:
         """Apply the market's corporate actions this book has not seen yet (each once)."""
         if self._corporate_actions is None:
             return
+        self._caught_up = True
         actions = self._corporate_actions()
         if not actions:
             return

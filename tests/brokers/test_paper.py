@@ -1075,3 +1075,26 @@ def test_a_legacy_book_without_exchanges_is_upgraded_in_place(engine: sa.Engine)
     assert [(p.symbol, p.exchange, p.quantity) for p in broker.get_positions()] == [
         ("AAPL", "NASDAQ", D("3"))
     ]
+
+
+def test_the_market_feed_of_corporate_actions_reaches_the_book_once(
+    engine: sa.Engine, prices: Prices, clock: Clock
+) -> None:
+    from saras.brokers.paper import PaperCorporateAction
+
+    feed: list[PaperCorporateAction] = []
+    broker = PaperBroker(
+        ConnectionConfig("acct-feed", "paper", True),
+        BrokerCredentials(),
+        engine=engine,
+        price_lookup=prices,
+        clock=clock,
+        corporate_actions=lambda: list(feed),
+    )
+    broker.place_order(order("b1", quantity="10"))
+    feed.append(PaperCorporateAction("split-aapl", "AAPL", None, "split", ratio=D("4")))
+    assert holdings(broker) == {"AAPL": (D("40"), D("25"))}
+    assert holdings(broker) == {"AAPL": (D("40"), D("25"))}  # once
+    # a position bought after the action is not split again
+    broker.place_order(order("b2", quantity="2"))
+    assert holdings(broker)["AAPL"][0] == D("42")
