@@ -7,8 +7,17 @@ something, exactly as it would against Alpaca or Kite.
 
 How it behaves:
 
-- Market orders fill at ``price_lookup(symbol)`` (the caller passes the latest stored close)
-  moved by the slippage (buys pay more, sells receive less) and charged fees in basis points with
+- Every asset is a (symbol, exchange) pair: positions are kept per (symbol, exchange) (INFY on NSE
+  and INFY on NYSE are two positions) and prices are asked for as ``price_lookup(symbol,
+  exchange)`` (a one-argument ``symbol -> price`` callable still works, for unique symbols).
+  Orders without an exchange book under ''; books made before exchanges were recorded are
+  upgraded in place, and a legacy position is claimed by the first order naming its exchange.
+- Corporate actions: ``apply_corporate_action`` applies a split, reverse split, bonus issue or
+  dividend to the book once per action id (quantity x ratio, average / ratio, cash in lieu of
+  the fraction the account cannot hold; dividends credit cash). Given a ``corporate_actions``
+  feed (Saras passes the stored actions), the book catches up with the market on its own.
+- Market orders fill at ``price_lookup(symbol, exchange)`` (the latest stored close) moved
+  by the slippage (buys pay more, sells receive less) and charged fees in basis points with
   a minimum per order. Prices are kept to 6 decimal places, money (gross, fees, cash) to 4,
   quantities to 9. Limit orders fill only when the price is at or better than the limit, and never
   beyond it; one that is not marketable rests OPEN and is re-checked whenever it is looked up.
