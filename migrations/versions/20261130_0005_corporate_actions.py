@@ -20,6 +20,7 @@ the new types exist: delete or convert those rows first.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -38,7 +39,7 @@ NEW_TYPES = OLD_TYPES + ", 'split', 'bonus', 'cash_in_lieu', 'adjustment'"
 TYPE_CHECK = "ck_trading_transactions_transaction_type"
 
 
-def _timestamps() -> list[sa.Column[object]]:
+def _timestamps() -> list[sa.Column[Any]]:
     return [
         sa.Column("created_at", TSTZ, server_default=sa.func.now(), nullable=False),
         sa.Column("updated_at", TSTZ, server_default=sa.func.now(), nullable=False),
