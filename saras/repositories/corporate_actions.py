@@ -242,13 +242,19 @@ def investment_adjustments(
         func.sum(table.c.quantity_delta),
         func.sum(table.c.cash_delta),
     ).group_by(table.c.investment_id, table.c.asset_id)
+    wanted: set[uuid.UUID] | None = None
     if investment_ids is not None:
         if not investment_ids:
             return LedgerAdjustments({}, {})
-        query = query.where(table.c.investment_id.in_(list(investment_ids)))
+        if len(investment_ids) <= 1000:
+            query = query.where(table.c.investment_id.in_(list(investment_ids)))
+        else:  # a large rebalance: the adjustments are few, filter them here
+            wanted = set(investment_ids)
     quantities: dict[tuple[uuid.UUID, uuid.UUID], Decimal] = {}
     cash: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
     for investment_id, asset_id, quantity, money in conn.execute(query):
+        if wanted is not None and investment_id not in wanted:
+            continue
         if asset_id is not None and _dec(quantity):
             quantities[(investment_id, asset_id)] = _dec(quantity).quantize(QUANTITY_Q)
         cash[investment_id] += _dec(money)
@@ -593,27 +599,30 @@ def planning_gates(
         return {}
     as_of = as_of or utcnow().date()
     ids = list(investment_ids)
+    wanted = set(ids)
     out: dict[uuid.UUID, list[PlanningGate]] = defaultdict(list)
-    held = defaultdict(set)
-    orders = _table(SmallcaseExecutionOrder.__table__)
-    runs = _table(SmallcaseExecutionRun.__table__)
-    for investment_id, asset_id in conn.execute(
-        select(runs.c.investment_id, orders.c.asset_id)
-        .join(orders, orders.c.execution_run_id == runs.c.id)
-        .where(runs.c.investment_id.in_(ids))
-        .distinct()
-    ):
-        held[investment_id].add(asset_id)
     planned = set(asset_ids)
-    pending = list_actions(
-        conn,
-        status=CorporateActionStatus.DETECTED,
-        due_by=as_of,
-        asset_ids=planned | {a for assets in held.values() for a in assets},
-    )
-    for investment_id in ids:
-        for action in pending:
-            if action.asset_id in planned or action.asset_id in held[investment_id]:
+    # Both tables are small next to the ledger: read what is pending or open first, and touch
+    # the investments (100,000 in a large rebalance) only when something is.
+    pending = list_actions(conn, status=CorporateActionStatus.DETECTED, due_by=as_of)
+    if pending:
+        held: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+        orders = _table(SmallcaseExecutionOrder.__table__)
+        runs = _table(SmallcaseExecutionRun.__table__)
+        touched = {a.asset_id for a in pending} - planned
+        if touched:
+            for investment_id, asset_id in conn.execute(
+                select(runs.c.investment_id, orders.c.asset_id)
+                .join(orders, orders.c.execution_run_id == runs.c.id)
+                .where(orders.c.asset_id.in_(touched))
+                .distinct()
+            ):
+                if investment_id in wanted:
+                    held[investment_id].add(asset_id)
+        for investment_id in ids:
+            for action in pending:
+                if action.asset_id not in planned and action.asset_id not in held[investment_id]:
+                    continue
                 what = (
                     f"ratio {action.ratio.normalize():f}"
                     if action.ratio is not None
@@ -627,22 +636,22 @@ def planning_gates(
                         f"({what}) on {action.ex_date} not yet applied to the ledger",
                     )
                 )
-    investments = _table(UserSmallcaseInvestment.__table__)
-    connection_of: dict[uuid.UUID, uuid.UUID] = dict(
-        conn.execute(  # type: ignore[arg-type]
-            select(investments.c.id, investments.c.broker_connection_id).where(
-                investments.c.id.in_(ids)
-            )
-        ).all()
-    )
-    differences = list_differences(conn, connection_ids=set(connection_of.values()))
     by_connection: dict[uuid.UUID, list[DifferenceRow]] = defaultdict(list)
-    for d in differences:
+    for d in list_differences(conn):
         limit = cash_tolerance if d.kind is DifferenceKind.CASH else tolerance
         if abs(d.difference) > limit:
             by_connection[d.connection_id].append(d)
-    for investment_id in ids:
-        for d in by_connection.get(connection_of.get(investment_id), []):  # type: ignore[arg-type]
+    if not by_connection:
+        return dict(out)
+    investments = _table(UserSmallcaseInvestment.__table__)
+    for investment_id, connection_id in conn.execute(
+        select(investments.c.id, investments.c.broker_connection_id).where(
+            investments.c.broker_connection_id.in_(list(by_connection))
+        )
+    ):
+        if investment_id not in wanted:
+            continue
+        for d in by_connection[connection_id]:
             what = (
                 f"cash ({d.currency or '?'})"
                 if d.kind is DifferenceKind.CASH
