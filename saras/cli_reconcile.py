@@ -128,4 +128,24 @@ def apply_action(
     _print([row], as_json)
 
 
+@app.command("dismiss-action")
+def dismiss_action(
+    action_id: Annotated[str, typer.Argument(help="The action's id (see `actions`).")],
+) -> None:
+    """Dismiss a detected corporate action that is not one (e.g. a wrongly inferred split)."""
+    from saras.services.corporate_actions import dismiss_action as dismiss
+
+    try:
+        key = uuid.UUID(action_id.strip())
+    except ValueError:
+        _refuse(f"action {action_id!r} is not an id")
+        return
+    try:
+        dismiss(_engine(), key)
+    except SarasError as exc:
+        _refuse(str(exc))
+        return
+    typer.echo(f"dismissed {key}")
+
+
 __all__ = ["app"]

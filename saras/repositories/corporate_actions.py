@@ -220,6 +220,18 @@ def mark_applied(conn: Connection, action_id: uuid.UUID, now: datetime) -> None:
         raise RuntimeError(f"corporate action {action_id} was not 'detected' any more")
 
 
+def mark_dismissed(conn: Connection, action_id: uuid.UUID, now: datetime) -> None:
+    """Mark a detected action dismissed (not an action, e.g. a wrong inference); else raise."""
+    table = _table(CorporateAction.__table__)
+    done = conn.execute(
+        update(table)
+        .where(table.c.id == action_id, table.c.status == CorporateActionStatus.DETECTED.value)
+        .values(status=CorporateActionStatus.DISMISSED.value, updated_at=now)
+    )
+    if done.rowcount != 1:
+        raise RuntimeError(f"corporate action {action_id} was not 'detected' any more")
+
+
 # --- adjustments ------------------------------------------------------------------------------
 
 
@@ -693,6 +705,7 @@ __all__ = [
     "list_differences",
     "mark_accepted",
     "mark_applied",
+    "mark_dismissed",
     "planning_gates",
     "record_actions",
     "record_reconciliation",

@@ -534,6 +534,23 @@ def apply_action(
         return _apply(conn, action, now)
 
 
+def dismiss_action(engine: Engine, action_id: uuid.UUID, now: datetime | None = None) -> None:
+    """Dismiss a detected action that is not one (e.g. an inferred split that was a data fix)."""
+    from saras.errors import InvalidInputError
+
+    now = now or utcnow()
+    with engine.begin() as conn:
+        found = [a for a in repo.list_actions(conn) if a.id == action_id]
+        if not found:
+            raise InvalidInputError(f"corporate action {action_id}: no such action")
+        if found[0].status is not CorporateActionStatus.DETECTED:
+            raise InvalidInputError(
+                f"corporate action {action_id} is {found[0].status.value}: only a detected "
+                "action can be dismissed"
+            )
+        repo.mark_dismissed(conn, action_id, now)
+
+
 # --- the paper broker's market feed -----------------------------------------------------------
 
 
@@ -567,6 +584,7 @@ __all__ = [
     "apply_action",
     "apply_due_actions",
     "credit_cash",
+    "dismiss_action",
     "infer_from_rewrite",
     "move_holding",
     "paper_action_feed",

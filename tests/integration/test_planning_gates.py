@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from fractions import Fraction
 from types import SimpleNamespace
@@ -78,3 +78,16 @@ def test_a_rewrite_by_a_simple_ratio_is_an_inferred_split() -> None:
     assert [(a.symbol, a.action_type, a.ratio, a.ex_date) for a in inferred] == [
         ("A", "split", Decimal(4), DAY)
     ]
+
+
+def test_a_dismissed_inference_no_longer_stops_the_plan(db: Session) -> None:
+    asset, _, inv = _investment(db)
+    c = db.connection()
+    guess = repo.ReportedAction(
+        "GATE", "NYSE", CorporateActionType.SPLIT, DAY, "inferred:csv", Decimal(2)
+    )
+    repo.record_actions(c, {("GATE", "NYSE"): asset.id}, [guess])
+    (action,) = repo.list_actions(c)
+    assert inv.id in repo.planning_gates(c, [inv.id], [asset.id], as_of=DAY)
+    repo.mark_dismissed(c, action.id, datetime.now(UTC))
+    assert repo.planning_gates(c, [inv.id], [asset.id], as_of=DAY) == {}
