@@ -1,0 +1,70 @@
+"""The exchange table is the one list of exchanges: schedules, calendars and validation agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+
+from saras.domain import exchanges as xt
+from saras.domain.enums import BrokerType
+from saras.marketdata import calendars
+
+PREFECT_YAML = Path(__file__).resolve().parents[2] / "prefect.yaml"
+
+
+def _price_schedules() -> list[dict[str, object]]:
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    for deployment in spec["deployments"]:
+        if deployment["entrypoint"] == "flows/price_history.py:ingest_price_history":
+            return list(deployment["schedules"])
+    raise AssertionError("no price-history deployment in prefect.yaml")
+
+
+def _scheduled_exchanges() -> dict[str, list[str]]:
+    return {
+        str(s["slug"]): list(s["parameters"]["exchanges"])  # type: ignore[index]
+        for s in _price_schedules()
+    }
+
+
+def test_every_scheduled_exchange_is_in_the_table() -> None:
+    for slug, codes in _scheduled_exchanges().items():
+        for code in codes:
+            row = xt.exchange(code)  # raises for a code the table does not know
+            schedule = next(s for s in _price_schedules() if s["slug"] == slug)
+            assert ZoneInfo(str(schedule["timezone"])).key == row.timezone, (slug, code)
+
+
+def test_every_exchange_an_asset_may_have_is_in_some_nightly_schedule() -> None:
+    scheduled = {code for codes in _scheduled_exchanges().values() for code in codes}
+    may_have = set(xt.EXCHANGES) | set(xt.LEGACY_ALIASES)
+    assert may_have - scheduled == set()
+
+
+def test_no_exchange_is_in_two_nightly_schedules() -> None:
+    seen: list[str] = [c for codes in _scheduled_exchanges().values() for c in codes]
+    assert len(seen) == len(set(seen))
+
+
+def test_us_is_refused_for_new_assets_but_old_rows_still_read() -> None:
+    with pytest.raises(xt.UnknownExchange, match="a country, not a venue"):
+        xt.check_code("US")
+    assert xt.exchange("US").code == "NYSE"
+    assert calendars.calendar_for("US") == "XNYS"
+
+
+@pytest.mark.parametrize("code", sorted(xt.EXCHANGES))
+def test_calendars_read_the_table(code: str) -> None:
+    row = xt.EXCHANGES[code]
+    assert calendars.calendar_for(code) == row.calendar
+    assert calendars.calendar_for(code.lower()) == row.calendar
+    assert row.currency in xt.CURRENCIES
+    assert BrokerType.PAPER in row.brokers
+
+
+def test_unknown_exchange_names_the_code() -> None:
+    with pytest.raises(xt.UnknownExchange, match="'LSE'"):
+        xt.check_code("LSE")
