@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
 from functools import lru_cache
 from pathlib import Path
 
 import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+#: the data directory: only its owner may list or enter it
+PRIVATE_DIR_MODE = 0o700
+#: the embedded database, its WAL files and the key file: only their owner may read them
+PRIVATE_FILE_MODE = 0o600
 
 
 def _default_data_dir() -> Path:
@@ -80,3 +90,54 @@ def resolve_database_url(url: str | None, sqlite_path: Path) -> str:
 def get_settings() -> Settings:
     """Return the process-wide settings, read from the environment on first use."""
     return Settings()
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory (and its parents) readable by its owner only; tighten it if loose."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    _tighten(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create an empty file readable by its owner only (if absent); tighten it if loose.
+
+    A missing directory is created owner-only; an existing one is left as it is (it may be
+    the user's own project folder): ``check_private_files`` tightens the data directory.
+    """
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+    except FileExistsError:
+        _tighten(path, PRIVATE_FILE_MODE)
+    return path
+
+
+def _tighten(path: Path, mode: int) -> bool:
+    """Remove group and other access from a path we own; say so when we had to."""
+    info = path.stat()
+    if not info.st_mode & 0o077 or info.st_uid != os.getuid():
+        return False
+    os.chmod(path, stat.S_IMODE(info.st_mode) & mode)
+    log.warning("%s was readable by others: now %o (owner only)", path, mode)
+    return True
+
+
+def check_private_files(settings: Settings | None = None) -> list[Path]:
+    """Tighten the data directory (0700), the embedded database and the key file (0600).
+
+    Runs on every start of the CLI and whenever the embedded database is opened; returns the
+    paths whose permissions it had to tighten.
+    """
+    settings = settings or get_settings()
+    fixed = []
+    if settings.data_dir.is_dir() and _tighten(settings.data_dir, PRIVATE_DIR_MODE):
+        fixed.append(settings.data_dir)
+    db = settings.sqlite_path
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.is_file() and _tighten(path, PRIVATE_FILE_MODE):
+            fixed.append(path)
+    key = settings.data_dir / "secret.key"
+    if key.is_file() and _tighten(key, PRIVATE_FILE_MODE):
+        fixed.append(key)
+    return fixed

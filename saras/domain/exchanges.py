@@ -59,7 +59,13 @@ CURRENCIES: frozenset[str] = frozenset(e.currency for e in EXCHANGES.values())
 
 
 class UnknownExchange(ValueError):
-    """An exchange code the table does not hold."""
+    """An exchange code the table does not hold; ``reason`` says why, without the code."""
+
+    def __init__(self, code: object):
+        known = ", ".join(sorted(EXCHANGES))
+        hint = "a country, not a venue: name the listing exchange; " if code == "US" else ""
+        self.reason = f"{hint}known exchanges are {known}"
+        super().__init__(f"unknown exchange {code!r}: {self.reason}")
 
 
 def exchange(code: str) -> Exchange:
@@ -69,21 +75,15 @@ def exchange(code: str) -> Exchange:
     try:
         return EXCHANGES[key]
     except KeyError:
-        raise UnknownExchange(_unknown(code)) from None
+        raise UnknownExchange(code) from None
 
 
 def check_code(code: str) -> str:
     """Return the canonical code of an exchange an asset may be listed on, or raise."""
     key = code.strip().upper() if isinstance(code, str) else ""
     if key not in EXCHANGES:
-        raise UnknownExchange(_unknown(code))
+        raise UnknownExchange(code)
     return key
-
-
-def _unknown(code: object) -> str:
-    known = ", ".join(sorted(EXCHANGES))
-    hint = " (a country, not a venue: name the listing exchange)" if code == "US" else ""
-    return f"unknown exchange {code!r}{hint}: known exchanges are {known}"
 
 
 def exchanges_in(currency: str) -> list[str]:

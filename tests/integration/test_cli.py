@@ -94,10 +94,10 @@ def test_bad_constituents_fail_clearly_and_change_nothing(embedded: Path) -> Non
     csv_path = embedded / "bad.csv"
     csv_path.write_text("symbol,weight\nAAPL,60\nNOPE,40\n")
     result = runner.invoke(app, ["smallcases", "add", "Bad", "--constituents", str(csv_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown symbol 'NOPE'" in result.output
     csv_path.write_text("symbol,weight\nAAPL,60\nMSFT,30\n")
     result = runner.invoke(app, ["smallcases", "add", "Bad", "--constituents", str(csv_path)])
-    assert result.exit_code == 1 and "weights sum to 90" in result.output
+    assert result.exit_code == 2 and "weights sum to 90" in result.output
     names = {s["name"] for s in json.loads(invoke("smallcases", "list", "--json"))}
     assert "Bad" not in names
