@@ -41,6 +41,18 @@ class Settings(BaseSettings):
         default=None,
         description="Comma-separated Fernet keys, newest first; the first encrypts, all decrypt.",
     )
+    alpaca_api_key: SecretStr | None = Field(
+        default=None, description="Alpaca market-data key when no connection is named."
+    )
+    alpaca_api_secret: SecretStr | None = Field(
+        default=None, description="Alpaca market-data secret when no connection is named."
+    )
+    kite_api_key: SecretStr | None = Field(
+        default=None, description="Kite market-data API key when no connection is named."
+    )
+    kite_access_token: SecretStr | None = Field(
+        default=None, description="Kite market-data access token when no connection is named."
+    )
     live_trading: bool = Field(
         default=False,
         description="Allow live (non-paper) broker connections to place orders.",
