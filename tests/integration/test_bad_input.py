@@ -43,7 +43,7 @@ def _seed(engine: Engine) -> None:
         admin.add_asset(session, "MSFT", "NASDAQ", "USD")
         admin.add_asset(session, "INFY", "NSE", "INR")
         admin.add_asset(session, "INFY", "BSE", "INR")
-        admin.add_portfolio(session, user, "main", "USD", "1000")
+        admin.add_portfolio(session, user, "main", "USD", Decimal(1000))
         admin.add_smallcase(
             session,
             "Existing",
