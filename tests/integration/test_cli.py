@@ -112,7 +112,6 @@ def _mode(path: Path) -> int:
 
 def test_files_are_private_on_creation_and_checked_on_start(embedded: Path) -> None:
     data = embedded / "private"
-
     os.environ["SARAS_DATA_DIR"] = str(data)  # the fixture's monkeypatch restores it
     get_settings.cache_clear()
     invoke("demo", "--seed-only")
