@@ -297,16 +297,24 @@ def assets_import(
 ) -> None:
     """Create or refresh assets from a broker's own list (Alpaca assets, Kite instruments)."""
     from saras.db import get_engine
+    from saras.domain.exchanges import EXCHANGES, UnknownExchange, check_code
     from saras.repositories.connections import select_connection
     from saras.services import admin
     from saras.services.asset_master import import_assets, list_broker_assets
     from saras.services.brokers import open_broker
 
+    try:
+        venue = check_code(exchange) if exchange else None
+    except UnknownExchange as exc:
+        raise InvalidInputError(f"--exchange {exchange!r}: {exc.reason}") from None
     with _session() as s:
         connection = select_connection(s, admin.get_user(s, user).id, alias=alias)
         broker = open_broker(get_engine(), connection)
-        counts = import_assets(s, list_broker_assets(broker, exchange), symbol)
-        _print_rows([vars(counts)], as_json)
+        listed = list_broker_assets(broker, venue)
+        # only exchanges of the exchange table (Alpaca lists some assets without a venue)
+        known = [a for a in listed if a.exchange in EXCHANGES]
+        counts = import_assets(s, known, symbol)
+        _print_rows([{**vars(counts), "skipped": len(listed) - len(known)}], as_json)
 
 
 @assets_app.command("list")

@@ -31,6 +31,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from saras.domain.inputs import PRICE, VOLUME
 from saras.marketdata import calendars
 from saras.marketdata.base import BAR_COLUMNS, BarRequest, empty_bars, normalize_bars
 
@@ -47,8 +48,8 @@ REJECT_REASONS: tuple[str, ...] = (
 )
 _REL_TOL = 1e-9
 #: the largest magnitudes price_history's columns hold (numeric(20, 6) and numeric(24, 4))
-PRICE_LIMIT = 1e14
-VOLUME_LIMIT = 1e20
+PRICE_LIMIT = 10.0 ** (PRICE[0] - PRICE[1])
+VOLUME_LIMIT = 10.0 ** (VOLUME[0] - VOLUME[1])
 
 
 @dataclass

@@ -68,3 +68,44 @@ def test_calendars_read_the_table(code: str) -> None:
 def test_unknown_exchange_names_the_code() -> None:
     with pytest.raises(xt.UnknownExchange, match="'LSE'"):
         xt.check_code("LSE")
+
+
+def test_input_limits_are_the_columns_own() -> None:
+    from sqlalchemy import Numeric, String
+
+    from models import (
+        Asset,
+        Portfolio,
+        PriceHistory,
+        Smallcase,
+        SmallcaseConstituent,
+        User,
+        UserBrokerConnection,
+    )
+    from saras.domain import inputs
+
+    def length(column: object) -> int | None:
+        type_ = column.type  # type: ignore[attr-defined]
+        assert isinstance(type_, String)
+        return type_.length
+
+    def numeric(column: object) -> tuple[int | None, int | None]:
+        type_ = column.type  # type: ignore[attr-defined]
+        assert isinstance(type_, Numeric)
+        return type_.precision, type_.scale
+
+    assert length(User.__table__.c.email) == inputs.EMAIL_MAX
+    assert length(User.__table__.c.first_name) == inputs.PERSON_NAME_MAX
+    assert length(Asset.__table__.c.symbol) == inputs.SYMBOL_MAX
+    assert length(Asset.__table__.c.exchange) == inputs.EXCHANGE_MAX
+    assert length(Asset.__table__.c.name) == inputs.ASSET_NAME_MAX
+    assert length(Portfolio.__table__.c.name) == inputs.PORTFOLIO_NAME_MAX
+    assert length(Smallcase.__table__.c.name) == inputs.SMALLCASE_NAME_MAX
+    assert length(Smallcase.__table__.c.category) == inputs.CATEGORY_MAX
+    assert length(UserBrokerConnection.__table__.c.alias) == inputs.ALIAS_MAX
+    assert numeric(Portfolio.__table__.c.cash_balance) == inputs.MONEY
+    assert numeric(SmallcaseConstituent.__table__.c.weight_percentage) == inputs.WEIGHT
+    assert numeric(PriceHistory.__table__.c.high_price) == inputs.PRICE
+    assert numeric(PriceHistory.__table__.c.volume) == inputs.VOLUME
+    assert all(len(code) <= inputs.EXCHANGE_MAX for code in xt.EXCHANGES)
+    assert all(len(c) == 3 for c in xt.CURRENCIES)
