@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.attributes import instance_state
 
-from saras.domain.inputs import check_numeric, to_decimal
+from saras.domain.inputs import to_decimal
 from saras.errors import InvalidInputError
 from saras.settings import get_settings, private_file
 
@@ -126,11 +126,15 @@ def _column_problem(type_: Any, value: Any) -> str | None:
         and isinstance(value, Decimal | int | float)
         and not isinstance(value, bool)
     ):
+        # PostgreSQL rounds extra decimals to the scale (the ledger relies on it) and refuses
+        # only what does not fit: so does this check
         try:
             number = to_decimal(value)
-            check_numeric(number, (type_.precision, type_.scale))
         except ValueError as exc:
             return str(exc)
+        limit = Decimal(10) ** (type_.precision - type_.scale)
+        if abs(number) >= limit:
+            return f"out of range (must be below 10^{type_.precision - type_.scale})"
     return None
 
 

@@ -327,16 +327,6 @@ TOO_BIG: dict[str, tuple[Callable[[Session, dict[str, Any]], list[Any]], str]] =
         lambda db, x: [_price(x, high_price=Decimal("1e15"))],
         "price_history.high_price",
     ),
-    "weight with more than 4 decimals": (
-        lambda db, x: [
-            SmallcaseConstituent(
-                smallcase_id=f.smallcase(db, {}).id,
-                asset_id=x["asset"].id,
-                weight_percentage=Decimal("10.00001"),
-            )
-        ],
-        "smallcase_constituents.weight_percentage '10.00001': has more than 4 decimal places",
-    ),
 }
 
 
@@ -350,6 +340,14 @@ def test_both_databases_refuse_what_the_columns_cannot_hold(db: Session, case: s
         db.flush()
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_extra_decimals_are_rounded_on_both_databases_as_postgresql_does(db: Session) -> None:
+    x = _platform(db)
+    x["portfolio"].cash_balance = Decimal("10.123456789")
+    db.flush()
+    db.expire_all()
+    assert db.get(type(x["portfolio"]), x["portfolio"].id).cash_balance == Decimal("10.1235")
 
 
 def test_an_update_beyond_the_column_is_refused_too(db: Session) -> None:
