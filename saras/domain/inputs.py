@@ -55,6 +55,8 @@ EARLIEST_DATE = date(1970, 1, 1)
 FUTURE_SLACK = timedelta(days=1)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: free text may hold line breaks and tabs, never other control characters
+_CONTROL_INLINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$")
 _SYMBOL = re.compile(r"^[A-Z0-9^][A-Z0-9.&_\-=]*$")
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -64,14 +66,16 @@ class _Refused(ValueError):
     """A rule's reason; ``parse`` adds the field and value."""
 
 
-def _text(max_len: int) -> Any:
+def _text(max_len: int, *, multiline: bool = False) -> Any:
+    control = _CONTROL_INLINE if multiline else _CONTROL
+
     def check(value: object) -> object:
         if value is None:
             return None
         if not isinstance(value, str):
             raise _Refused("not text")
         value = value.strip()
-        if _CONTROL.search(value):
+        if control.search(value):
             raise _Refused("contains a control character (newline, tab, ...)")
         if len(value) > max_len:
             raise _Refused(f"longer than {max_len} characters ({len(value)})")
@@ -182,7 +186,7 @@ Symbol = Annotated[str, _text(SYMBOL_MAX), AfterValidator(_not_empty), AfterVali
 ExchangeCode = Annotated[str, _text(EXCHANGE_MAX), AfterValidator(_exchange)]
 Currency = Annotated[str, _text(EXCHANGE_MAX), AfterValidator(_currency)]
 Alias = Annotated[str, _text(ALIAS_MAX), AfterValidator(_not_empty), AfterValidator(_alias)]
-FreeText = Annotated[str | None, _text(TEXT_MAX)]
+FreeText = Annotated[str | None, _text(TEXT_MAX, multiline=True)]
 Money = Annotated[Decimal, _numeric(MONEY, minimum=Decimal(0))]
 Weight = Annotated[Decimal, _numeric(WEIGHT, positive=True)]
 SaneDate = Annotated[date, AfterValidator(_sane_date)]
