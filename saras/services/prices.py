@@ -266,7 +266,7 @@ def _adjusted_symbols(
     if not keys or bars.empty:
         return []
     with engine.connect() as conn:
-        stored = price_repo.stored_closes(conn, keys)  # type: ignore[arg-type]
+        stored = price_repo.stored_closes(conn, keys)
     fetched = {
         (row.symbol, row.price_date): row.close
         for row in bars.itertuples(index=False)
