@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         description="An approved run not started within this many hours is expired, not started.",
     )
     approval_start_grace_seconds: float = Field(
-        default=120.0,
+        default=900.0,
         ge=0,
         description="Maintenance leaves a run approved this recently to the flow that approved it.",
     )

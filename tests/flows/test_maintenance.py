@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any, cast
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from flows.investments import invest_in_smallcase
@@ -42,8 +43,8 @@ from saras.secrets import get_secret_box
 from saras.services import prices
 from saras.services.brokers import mark_connection, open_broker
 from saras.services.demo import seed_demo
-from saras.services.execution import run_lock
-from saras.services.maintenance import lock_is_free
+from saras.services.execution import ExecutionSettings, run_lock
+from saras.services.maintenance import RunAction, lock_is_free, review_approved
 from saras.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +149,7 @@ def approved_invest(
     """Invest while the paper market is closed: the run stays approved, nothing is sent."""
     set_paper(engine, email, market_open="never")
     state = invest_in_smallcase(email, smallcase, amount, execution=FAST, return_state=True)
-    assert "market is closed" in str(state.result(raise_on_failure=False)["results"])
+    assert "market is closed" in str(result(state)["results"])
     return only_run(engine, run_type="invest", broker_connection_id=connection_of(engine, email).id)
 
 
@@ -159,6 +160,12 @@ def partially_completed_invest(engine: Engine) -> SmallcaseExecutionRun:
     run = only_run(engine, run_type="invest")
     assert run.status == "partially_completed"
     return run
+
+
+def plan_of(run: SmallcaseExecutionRun) -> dict[str, Any]:
+    """Return a run's execution plan (every run has one)."""
+    assert run.execution_plan is not None
+    return run.execution_plan
 
 
 def ledger(engine: Engine, email: str) -> dict[str, Decimal]:
@@ -301,7 +308,7 @@ def test_an_approved_run_waits_for_a_closed_market_then_expires_when_its_approva
     assert action["action"] == "expired" and action["status"] == "cancelled"
     expired = only_run(platform, run_type="invest")
     assert expired.status == "cancelled" and expired.completed_at is not None
-    reason = expired.execution_plan["outcome_reason"]
+    reason = plan_of(expired)["outcome_reason"]
     assert reason.startswith("expired: approved 30.0h ago, older than the 24.0h"), reason
     assert set(order_statuses(platform, run.id)) == {"cancelled"}
     with platform.connect() as conn:  # nothing ever reached the broker
@@ -309,6 +316,31 @@ def test_an_approved_run_waits_for_a_closed_market_then_expires_when_its_approva
 
     state = maintain(execution=FAST, return_state=True)  # twice: nothing more happens
     assert str(run.id) not in actions(state)
+
+
+def test_two_maintenance_runs_at_once_expire_a_run_once(platform: Engine) -> None:
+    run = approved_invest(platform)
+    age_approval(platform, run.id, hours=30)
+    barrier = threading.Barrier(2)
+    seen: list[list[RunAction]] = []
+
+    def review() -> None:
+        barrier.wait()
+        seen.append(
+            review_approved(
+                platform,
+                ExecutionSettings(poll_interval=0.01, deadline_seconds=10, retry_backoff=0.01),
+            )
+        )
+
+    threads = [threading.Thread(target=review) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    done = [a for found in seen for a in found if a.run_id == str(run.id)]
+    assert sorted(a.action for a in done if a.action != "skipped") == ["expired"], done
+    assert only_run(platform, run_type="invest").status == "cancelled"
 
 
 def test_an_approved_run_starts_when_its_market_opens_unless_its_prices_are_stale(
@@ -322,7 +354,7 @@ def test_an_approved_run_starts_when_its_market_opens_unless_its_prices_are_stal
         aapl = conn.execute(select(Asset.id).where(Asset.symbol == "AAPL")).scalar_one()
         latest = conn.execute(select(func.max(PriceHistory.price_date))).scalar_one()
         conn.execute(
-            PriceHistory.__table__.delete().where(
+            delete(PriceHistory).where(
                 PriceHistory.asset_id == aapl, PriceHistory.price_date > latest - timedelta(days=10)
             )
         )
@@ -354,7 +386,7 @@ def test_a_partially_completed_run_gets_bounded_repairs(
         assert repair["status"] == "partially_completed"  # the account still fills half
         made = runs(platform, run_type="repair")
         assert len(made) == attempt
-        plan = made[-1].execution_plan
+        plan = plan_of(made[-1])
         assert plan["repair_of"] == str(original.id) and plan["repair_attempt"] == attempt
         assert plan["approval"] == "auto"
     assert_ledger_is_the_book(platform, ASHA)

@@ -22,6 +22,7 @@ from tests.flows.test_maintenance import (
     only_run,
     order_statuses,
     partially_completed_invest,
+    plan_of,
     platform,
     runs,
     set_env,
@@ -68,7 +69,7 @@ def test_an_approved_repair_finishes_what_the_run_left_unfilled(platform: Engine
     assert state.is_completed(), state.message
     repair = only_run(platform, run_type="repair")
     assert repair.status == "completed"
-    plan = repair.execution_plan
+    plan = plan_of(repair)
     assert plan["repair_of"] == str(original.id) and plan["repair_attempt"] == 1
     assert plan["approved_hash"] == plan["plan_hash"] and plan["approval_note"] == "finish it"
     assert set(order_statuses(platform, repair.id)) == {"filled"}
@@ -76,7 +77,9 @@ def test_an_approved_repair_finishes_what_the_run_left_unfilled(platform: Engine
 
     # the job is done: nothing is left to repair, and asking again changes nothing
     state = repair_run(str(original.id), require_approval=False, return_state=True)
-    assert state.is_failed() and "ended completed: nothing a repair can finish" in state.message
+    assert state.is_failed() and "ended completed: nothing a repair can finish" in str(
+        state.message
+    )
     assert len(runs(platform, run_type="repair")) == 1
 
 
@@ -87,12 +90,12 @@ def test_repairs_are_bounded_per_original_run(
     original = partially_completed_invest(platform)  # the account keeps filling half
     state = repair_run(str(original.id), require_approval=False, execution=SHORT, return_state=True)
     assert only_run(platform, run_type="repair").status == "partially_completed"
-    assert only_run(platform, run_type="repair").execution_plan["approval"] == "auto"
+    assert plan_of(only_run(platform, run_type="repair"))["approval"] == "auto"
 
     for run_id in (original.id, only_run(platform, run_type="repair").id):
         state = repair_run(str(run_id), require_approval=False, return_state=True)
         assert state.is_failed()
-        assert "has had 1 repair run(s), the most allowed" in state.message
+        assert "has had 1 repair run(s), the most allowed" in str(state.message)
     assert len(runs(platform, run_type="repair")) == 1
 
 
@@ -105,14 +108,14 @@ def test_a_run_that_failed_on_its_connection_is_not_repaired(platform: Engine) -
             .values(
                 status="failed",
                 execution_plan={
-                    **original.execution_plan,
+                    **plan_of(original),
                     "outcome_reason": "the paper connection 'paper_1' failed: unauthorized",
                 },
             )
         )
     state = repair_run(str(original.id), require_approval=False, return_state=True)
-    assert state.is_failed() and "nothing a repair can finish" in state.message
-    assert "unauthorized" in state.message
+    assert state.is_failed() and "nothing a repair can finish" in str(state.message)
+    assert "unauthorized" in str(state.message)
     assert runs(platform, run_type="repair") == []
 
 
