@@ -38,11 +38,12 @@ from models import (
     SmallcaseExecutionRun,
     UserBrokerConnection,
     UserSession,
+    UserSmallcaseInvestment,
 )
 from models.base import utcnow
 from saras.brokers.base import MarketClock
 from saras.brokers.errors import BrokerError
-from saras.domain.enums import ConnectionStatus, OrderStatus, RunStatus
+from saras.domain.enums import ConnectionStatus, InvestmentStatus, OrderStatus, RunStatus, RunType
 from saras.domain.orders import OrderEvent, RunEvent, transition, transition_run
 from saras.errors import SarasError
 from saras.services.brokers import open_broker
@@ -188,11 +189,13 @@ def expire_run(engine: Engine, run_id: uuid.UUID, reason: str, now: datetime) ->
     cancelled = transition(OrderStatus.PLANNED, OrderEvent.CANCEL)
     try:
         with run_lock(engine, run_id), engine.begin() as conn:
-            plan = conn.execute(
-                select(SmallcaseExecutionRun.execution_plan).where(
-                    SmallcaseExecutionRun.id == run_id
-                )
-            ).scalar()
+            plan, run_type, investment_id = conn.execute(
+                select(
+                    SmallcaseExecutionRun.execution_plan,
+                    SmallcaseExecutionRun.run_type,
+                    SmallcaseExecutionRun.investment_id,
+                ).where(SmallcaseExecutionRun.id == run_id)
+            ).one()
             body = dict(plan or {})
             body.update(expired_at=now.isoformat(), outcome_reason=f"expired: {reason}")
             result = conn.execute(
@@ -213,6 +216,17 @@ def expire_run(engine: Engine, run_id: uuid.UUID, reason: str, now: datetime) ->
                 )
                 .values(status=cancelled.value)
             )
+            if run_type == RunType.INVEST.value:
+                # as when an invest run fills nothing: the investment failed, and the user may
+                # invest again
+                conn.execute(
+                    update(UserSmallcaseInvestment)
+                    .where(
+                        UserSmallcaseInvestment.id == investment_id,
+                        UserSmallcaseInvestment.status == InvestmentStatus.PENDING.value,
+                    )
+                    .values(status=InvestmentStatus.FAILED.value)
+                )
     except (RunRefused, LostRace) as exc:
         return RunAction(str(run_id), "skipped", _run_status(engine, run_id), str(exc))
     return RunAction(str(run_id), "expired", new_status.value, reason)

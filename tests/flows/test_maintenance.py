@@ -37,8 +37,9 @@ from models import (
     User,
     UserBrokerConnection,
     UserSession,
+    UserSmallcaseInvestment,
 )
-from saras.brokers.paper import PaperBroker, paper_fills, paper_orders
+from saras.brokers.paper import PaperBroker, ensure_paper_schema, paper_fills, paper_orders
 from saras.secrets import get_secret_box
 from saras.services import prices
 from saras.services.brokers import mark_connection, open_broker
@@ -311,8 +312,12 @@ def test_an_approved_run_waits_for_a_closed_market_then_expires_when_its_approva
     reason = plan_of(expired)["outcome_reason"]
     assert reason.startswith("expired: approved 30.0h ago, older than the 24.0h"), reason
     assert set(order_statuses(platform, run.id)) == {"cancelled"}
+    ensure_paper_schema(platform)  # (absent when nothing ever reached the paper broker)
     with platform.connect() as conn:  # nothing ever reached the broker
         assert conn.execute(select(func.count()).select_from(paper_orders)).scalar_one() == 0
+
+    with Session(platform) as session:  # the investment failed: the user may invest again
+        assert session.get_one(UserSmallcaseInvestment, run.investment_id).status == "failed"
 
     state = maintain(execution=FAST, return_state=True)  # twice: nothing more happens
     assert str(run.id) not in actions(state)
