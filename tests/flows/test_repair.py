@@ -99,7 +99,7 @@ def test_repairs_are_bounded_per_original_run(
     assert len(runs(platform, run_type="repair")) == 1
 
 
-def test_a_run_that_failed_on_its_connection_is_not_repaired(platform: Engine) -> None:
+def test_a_failed_run_is_repaired_for_money_not_for_its_connection(platform: Engine) -> None:
     original = partially_completed_invest(platform)
     with platform.begin() as conn:  # as the executor leaves a run whose broker refused the keys
         conn.execute(
@@ -117,6 +117,19 @@ def test_a_run_that_failed_on_its_connection_is_not_repaired(platform: Engine) -
     assert state.is_failed() and "nothing a repair can finish" in str(state.message)
     assert "unauthorized" in str(state.message)
     assert runs(platform, run_type="repair") == []
+
+    # failed for money instead (its orders were cancelled unfilled at the deadline): repaired
+    with platform.begin() as conn:
+        conn.execute(
+            update(SmallcaseExecutionRun)
+            .where(SmallcaseExecutionRun.id == original.id)
+            .values(execution_plan=plan_of(original))
+        )
+    set_paper(platform, ASHA, fill_mode="immediate")
+    state = repair_run(str(original.id), require_approval=False, execution=FAST, return_state=True)
+    assert state.is_completed(), state.message
+    assert only_run(platform, run_type="repair").status == "completed"
+    assert_ledger_is_the_book(platform, ASHA)
 
 
 def test_the_repair_flow_shows_the_repair_maintenance_left_waiting(
