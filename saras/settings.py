@@ -68,6 +68,35 @@ class Settings(BaseSettings):
     ingestion_batch_size: int = Field(
         default=100, description="Symbols per ingestion task (task runs scale with batches)."
     )
+    # --- maintenance and repair (flows/maintenance.py, flows/repair.py) ---
+    approval_max_age_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="An approved run not started within this many hours is expired, not started.",
+    )
+    approval_start_grace_seconds: float = Field(
+        default=900.0,
+        ge=0,
+        description="Maintenance leaves a run approved this recently to the flow that approved it.",
+    )
+    stuck_approval_hours: float = Field(
+        default=4.0, gt=0, description="Plans awaiting approval longer than this are stuck work."
+    )
+    repair_max_attempts: int = Field(
+        default=2, ge=0, description="Repair runs allowed per original run (0: never repair)."
+    )
+    repair_window_hours: float = Field(
+        default=72.0,
+        gt=0,
+        description="Maintenance plans repairs only for runs that ended within this many hours.",
+    )
+    repair_auto_approve: bool = Field(
+        default=False,
+        description="Execute repair runs without an analyst's approval (policy flag).",
+    )
+    paper_fill_retention_days: int = Field(
+        default=90, ge=1, description="Paper broker fills of finished orders older than this purge."
+    )
 
     def source_for_exchange(self, exchange: str) -> str:
         """Return the default market-data source for an exchange."""
