@@ -65,7 +65,9 @@ def test_overrides_replace_only_what_a_run_gave() -> None:
 
 
 def test_record_round_trips() -> None:
-    policy = RebalancePolicy(relative_drift_band_pct=Decimal("12.5"), calendar_trigger=CalendarTrigger.MONTHLY)
+    policy = RebalancePolicy(
+        relative_drift_band_pct=Decimal("12.5"), calendar_trigger=CalendarTrigger.MONTHLY
+    )
     record = policy.as_record()
     assert record["relative_drift_band_pct"] == "12.5"
     assert record["min_trade_value"] == {"INR": "500", "USD": "1"}
