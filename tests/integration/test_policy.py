@@ -105,7 +105,7 @@ def test_bad_policy_fails_naming_the_field_and_writes_nothing(
     embedded: Path, assignment: str, message: str
 ) -> None:
     before = _stored("US Tech Leaders")
-    code, out, err = _run("smallcases", "policy", "set", "US Tech Leaders", assignment)
+    code, _, err = _run("smallcases", "policy", "set", "US Tech Leaders", assignment)
     assert code == 2
     assert message in err and err.startswith("error: ") and err.count("\n") == 1
     assert _stored("US Tech Leaders") == before
