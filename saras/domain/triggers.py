@@ -133,8 +133,9 @@ def review_session(
 ) -> date | None:
     """Return the latest review session on or before ``on_or_before`` (None: none known).
 
-    ``sessions`` are the exchange's sessions in ascending order, covering at least the last
-    quarter before ``on_or_before``.
+    ``sessions`` are the exchange's sessions in ascending order, from at least a quarter before
+    ``on_or_before`` to at least a month after it: a nominal day after the last session given
+    is not placed (it may have a session of its own).
     """
     if trigger is CalendarTrigger.NONE:
         return None
@@ -152,10 +153,15 @@ def review_session(
                 months.append((year, month))
             year, month = (year, month - 1) if month > 1 else (year - 1, 12)
         nominal = [_nominal_day(trigger, day, y, m) for y, m in months[:3]]
+    # a nominal day past the last known session cannot be placed (the exchange may be open
+    # between today and that day): it is not a review yet
+    known_until = sessions[-1] if sessions else on_or_before
     found = [
         s
         for n in nominal
-        if (s := _previous_session(sessions, n)) is not None and s <= on_or_before
+        if n <= known_until
+        and (s := _previous_session(sessions, n)) is not None
+        and s <= on_or_before
     ]
     return max(found) if found else None
 

@@ -52,6 +52,20 @@ def test_monthly_review_moves_back_to_the_previous_session() -> None:
     )
 
 
+def test_a_review_day_past_the_known_sessions_is_not_placed() -> None:
+    # sessions known only up to Wednesday 2026-11-25: a review on the 27th is not "today"
+    known = [s for s in NYSE_2026 if s <= date(2026, 11, 25)]
+    assert review_session(CalendarTrigger.MONTHLY, 27, known, date(2026, 11, 25)) == date(
+        2026, 10, 27
+    )
+    assert review_session(CalendarTrigger.MONTHLY, 27, NYSE_2026, date(2026, 11, 25)) == date(
+        2026, 10, 27
+    )
+    assert review_session(CalendarTrigger.MONTHLY, 26, NYSE_2026, date(2026, 11, 25)) == date(
+        2026, 11, 25
+    )
+
+
 def test_the_indian_calendar_is_the_exchanges_own() -> None:
     # 2026-10-02 (Gandhi Jayanti) is an NSE holiday but a NYSE session
     assert date(2026, 10, 2) in NYSE_2026 and date(2026, 10, 2) not in NSE_2026
