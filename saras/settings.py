@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     ingestion_batch_size: int = Field(
         default=100, description="Symbols per ingestion task (task runs scale with batches)."
     )
+    require_distinct_approver: bool = Field(
+        default=False,
+        description=(
+            "Maker-checker: a plan's approver must be a Saras user other than the one who "
+            "requested the run (a run that names no requester cannot then be approved)."
+        ),
+    )
 
     def source_for_exchange(self, exchange: str) -> str:
         """Return the default market-data source for an exchange."""
