@@ -22,6 +22,7 @@ REBALANCE_DEPLOYMENT = "rebalance-smallcase/rebalance"
 @flow(name="evaluate-rebalances")
 def evaluate_rebalances(
     smallcases: list[str] | None = None,
+    exchanges: list[str] | None = None,
     as_of: datetime | None = None,
     start_runs: bool = True,
     rebalance_deployment: str = REBALANCE_DEPLOYMENT,
@@ -34,6 +35,8 @@ def evaluate_rebalances(
 
     Args:
         smallcases: Names of the smallcases to evaluate; empty: every active smallcase.
+        exchanges: Only the smallcases trading on these exchanges' calendars (each market's
+            schedule evaluates its own after its close); empty: every exchange.
         as_of: The instant to evaluate at (default: now); each smallcase's day is read on its
             exchange's clock.
         start_runs: Start a rebalance run for each due smallcase; off: only report.
@@ -43,7 +46,7 @@ def evaluate_rebalances(
     logger = get_run_logger()
     when = as_of or datetime.now(UTC)
     try:
-        evaluations = evaluate_due(smallcases, when)
+        evaluations = evaluate_due(smallcases, exchanges, when)
     except SarasError as exc:
         record_audit(
             "flow.evaluate_rebalances",

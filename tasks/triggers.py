@@ -14,9 +14,11 @@ from saras.services.triggers import SmallcaseEvaluation, evaluate_smallcases
 
 
 @task
-def evaluate_due(smallcases: list[str] | None, as_of: datetime) -> list[SmallcaseEvaluation]:
+def evaluate_due(
+    smallcases: list[str] | None, exchanges: list[str] | None, as_of: datetime
+) -> list[SmallcaseEvaluation]:
     """Evaluate the triggers of every active smallcase (or the named ones)."""
-    return evaluate_smallcases(get_engine(), as_of, smallcases)
+    return evaluate_smallcases(get_engine(), as_of, smallcases, exchanges)
 
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)

@@ -196,12 +196,35 @@ def evaluate_smallcase(
     )
 
 
+def _trades_on(conn: Connection, smallcase_id: uuid.UUID, wanted: set[str]) -> bool:
+    codes = conn.execute(
+        select(Asset.exchange)
+        .join(SmallcaseConstituent, SmallcaseConstituent.asset_id == Asset.id)
+        .where(SmallcaseConstituent.smallcase_id == smallcase_id)
+        .distinct()
+    ).scalars()
+    return any(calendars.calendar_for(code) in wanted for code in codes)
+
+
 def evaluate_smallcases(
-    engine: Engine, now: datetime, names: Sequence[str] | None = None
+    engine: Engine,
+    now: datetime,
+    names: Sequence[str] | None = None,
+    exchanges: Sequence[str] | None = None,
 ) -> list[SmallcaseEvaluation]:
-    """Evaluate every active smallcase (or the named ones, active or not), by name."""
+    """Evaluate every active smallcase (or the named ones, active or not), by name.
+
+    ``exchanges`` keeps only the smallcases whose constituents trade on the calendar of one of
+    these exchanges (so each market's schedule evaluates its own smallcases after its close).
+    """
     if now.tzinfo is None or now.utcoffset() is None:
         raise InvalidInputError(f"as_of must be an aware datetime, got {now!r}")
+    wanted: set[str] = set()
+    for code in exchanges or []:
+        try:
+            wanted.add(calendars.calendar_for(code))
+        except ValueError as exc:
+            raise InvalidInputError(f"exchanges: {exc}") from exc
     with engine.connect() as conn:
         query = select(Smallcase).order_by(Smallcase.name)
         if names:
@@ -213,4 +236,6 @@ def evaluate_smallcases(
             missing = sorted(set(names or []) - {r.name for r in rows})
             if missing:
                 raise InvalidInputError(f"smallcases: no smallcase named {', '.join(missing)}")
+            if wanted:
+                rows = [r for r in rows if _trades_on(conn, r.id, wanted)]
             return [evaluate_smallcase(conn, row, now) for row in rows]

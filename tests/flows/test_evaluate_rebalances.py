@@ -17,8 +17,8 @@ from flows.rebalance import rebalance_smallcase
 from models import AuditLog
 from saras.marketdata import calendars
 from saras.secrets import get_secret_box
-from saras.services import prices
 from saras.services import policy as policy_service
+from saras.services import prices
 from saras.services.demo import seed_demo
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
@@ -127,6 +127,11 @@ def test_every_active_smallcase_is_reported_and_a_missing_deployment_fails(
     assert rows[US]["due"] == "yes" and "beyond the drift band" in rows[US]["reasons"]
     assert rows[US]["rebalance_run"].startswith("not started: no deployment")
     assert rows["India Bluechips"]["due"] == "no"
+    # each market's schedule evaluates its own smallcases
+    state = evaluate_rebalances(exchanges=["NSE", "BSE"], start_runs=False, return_state=True)
+    assert set(_rows(state)) == {"India Bluechips"}
+    state = evaluate_rebalances(exchanges=["LSE"], return_state=True)
+    assert state.is_failed() and "LSE" in (state.message or "")
 
 
 def test_an_unknown_smallcase_fails_naming_it(platform: Engine) -> None:
