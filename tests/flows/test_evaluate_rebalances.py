@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.deployments.runner import RunnerDeployment
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
@@ -41,7 +42,9 @@ def platform(flow_db: Engine) -> Engine:
 @pytest.fixture(scope="module")
 def rebalance_deployment() -> uuid.UUID:
     """A real ``rebalance`` deployment on the harness server (nothing runs its flow runs)."""
-    deployment_id = rebalance_smallcase.to_deployment(name="rebalance").apply()
+    deployment = rebalance_smallcase.to_deployment(name="rebalance")
+    assert isinstance(deployment, RunnerDeployment)
+    deployment_id = deployment.apply()
     assert isinstance(deployment_id, uuid.UUID)
     return deployment_id
 
@@ -81,7 +84,7 @@ def test_monthly_trigger_with_relative_band_is_planned_only_when_due(
     row = _rows(state)[US]
     assert row["due"] == "no" and row["rebalance_run"] == "-", row["reasons"]
     assert "within the drift band" in row["reasons"]
-    assert state.message.startswith("0 of 1 smallcases due")
+    assert (state.message or "").startswith("0 of 1 smallcases due")
 
     # the review session: due, one rebalance run started on the deployment
     state = evaluate_rebalances(smallcases=[US], as_of=_after_close(review), return_state=True)
