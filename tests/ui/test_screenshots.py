@@ -8,6 +8,7 @@ selenium is missing.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import socket
@@ -60,8 +61,17 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "PREFECT_API_URL": f"{url}/api",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-         str(port)],
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -89,8 +99,12 @@ def browser() -> Iterator[Any]:
 
     options = Options()
     options.binary_location = str(CHROMIUM)
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1400,1800"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1800",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
     driver.implicitly_wait(2)
@@ -119,7 +133,10 @@ def _wait_text(driver: Any, text: str, timeout: float = 30) -> None:
 def test_typed_run_form(api: str, browser: Any) -> None:
     from tests.unit.test_flow_parameters import proposed_rebalance
 
+    from prefect.deployments.runner import RunnerDeployment
+
     deployment = proposed_rebalance.to_deployment(name="rebalance")
+    assert isinstance(deployment, RunnerDeployment)
     deployment_id = deployment.apply()
     browser.get(f"{api}/deployments/deployment/{deployment_id}/run")
     _wait_text(browser, "Name or id of the smallcase")
@@ -154,7 +171,8 @@ def test_approval_form_records_the_approver(api: str, browser: Any) -> None:
         )
         seen["decision"] = decision
 
-    runner = threading.Thread(target=approval_demo, daemon=True)
+    context = contextvars.copy_context()  # the thread talks to this module's server
+    runner = threading.Thread(target=context.run, args=(approval_demo,), daemon=True)
     runner.start()
     from prefect.client.orchestration import get_client
 
@@ -170,20 +188,23 @@ def test_approval_form_records_the_approver(api: str, browser: Any) -> None:
     _wait_text(browser, "Resume")
     button = next(b for b in browser.find_elements("tag name", "button") if b.text == "Resume")
     button.click()
-    _wait_text(browser, "approver_email")
+    _wait_text(browser, "Your e-mail as a Saras user")
     browser.save_screenshot(str(DOCS / "analyst-approval-form.png"))
-    inputs = browser.find_elements("css selector", "input[type='text'], input:not([type])")
-    email = next(
-        i for i in inputs if "approver" in (i.get_attribute("name") or i.get_attribute("id") or "")
-    ) if any("approver" in (i.get_attribute("name") or i.get_attribute("id") or "") for i in inputs) else None
-    pytest.skip("approval form located; filling it is not automated yet") if email is None else None
-    email.send_keys("analyst@example.com")
-    submit = next(b for b in browser.find_elements("tag name", "button") if b.text == "Submit")
-    submit.click()
+    dialog = browser.find_element("css selector", "[role='dialog']")
+    switch = dialog.find_element("css selector", "input[type='checkbox']")
+    browser.execute_script("arguments[0].click()", switch)
+    plan_hash, approver, note = dialog.find_elements("tag name", "textarea")
+    assert plan_hash.get_attribute("value") == "3f2a9c"  # pre-filled
+    approver.send_keys("analyst@example.com")
+    note.send_keys("reviewed per investment")
+    browser.save_screenshot(str(DOCS / "analyst-approval-form.png"))
+    next(b for b in dialog.find_elements("tag name", "button") if b.text == "Submit").click()
     runner.join(timeout=60)
-    assert seen["decision"].approver_email == "analyst@example.com"
-    assert seen["decision"].plan_hash == "3f2a9c"
-    _ = datetime.now(UTC)
+    decision = seen["decision"]
+    assert isinstance(decision, PlanDecision)
+    assert decision.approve is True and decision.plan_hash == "3f2a9c"
+    assert decision.approver_email == "analyst@example.com"
+    assert decision.note == "reviewed per investment"
 
 
 def test_trigger_artifact(
