@@ -131,9 +131,9 @@ def _wait_text(driver: Any, text: str, timeout: float = 30) -> None:
 
 
 def test_typed_run_form(api: str, browser: Any) -> None:
-    from tests.unit.test_flow_parameters import proposed_rebalance
-
     from prefect.deployments.runner import RunnerDeployment
+
+    from tests.unit.test_flow_parameters import proposed_rebalance
 
     deployment = proposed_rebalance.to_deployment(name="rebalance")
     assert isinstance(deployment, RunnerDeployment)
