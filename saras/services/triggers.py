@@ -31,6 +31,7 @@ from saras.domain.policy import RebalancePolicy
 from saras.domain.triggers import AssetKey, DriftMeasure, TriggerDecision, decide_due, measure_drift
 from saras.errors import InvalidInputError
 from saras.marketdata import calendars
+from saras.marketdata.base import UnknownExchangeError
 from saras.repositories.positions import latest_closes, ledger_positions
 from saras.services.policy import stored_policy
 
@@ -135,7 +136,6 @@ def evaluate_smallcase(
         .where(SmallcaseConstituent.smallcase_id == smallcase.id)
     ).all()
     exchanges = sorted({row.exchange for row in targets_rows})
-    calendars_used = {calendars.calendar_for(e) for e in exchanges}
 
     def verdict(reason: str, exchange: str | None, day: date, n: int = 0) -> SmallcaseEvaluation:
         return SmallcaseEvaluation(
@@ -152,6 +152,10 @@ def evaluate_smallcase(
     if not exchanges:
         return verdict("no constituents", None, now.date())
     exchange = exchanges[0]
+    try:
+        calendars_used = {calendars.calendar_for(e) for e in exchanges}
+    except UnknownExchangeError as exc:
+        return verdict(f"no trading calendar: {exc}", exchange, now.date())
     if len(calendars_used) > 1:
         return verdict(
             f"constituents trade on several calendars ({', '.join(exchanges)})",
@@ -203,7 +207,13 @@ def _trades_on(conn: Connection, smallcase_id: uuid.UUID, wanted: set[str]) -> b
         .where(SmallcaseConstituent.smallcase_id == smallcase_id)
         .distinct()
     ).scalars()
-    return any(calendars.calendar_for(code) in wanted for code in codes)
+    for code in codes:
+        try:
+            if calendars.calendar_for(code) in wanted:
+                return True
+        except UnknownExchangeError:
+            continue
+    return False
 
 
 def evaluate_smallcases(
