@@ -74,17 +74,18 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(home / "server.log").open("wb"),
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300  # a busy machine starts it slowly
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/api/health", timeout=2):
                     break
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
-                    pytest.fail("the Prefect server did not start")
+                    log = (home / "server.log").read_text(errors="replace")[-2000:]
+                    pytest.fail(f"the Prefect server did not start:\n{log}")
                 time.sleep(1)
         yield url
     finally:
