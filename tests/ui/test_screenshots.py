@@ -248,6 +248,13 @@ def test_trigger_artifact(
     finally:
         saras_db._engine_for.cache_clear()
         get_settings.cache_clear()
-    browser.get(f"{api}/artifacts/key/rebalance-triggers")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["rebalance-triggers"]))
+        )
+    browser.get(f"{api}/artifacts/artifact/{artifact.id}")
     _wait_text(browser, "US Tech Leaders")
     browser.save_screenshot(str(DOCS / "analyst-triggers.png"))
