@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from typer.core import TyperGroup
 
+from saras.cli_policy import app as policy_app
 from saras.cli_reconcile import app as reconcile_app
 from saras.errors import ConnectionSelectionError, InvalidInputError, NotFoundError, SarasError
 
@@ -132,6 +133,7 @@ app.add_typer(assets_app, name="assets")
 app.add_typer(connections_app, name="connections")
 app.add_typer(portfolios_app, name="portfolios")
 app.add_typer(smallcases_app, name="smallcases")
+smallcases_app.add_typer(policy_app, name="policy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(reconcile_app, name="reconcile")
 

@@ -97,6 +97,13 @@ class Settings(BaseSettings):
     paper_fill_retention_days: int = Field(
         default=90, ge=1, description="Paper broker fills of finished orders older than this purge."
     )
+    require_distinct_approver: bool = Field(
+        default=False,
+        description=(
+            "Maker-checker: a plan's approver must be a Saras user other than the one who "
+            "requested the run (a run that names no requester cannot then be approved)."
+        ),
+    )
 
     def source_for_exchange(self, exchange: str) -> str:
         """Return the default market-data source for an exchange."""

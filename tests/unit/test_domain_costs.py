@@ -1,0 +1,87 @@
+"""Expected trading costs: none on Alpaca, Kite's delivery charges from the documented table."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from saras.domain.costs import CostBreakdown, TradeLeg, estimate_costs, kite_leg_cost
+from saras.domain.enums import BrokerType, OrderSide
+
+BUY = OrderSide.BUY
+SELL = OrderSide.SELL
+
+
+def test_alpaca_and_paper_cost_nothing() -> None:
+    legs = [
+        TradeLeg("AAPL", "NASDAQ", BUY, Decimal("1000")),
+        TradeLeg("X", "NYSE", SELL, Decimal(5)),
+    ]
+    assert estimate_costs(BrokerType.ALPACA, legs) == CostBreakdown()
+    assert estimate_costs("paper", legs).total == 0
+
+
+def test_kite_buy_of_one_lakh_on_nse() -> None:
+    cost = kite_leg_cost(TradeLeg("INFY", "NSE", BUY, Decimal("100000")))
+    assert cost.brokerage == 0
+    assert cost.stt == Decimal("100")  # 0.1%
+    assert cost.exchange_charges == Decimal("3.07")  # 0.00307%
+    assert cost.sebi_fee == Decimal("0.10")  # ₹10 per crore
+    assert cost.stamp_duty == Decimal("15.00")  # 0.015%, buy side only
+    assert cost.gst == Decimal("0.57")  # 18% of (0 + 3.07 + 0.10) = 0.5706
+    assert cost.dp_charges == 0
+    assert cost.total == Decimal("118.74")
+
+
+def test_kite_sell_on_bse_pays_the_dp_charge_once_per_scrip() -> None:
+    cost = kite_leg_cost(TradeLeg("TCS", "BSE", SELL, Decimal("50000")))
+    assert cost.stt == Decimal("50") and cost.stamp_duty == 0
+    assert cost.exchange_charges == Decimal("1.88")  # 0.00375% = 1.875
+    assert cost.dp_charges == Decimal("13.50")
+    assert cost.gst == Decimal("2.78")  # 18% of (1.88 + 0.05 + 13.50) = 2.7774
+    legs = [
+        TradeLeg("TCS", "BSE", SELL, Decimal("50000")),
+        TradeLeg("TCS", "BSE", SELL, Decimal("50000")),
+        TradeLeg("TCS", "NSE", SELL, Decimal("50000")),
+    ]
+    total = estimate_costs(BrokerType.ZERODHA, legs)
+    assert total.dp_charges == Decimal("27.00")  # TCS on BSE once, TCS on NSE once
+
+
+def test_kite_refuses_an_unknown_exchange_and_a_negative_value() -> None:
+    with pytest.raises(ValueError, match="NYSE"):
+        kite_leg_cost(TradeLeg("AAPL", "NYSE", BUY, Decimal(1)))
+    with pytest.raises(ValueError, match="negative"):
+        kite_leg_cost(TradeLeg("INFY", "NSE", BUY, Decimal(-1)))
+
+
+def test_breakdown_record_sums() -> None:
+    record = kite_leg_cost(TradeLeg("INFY", "NSE", BUY, Decimal("100000"))).as_record()
+    assert record["total"] == "118.74"
+    assert set(record) == {
+        "brokerage",
+        "stt",
+        "exchange_charges",
+        "sebi_fee",
+        "stamp_duty",
+        "gst",
+        "dp_charges",
+        "total",
+    }
+
+
+@given(
+    value=st.decimals(0, 10_000_000, places=2),
+    side=st.sampled_from([BUY, SELL]),
+    exchange=st.sampled_from(["NSE", "BSE"]),
+)
+def test_kite_costs_are_small_and_non_negative(
+    value: Decimal, side: OrderSide, exchange: str
+) -> None:
+    cost = kite_leg_cost(TradeLeg("S", exchange, side, value))
+    assert cost.total >= 0
+    # about 0.12% of the value, plus the DP charge and rounding
+    assert cost.total <= value * Decimal("0.0013") + Decimal("17") + Decimal("1")
