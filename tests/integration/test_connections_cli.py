@@ -119,7 +119,7 @@ def test_check_marks_refused_logins_and_update_renews_them(
     assert rows["alpaca"]["outcome"] == "expired" and rows["alpaca"]["status"] == "error"
     assert "saras connections update kiran@example.in alpaca" in first.stderr
     assert connection("alpaca").status == "error"
-    assert connection("alpaca").connection_metadata["status_reason"]
+    assert (connection("alpaca").connection_metadata or {})["status_reason"]
     assert "an-old-secret" not in first.output
 
     # 06:00 IST: Kite expires the token; the check finds it before the open
@@ -144,7 +144,9 @@ def test_check_marks_refused_logins_and_update_renews_them(
     assert renewed.exit_code == 0, renewed.output
     assert NEW_TOKEN not in renewed.output
     kite_row = connection("kite")
-    assert kite_row.status == "active" and "status_reason" not in kite_row.connection_metadata
+    assert kite_row.status == "active" and "status_reason" not in (
+        kite_row.connection_metadata or {}
+    )
     assert NEW_TOKEN not in json.dumps(kite_row.credentials)  # encrypted at rest
     assert kite_row.api_key is not None  # the API key stayed
     renewed = cli(
