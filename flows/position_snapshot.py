@@ -25,6 +25,7 @@ from saras.services.snapshots import (
     failed_result,
 )
 from tasks import concurrent_writes
+from tasks.alerts import announce_reconciliation_differences
 from tasks.common import record_audit
 from tasks.runners import SarasTaskRunner
 from tasks.snapshots import (
@@ -156,6 +157,7 @@ def _finish(
             + (f"; {len(failed)} connections failed" if failed else "")
         ),
     )
+    announce_reconciliation_differences(day, differences)  # alerts (issue 13, helper ops)
     create_table_artifact(
         [r.as_row() for r in results],
         key="reconciliation-connections",
