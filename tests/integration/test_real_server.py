@@ -8,6 +8,7 @@ deployment runs (simulated source) and writes its rows, its completion triggers
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from models import PriceHistory
+from models import AuditLog, PriceHistory
 from saras import migrations
 from saras.db import make_engine
 from saras.secrets import generate_key
@@ -148,11 +149,11 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
         "PYTHONPATH": str(ROOT),  # this checkout's code in the worker's flow runs
     }
     prefect = [sys.executable, "-m", "prefect"]
-    server_log, worker_log = tmp_path / "server.log", tmp_path / "worker.log"
+    server_log = tmp_path / "server.log"
     server = _start(
         [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, server_log
     )
-    worker: subprocess.Popen[bytes] | None = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
 
         def healthy() -> bool:
@@ -188,9 +189,24 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
         actions = [a["actions"] for a in automations.values()]
         assert {x[0].get("block_document_id") for x in actions} == {block.json()["id"]}, actions
 
-        worker = _start(
-            [*prefect, "worker", "start", "--pool", "saras", "--limit", "2"], env, worker_log
-        )
+        for i in range(2):  # two process workers share the pool's runs
+            workers.append(
+                _start(
+                    [
+                        *prefect,
+                        "worker",
+                        "start",
+                        "--pool",
+                        "saras",
+                        "--limit",
+                        "1",
+                        "--name",
+                        f"saras-test-{i}",
+                    ],
+                    env,
+                    tmp_path / f"worker-{i}.log",
+                )
+            )
 
         def run(deployment: str, parameters: dict[str, Any]) -> str:
             found = client.get(f"/deployments/name/{deployment}")
@@ -203,31 +219,40 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
             return str(created.json()["id"])
 
         def finished(flow_run_id: str) -> dict[str, Any] | None:
-            if worker is not None and worker.poll() is not None:
-                raise AssertionError(f"the worker exited: {_tail(worker_log)}")
+            for i, worker in enumerate(workers):
+                if worker.poll() is not None:
+                    raise AssertionError(
+                        f"worker {i} exited: {_tail(tmp_path / f'worker-{i}.log')}"
+                    )
             state = client.get(f"/flow_runs/{flow_run_id}").json()["state"]
             return state if state and state["type"] in {"COMPLETED", "FAILED", "CRASHED"} else None
 
-        prices = run(
-            "ingest-price-history/nightly-prices",
-            {
-                "symbols": list(SYMBOLS),
-                "start": "2024-01-02",
-                "end": "2024-01-31",
-                "source": "simulated",
-            },
-        )
+        window = {"start": "2024-01-02", "end": "2024-01-31", "source": "simulated"}
+        prices = run("ingest-price-history/nightly-prices", {"symbols": list(SYMBOLS), **window})
+        again = run("ingest-price-history/nightly-prices", {"symbols": list(SYMBOLS), **window})
         failing = run(
             "ingest-price-history/nightly-prices", {"symbols": ["AAPL"], "source": "no-such-source"}
         )
-        state = _wait("the nightly-prices run", lambda: finished(prices), timeout=300)
-        assert state["name"] == "Completed", (state, _tail(worker_log))
+        for flow_run in (prices, again):
+            state = _wait("the nightly-prices runs", functools.partial(finished, flow_run), 300)
+            assert state["name"] == "Completed", (state, _tail(tmp_path / "worker-0.log"))
         engine = make_engine(platform["saras"])
         with Session(engine) as s:
             rows = s.scalar(select(func.count()).select_from(PriceHistory))
             last = s.scalar(select(func.max(PriceHistory.price_date)))
+            audits = s.scalars(
+                select(AuditLog.request_id).where(
+                    AuditLog.event_type == "flow.ingest_price_history"
+                )
+            ).all()
         engine.dispose()
         assert rows == len(SYMBOLS) * 21 and last == date(2024, 1, 31)  # 21 NYSE sessions
+        # each run of the batch was executed once, by one of the two workers
+        assert sorted(str(a) for a in audits if str(a) in {prices, again}) == sorted(
+            [prices, again]
+        )
+        for flow_run in (prices, again):
+            assert client.get(f"/flow_runs/{flow_run}").json()["run_count"] == 1
 
         failed = _wait("the failing run", lambda: finished(failing), timeout=300)
         assert failed["type"] == "FAILED", failed
@@ -252,7 +277,7 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
         )
         assert "Failed" in alert[0]["subject"], alert
     finally:
-        if worker is not None:
+        for worker in workers:
             _stop(worker)
         _stop(server)
         webhook.close()
