@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from prefect import serve
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron
 
@@ -35,8 +37,13 @@ def main() -> None:
             )
             for s in spec.get("schedules") or []
         ]
+        triggers: list[Any] = [
+            DeploymentEventTrigger.model_validate(t) for t in spec.get("triggers") or []
+        ]
         deployments.append(
-            flow.to_deployment(name=spec["name"], schedules=schedules, tags=spec.get("tags"))
+            flow.to_deployment(
+                name=spec["name"], schedules=schedules, tags=spec.get("tags"), triggers=triggers
+            )
         )
     serve(*deployments)
 

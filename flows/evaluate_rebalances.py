@@ -12,6 +12,7 @@ from prefect.states import Completed, Failed, State
 
 from saras.errors import SarasError
 from tasks.common import record_audit
+from tasks.runners import SarasTaskRunner
 from tasks.triggers import evaluate_due, start_rebalance
 
 PATH = "flows/evaluate_rebalances.py:evaluate_rebalances"
@@ -19,7 +20,7 @@ PATH = "flows/evaluate_rebalances.py:evaluate_rebalances"
 REBALANCE_DEPLOYMENT = "rebalance-smallcase/rebalance"
 
 
-@flow(name="evaluate-rebalances")
+@flow(name="evaluate-rebalances", task_runner=SarasTaskRunner())
 def evaluate_rebalances(
     smallcases: list[str] | None = None,
     exchanges: list[str] | None = None,

@@ -15,6 +15,7 @@ from saras.errors import SarasError
 from saras.services import investments as service
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.rebalance import plan_runs
+from tasks.runners import SarasTaskRunner
 
 
 @task
@@ -100,7 +101,7 @@ def _plan_and_run(
     return finish(event, began, outcome, results, user_id=investment["user_id"], path=path)
 
 
-@flow(name="invest-in-smallcase")
+@flow(name="invest-in-smallcase", task_runner=SarasTaskRunner())
 def invest_in_smallcase(
     user: str,
     smallcase: str,
@@ -140,7 +141,7 @@ def invest_in_smallcase(
         )
 
 
-@flow(name="exit-smallcase")
+@flow(name="exit-smallcase", task_runner=SarasTaskRunner())
 def exit_smallcase(
     user: str,
     smallcase: str,

@@ -22,12 +22,13 @@ from tasks.maintenance import (
     review_approved_runs,
 )
 from tasks.repair import repair_and_execute
+from tasks.runners import SarasTaskRunner
 
 PATH = "flows/maintenance.py:maintain"
 STUCK_KEY = "maintenance-stuck-work"
 
 
-@flow(name="maintenance")
+@flow(name="maintenance", task_runner=SarasTaskRunner())
 def maintain(
     resume: bool = True,
     start_approved: bool = True,

@@ -27,7 +27,9 @@ from saras.services.snapshots import (
     failed_result,
 )
 from tasks import concurrent_writes
+from tasks.alerts import announce_reconciliation_differences
 from tasks.common import record_audit
+from tasks.runners import SarasTaskRunner
 from tasks.snapshots import (
     apply_corporate_actions,
     plan_reconciliation,
@@ -40,7 +42,7 @@ from tasks.snapshots import (
 RECONCILE_BATCH_SIZE = 50
 
 
-@flow(name="snapshot-positions", log_prints=True)
+@flow(name="snapshot-positions", log_prints=True, task_runner=SarasTaskRunner())
 def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None = None) -> State:
     """Snapshot every active investment's positions for a day and reconcile with the brokers.
 
@@ -186,6 +188,7 @@ def _finish(
             + (f"; {len(failed)} connections failed" if failed else "")
         ),
     )
+    announce_reconciliation_differences(day, differences)  # alerts (issue 13, helper ops)
     create_table_artifact(
         [r.as_row() for r in results],
         key="reconciliation-connections",

@@ -22,9 +22,10 @@ from saras.settings import get_settings
 from tasks import concurrent_writes
 from tasks.common import record_audit
 from tasks.prices import ingest_price_batch, plan_price_ingestion, revalue_portfolios
+from tasks.runners import SarasTaskRunner
 
 
-@flow(name="ingest-price-history", log_prints=True)
+@flow(name="ingest-price-history", log_prints=True, task_runner=SarasTaskRunner())
 def ingest_price_history(
     symbols: list[str] | None = None,
     start: date | None = None,

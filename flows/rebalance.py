@@ -11,11 +11,12 @@ from prefect.states import State
 from saras.errors import SarasError
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.rebalance import plan_runs
+from tasks.runners import SarasTaskRunner
 
 PATH = "flows/rebalance.py:rebalance_smallcase"
 
 
-@flow(name="rebalance-smallcase")
+@flow(name="rebalance-smallcase", task_runner=SarasTaskRunner())
 def rebalance_smallcase(
     smallcase: str,
     constituents: list[dict[str, Any]] | None = None,

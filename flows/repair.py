@@ -11,11 +11,12 @@ from prefect.states import Completed, State
 from saras.errors import SarasError
 from tasks.orchestration import finish
 from tasks.repair import repair_and_execute
+from tasks.runners import SarasTaskRunner
 
 PATH = "flows/repair.py:repair_run"
 
 
-@flow(name="repair-run")
+@flow(name="repair-run", task_runner=SarasTaskRunner())
 def repair_run(
     run_id: str,
     require_approval: bool | None = None,

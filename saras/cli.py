@@ -437,6 +437,74 @@ def connections_list(as_json: JsonOpt = False) -> None:
     _print_rows(rows, as_json)
 
 
+# connections update | check (issue 13: broker sessions; services in saras/services/connections.py)
+
+
+@connections_app.command("update")
+def connections_update(
+    user: Annotated[str, typer.Argument(help="The user's e-mail or id.")],
+    alias: Annotated[str, typer.Argument(help="The connection's alias, e.g. zerodha_primary.")],
+    secrets_from_stdin: Annotated[
+        bool, typer.Option("--secrets-from-stdin", help="Read a JSON object of secrets.")
+    ] = False,
+) -> None:
+    """Renew a connection's secrets (a new Kite access token) and make it active again.
+
+    Environment: SARAS_BROKER_API_KEY, SARAS_BROKER_API_SECRET, SARAS_BROKER_ACCESS_TOKEN;
+    or --secrets-from-stdin. Only the secrets given change.
+    """
+    from saras.secrets import SecretKeyError, get_secret_box
+    from saras.services.connections import SECRET_FIELDS, renew_connection
+
+    secrets = {n: os.environ.get(f"SARAS_BROKER_{n.upper()}", "") for n in SECRET_FIELDS}
+    if secrets_from_stdin:
+        try:
+            loaded = json.loads(sys.stdin.read() or "{}")
+        except json.JSONDecodeError:
+            loaded = None
+        if not isinstance(loaded, dict):
+            _fail("stdin is not a JSON object of secrets")
+        secrets.update({str(k): str(v) for k, v in loaded.items()})
+    try:
+        box = get_secret_box()
+    except SecretKeyError as exc:
+        _fail(str(exc))
+    with _session() as s:
+        c = renew_connection(s, box, user, alias, secrets)
+        typer.echo(f"connection {c.alias} of {user} renewed: {c.status}")
+
+
+@connections_app.command("check")
+def connections_check(
+    broker: Annotated[
+        list[str] | None, typer.Option(help="Only this broker type (repeatable).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Call every active connection once; mark and list those whose credentials are refused.
+
+    Exit code 1 when any connection needs a new login (`saras connections update`).
+    """
+    from saras.db import get_engine
+    from saras.services.connections import check_connections
+
+    try:
+        checks = check_connections(get_engine(), broker_types=broker)
+    except SarasError as exc:
+        _fail(str(exc))
+    _print_rows([c.as_row() for c in checks], as_json)
+    expired = [c for c in checks if c.needs_login]
+    for c in expired:
+        typer.secho(
+            f"expired: {c.user} {c.alias} ({c.broker_type}): renew with "
+            f"`saras connections update {c.user} {c.alias}`",
+            fg=typer.colors.RED,
+            err=True,
+        )
+    if expired:
+        raise typer.Exit(1)
+
+
 # --- portfolios -------------------------------------------------------------------------------
 
 

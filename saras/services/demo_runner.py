@@ -9,7 +9,10 @@ is invested twice and an applied composition is not applied again.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -33,6 +36,11 @@ INVESTMENTS = (
     ("ravi@example.in", "India Bluechips", "500000"),
 )
 FAST_EXECUTION = {"poll_interval": 0.05, "deadline_seconds": 30}
+#: The least time the temporary Prefect server gets to start. Its first start creates and
+#: migrates its own SQLite database in PREFECT_HOME, which takes minutes on a loaded 2-core
+#: machine; Prefect's default (20 s) is read from prefect.toml only when the cwd is the
+#: repository, and `saras demo` runs from anywhere.
+SERVER_STARTUP_TIMEOUT_S = 300
 
 
 def _prefect_quietly() -> None:
@@ -41,6 +49,76 @@ def _prefect_quietly() -> None:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_UI_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+@contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    # SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so the server below is stopped too
+    if os.name != "posix":
+        yield
+        return
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_exit)
+    except ValueError:  # not the main thread: the caller owns signals
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+@contextmanager
+def local_prefect(echo: Callable[[str], None] = print) -> Iterator[str]:
+    """Use the Prefect server in PREFECT_API_URL, or run a temporary one and stop it at the end.
+
+    Yields the API URL. The temporary server is given ``SERVER_STARTUP_TIMEOUT_S`` (or Prefect's
+    own setting, if larger) to start, and is stopped when the block exits by any route.
+    """
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_HOME,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        echo(f"  Prefect server: {configured}")
+        yield configured
+        return
+    timeout = max(
+        SERVER_STARTUP_TIMEOUT_S, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    )
+    echo(
+        f"  starting a temporary Prefect server (database in {PREFECT_HOME.value()}); "
+        f"its first start migrates that database: waiting up to {timeout} s"
+    )
+    server = SubprocessASGIServer()
+    began = time.monotonic()
+    with _terminate_as_exit():
+        try:
+            server.start(timeout=timeout)
+            echo(f"  Prefect server ready at {server.api_url} in {time.monotonic() - began:.0f} s")
+            with temporary_settings({PREFECT_API_URL: server.api_url}):
+                yield server.api_url
+                _drain_prefect_workers()
+        finally:
+            server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    # logs and events still queued go out before the server stops (as Prefect's test harness)
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    EventsWorker.drain_all(timeout=10)
 
 
 def _holdings(session: Session) -> dict[tuple[str, str], Decimal]:
@@ -82,6 +160,12 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
         return
 
     _prefect_quietly()
+    with local_prefect(echo):
+        _run_flows(engine, echo)
+    echo(f"Database: {settings.sqlite_path if settings.embedded else 'SARAS_DATABASE_URL'}")
+
+
+def _run_flows(engine: Any, echo: Callable[[str], None]) -> None:
     from flows.investments import invest_in_smallcase
     from flows.position_snapshot import snapshot_positions
     from flows.price_history import ingest_price_history
@@ -90,7 +174,8 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
 
     echo("1. nightly prices (simulated source, exchange calendars NYSE and NSE)")
     state = ingest_price_history(source="simulated", return_state=True)
-    totals = state.result(raise_on_failure=False)["totals"]
+    prices: Any = state.result(raise_on_failure=False)
+    totals = prices["totals"]
     echo(
         f"   {_state_name(state)}: {totals['inserted']} bars inserted, {totals['unchanged']} "
         f"unchanged, {totals['rejected']} rejected, {totals['failed']} symbols failed"
@@ -130,7 +215,7 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
         execution=FAST_EXECUTION,
         return_state=True,
     )
-    data = state.result(raise_on_failure=False)
+    data: Any = state.result(raise_on_failure=False)
     plan = (data or {}).get("plan") or {}
     summary = plan.get("summary", {})
     skipped = ", ".join(f"{n} {r}" for r, n in summary.get("skipped_by_reason", {}).items())
@@ -158,4 +243,3 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
             echo(f"   {key[0]:<18} {key[1]:<9} {old.normalize():>16f} -> {new.normalize():f}")
     for run_type, status, count in runs:
         echo(f"   runs: {count} {run_type} {status}")
-    echo(f"Database: {settings.sqlite_path if settings.embedded else 'SARAS_DATABASE_URL'}")

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,69 @@ def test_prefect_deploy_registers_everything_on_a_real_server() -> None:
     }
     assert any(s.parameters.get("exchanges") == ["NSE", "BSE"] for s in prices.schedules)
     assert deployments["rebalance"].schedules == []
+
+
+def test_the_snapshot_follows_the_price_run_with_a_late_clock_fallback() -> None:
+    from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+    by_name = {d["name"]: d for d in DEPLOYMENTS}
+    raw = by_name["nightly-positions"]["triggers"]
+    assert len(raw) == 1
+    trigger = DeploymentEventTrigger.model_validate(raw[0])  # Prefect's own schema accepts it
+    assert "prefect.flow-run.Completed" in trigger.expect
+    assert raw[0]["match_related"] == {
+        "prefect.resource.role": "deployment",
+        "prefect.resource.name": "nightly-prices",
+    }
+    prices = {s["timezone"]: s["cron"] for s in _schedules(by_name["nightly-prices"])}
+    fallback = {s["timezone"]: s["cron"] for s in _schedules(by_name["nightly-positions"])}
+    for zone, cron in prices.items():  # the clock run comes well after the price run
+        price_minutes = int(cron.split()[1]) * 60 + int(cron.split()[0])
+        fallback_minutes = int(fallback[zone].split()[1]) * 60 + int(fallback[zone].split()[0])
+        assert fallback_minutes - price_minutes >= 120
+    preopen = _schedules(by_name["broker-sessions"])
+    assert [(s["cron"], s["timezone"], s["parameters"]) for s in preopen] == [
+        ("30 8 * * 1-5", "Asia/Kolkata", {"session_exchange": "NSE"})
+    ]
+
+
+def test_alert_automations_are_valid_prefect_automations() -> None:
+    sys.path.insert(0, str(ROOT / "deployments"))
+    try:
+        import automations
+    finally:
+        sys.path.remove(str(ROOT / "deployments"))
+    block = uuid.uuid4()
+    loaded = {a.name: a for a in automations.load_automations(block)}
+    assert set(loaded) == {
+        "saras-run-failed",
+        "saras-nightly-late",
+        "saras-reconciliation-differences",
+    }
+    for automation in loaded.values():
+        assert automation.enabled
+        assert [a.block_document_id for a in automation.actions] == [block]
+    failed = loaded["saras-run-failed"].trigger
+    assert failed.expect == {
+        "prefect.flow-run.Failed",
+        "prefect.flow-run.Crashed",
+        "prefect.flow-run.Partially Completed",
+    }
+    assert loaded["saras-nightly-late"].trigger.posture == "Proactive"
+    # no block chosen: created disabled, with no notification to send
+    unset = automations.load_automations(None)
+    assert all(not a.enabled and not a.actions for a in unset)
+
+
+def test_bootstrap_refuses_without_a_server(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    result = subprocess.run(
+        ["bash", str(ROOT / "deployments" / "bootstrap.sh")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2 and "PREFECT_API_URL is not set" in result.stderr
