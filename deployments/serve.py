@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 from prefect import serve
+from prefect.deployments.runner import RunnerDeployment
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-from prefect.flows import load_flow_from_entrypoint
+from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.schedules import Cron
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +26,9 @@ def main() -> None:
     """Load prefect.yaml and serve each deployment with its schedules."""
     sys.path.insert(0, str(ROOT))
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    deployments = []
+    deployments: list[RunnerDeployment] = []
     for spec in config["deployments"]:
-        flow = load_flow_from_entrypoint(str(ROOT / spec["entrypoint"]))
+        flow: Flow[..., Any] = load_flow_from_entrypoint(str(ROOT / spec["entrypoint"]))
         schedules = [
             Cron(
                 s["cron"],
@@ -40,11 +41,12 @@ def main() -> None:
         triggers: list[Any] = [
             DeploymentEventTrigger.model_validate(t) for t in spec.get("triggers") or []
         ]
-        deployments.append(
-            flow.to_deployment(
-                name=spec["name"], schedules=schedules, tags=spec.get("tags"), triggers=triggers
-            )
+        deployment = flow.to_deployment(
+            name=spec["name"], schedules=schedules, tags=spec.get("tags"), triggers=triggers
         )
+        # Flow.to_deployment is sync_compatible: called from sync code it returns the deployment.
+        assert isinstance(deployment, RunnerDeployment)
+        deployments.append(deployment)
     serve(*deployments)
 
 
