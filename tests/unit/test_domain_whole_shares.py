@@ -6,7 +6,13 @@ target weight ``w_j`` (percent of the investable value), ``a_j`` the weight afte
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, localcontext
 from decimal import Decimal as D
+
+import numpy as np
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from saras.domain.enums import OrderSide, RunType
 from saras.domain.rebalance import (
@@ -170,3 +176,192 @@ def test_a_removed_constituent_held_below_one_lot_does_not_force_a_rebalance() -
         PlanningPolicy(cash_buffer_pct=D(0)),
     )
     assert plan.status_reason is SkipReason.WITHIN_DRIFT_BAND
+
+
+# ---- the bound, against a brute-force search ------------------------------------------------
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+BARE = PlanningPolicy(D(0), D(0), D(0), D(0), D(0))
+
+
+@dataclass(frozen=True)
+class Small:
+    """A small planning problem: 2-5 legs, each wanting at most about a dozen steps."""
+
+    run_type: RunType
+    targets: dict[str, D]
+    state: InvestmentState
+    instruments: dict[str, Instrument]
+    rules: BrokerRules
+    policy: PlanningPolicy
+    amount: D | None
+
+    def plan(self) -> InvestmentPlan:
+        return plan_investment(
+            self.run_type,
+            self.targets,
+            self.state,
+            self.instruments,
+            self.rules,
+            self.policy,
+            self.amount,
+        )
+
+    def step(self, symbol: str) -> D:
+        """Return the shares in one step of a leg: a unit, or a lot of whole shares."""
+        inst = self.instruments[symbol]
+        if self.rules.fractional and inst.fractionable:
+            return D(1).scaleb(-self.rules.unit_decimals)
+        return D(inst.lot_size)
+
+
+@st.composite
+def small_cases(draw: st.DrawFn) -> Small:
+    run_type = draw(st.sampled_from([RunType.INVEST, RunType.TOPUP, RunType.REBALANCE]))
+    decimals = draw(st.sampled_from([0, 0, 1, 2]))  # whole shares, or coarse fractional units
+    rules = BrokerRules.paper(decimals > 0, max(decimals, 1) if decimals else 0)
+    if not decimals:
+        rules = BrokerRules(False, 0)
+    m = draw(st.integers(2, 5))
+    symbols = [f"S{j}" for j in range(m)]
+    raw = draw(st.lists(st.integers(1, 50), min_size=m, max_size=m))
+    cents = [r * 10_000 // sum(raw) for r in raw]
+    cents[0] += 10_000 - sum(cents)
+    targets = {s: D(c).scaleb(-2) for s, c in zip(symbols, cents, strict=True)}
+    size = D(draw(st.integers(200, 10_000)))  # about the money, in rupees
+    instruments = {}
+    positions: dict[str, D] = {}
+    for s in symbols:
+        fractionable = decimals > 0 and draw(st.booleans())
+        lot = 1 if fractionable else draw(st.sampled_from([1, 1, 2, 5]))
+        shares = D(1).scaleb(-decimals) if fractionable else D(lot)
+        wanted_steps = D(draw(st.integers(1, 110))) / 10  # steps the target is worth
+        price = (targets[s] * size / 100 / wanted_steps / shares).quantize(D("0.01"))
+        price = max(price, D("0.01"))
+        instruments[s] = Instrument(s, price, lot, fractionable)
+        if run_type is not RunType.INVEST and draw(st.booleans()):
+            positions[s] = draw(st.integers(0, int(wanted_steps) + 3)) * shares
+    cash = D(draw(st.integers(0, int(size) * 100))).scaleb(-2)
+    amount = None
+    if run_type in (RunType.INVEST, RunType.TOPUP):
+        amount = D(draw(st.integers(1, int(size) * 100))).scaleb(-2)
+        cash = max(cash, amount) if draw(st.booleans()) else cash
+    policy = PlanningPolicy(
+        cash_buffer_pct=D(draw(st.integers(0, 30))).scaleb(-1),
+        min_trade_value=D(0),
+        drift_band_pct=D(0),
+        min_weight_change_pct=D(0),
+        fee_bps_estimate=D(draw(st.integers(0, 50))),
+    )
+    state = InvestmentState("inv", cash, positions)
+    return Small(run_type, targets, state, instruments, rules, policy, amount)
+
+
+@dataclass(frozen=True)
+class Search:
+    """The buy legs of a plan and every whole number of steps they could buy, searched."""
+
+    symbols: list[str]
+    short: np.ndarray  # value each buy leg is short of its target, after the plan's sells
+    target: np.ndarray  # target value of each buy leg
+    value: np.ndarray  # value of one step
+    step_cost: list[D]  # cost of one step, fees included
+    scaled_cost: np.ndarray  # step cost x 10**(2 + decimals) x 10_000: exact integers
+    scale: D
+    nearest: list[int]  # the whole number of steps nearest each leg's shortfall
+    planned: list[int]  # the steps the plan buys
+    cash: D  # cash available for buys
+
+    def distance(self, steps: np.ndarray) -> np.ndarray:
+        rest = self.short[None, :] - steps * self.value[None, :]
+        return np.asarray((rest**2 / self.target[None, :]).sum(1))
+
+    def fits(self, steps: list[int], budget: D) -> bool:
+        limit = int((budget * self.scale).to_integral_value(rounding=ROUND_FLOOR))
+        return sum(k * int(c) for k, c in zip(steps, self.scaled_cost, strict=True)) <= limit
+
+    def best(self, budget: D) -> float:
+        """Return the least distance of any steps costing at most ``budget``, by brute force."""
+        grid = np.indices([k + 1 for k in self.nearest]).reshape(len(self.nearest), -1).T
+        limit = int((budget * self.scale).to_integral_value(rounding=ROUND_FLOOR))
+        fits = grid @ self.scaled_cost <= limit  # int64: exact
+        if not fits.any():  # not even nothing fits: nothing is what a plan buys
+            return float(self.distance(np.zeros((1, len(self.nearest))))[0])
+        return float(self.distance(grid[fits]).min())
+
+
+def _search(sc: Small, plan: InvestmentPlan) -> Search:
+    with localcontext() as ctx:
+        ctx.prec = 60
+        fee = sc.policy.fee_bps_estimate
+        investable = plan.investable_value
+        sold = {o.symbol: o.quantity for o in plan.orders if o.side is SELL}
+        bought = {o.symbol: o.quantity for o in plan.orders if o.side is BUY}
+        exact = D(10) ** (2 + sc.rules.unit_decimals)  # a step's value is a whole multiple
+        symbols, short, target, value, costs, scaled, nearest, planned = ([] for _ in range(8))
+        for s, w in sorted(sc.targets.items()):
+            price = sc.instruments[s].price
+            assert price is not None
+            held = sc.state.positions.get(s, D(0)) - sold.get(s, D(0))
+            t = w * investable / 100
+            gap = t - held * price
+            if gap <= investable * D("1e-9"):
+                assert s not in bought  # at or above target: never bought
+                continue
+            step_value = price * sc.step(s)
+            symbols.append(s)
+            short.append(float(gap))
+            target.append(float(t))
+            value.append(float(step_value))
+            costs.append(step_value * (1 + fee / 10_000))
+            scaled.append(int(step_value * exact) * int(10_000 + fee))
+            k = int((gap / step_value + D("0.5")).to_integral_value(ROUND_CEILING)) - 1
+            nearest.append(max(k, 0))
+            units = bought.get(s, D(0)) / sc.step(s)
+            assert units == units.to_integral_value()
+            planned.append(int(units))
+        return Search(
+            symbols,
+            np.array(short),
+            np.array(target),
+            np.array(value),
+            costs,
+            np.array(scaled, dtype=np.int64),
+            exact * 10_000,
+            nearest,
+            planned,
+            plan.cash_available,
+        )
+
+
+@SETTINGS
+@given(small_cases())
+def test_whole_steps_spend_the_cash_within_the_stated_bound(sc: Small) -> None:
+    """The docstring's bound, against a brute-force search of every plan on the buy legs."""
+    plan = sc.plan()
+    assume(plan.status_reason not in (SkipReason.NO_VALUE, SkipReason.WITHIN_DRIFT_BAND))
+    search = _search(sc, plan)
+    if not search.symbols:
+        return
+    mine = float(search.distance(np.array([search.planned]))[0])
+    tol = 1e-9 * (1 + float(search.target.sum()))
+    with localcontext() as ctx:
+        ctx.prec = 60
+        spent = sum((k * c for k, c in zip(search.planned, search.step_cost, strict=True)), D(0))
+        left = search.cash - spent
+        if any(search.planned):
+            assert search.fits(search.planned, search.cash) and left >= 0
+        # (1) no farther from the targets than the best plan with one dearest step less cash
+        dearest = max(search.step_cost)
+        best = search.best(search.cash - dearest)
+        assert mine <= best + tol, (mine, best, plan.orders)
+        # (2) no leg that one more step would bring nearer its target is left affordable
+        for k, short, value, cost in zip(
+            search.planned, search.short, search.value, search.step_cost, strict=True
+        ):
+            if short - k * value > value / 2 * (1 + 1e-12):
+                assert left < cost, (left, cost, plan.orders)
+        # (3) when the cash pays for the nearest whole steps of every leg, they are the plan
+        if search.fits(search.nearest, search.cash):
+            assert search.planned == search.nearest
+        assert mine <= search.best(search.cash) + tol or mine <= best + tol
