@@ -31,8 +31,10 @@ Run types
 ---------
 - ``invest`` / ``topup``: buy-only: buys ``max(delta, 0)``; overweight legs are left alone.
 - ``rebalance``: skipped as a whole (``within_drift_band``) when
-  ``max_j |current weight - w_j| <= drift_band_pct``; otherwise sells the overweights and buys
-  the underweights, skipping legs whose weight change is below ``min_weight_change_pct``.
+  ``max_j |current weight - w_j| <= drift_band_pct`` and it holds no removed constituent (a
+  held symbol without a target, priced, at least one step sellable: that is sold whatever the
+  band says); otherwise sells the overweights and buys the underweights, skipping legs whose
+  weight change is below ``min_weight_change_pct``.
 - ``repair``: the same as ``rebalance`` but with no drift band and no minimum weight change: it
   retries exactly what an earlier run left unfilled, however small (minimum trade value and the
   broker minimum still apply).
@@ -51,12 +53,61 @@ minimum trade value. Sells are planned first; buys are sized on the cash they fr
 
 Rounding
 --------
-- Fractional legs: quantities truncated (never rounded up) to ``d`` decimals.
-- Whole-share legs: sells round to the nearest lot (never more than sellable); buys are floored
-  to lots and then, largest shortfall first (ties by symbol), every leg short by more than half
-  a lot gets the lots that bring it nearest its target, as far as the cash allows. So a leg
-  left short by more than half a lot always means less cash was left than one of its lots.
-- When the desired buys cost more than the cash available they are scaled down in proportion.
+- Sells: fractional legs truncated (never rounded up) to ``d`` decimals; whole-share legs to
+  the nearest lot (never more than sellable).
+- Buys: see *Spending the cash*: every leg buys the whole number of steps nearest its
+  target when the cash pays for all of them, and otherwise the steps that bring the investment
+  closest to its targets within the cash.
+
+Spending the cash
+-----------------
+The distance of an investment to its targets is Pearson's chi-squared distance of the weights,
+``D = sum_j (a_j - w_j)**2 / w_j`` over the legs with a target (``a_j`` the weight after the
+plan, ``w_j`` the target, both in percent of ``W``): relative misses count, so a 2% leg left
+empty costs as much as a 50% leg 10 pp short, and when cash is short, scaling every buy in
+proportion is what minimises it. Buys (after the sells, which are fixed first) are chosen in
+three moves, vectorised over investments:
+
+1. **Water level.** At a level ``lam >= 0`` each buy leg takes the whole number of steps
+   nearest ``short_j - lam x target_j`` (value short of its target after the sells, target
+   value; ties round down), which are exactly its steps that improve ``D`` by more than
+   ``2 lam / (1 + fee)`` per unit of money. Such a choice is the closest to the targets of all
+   the choices that cost no more (a Lagrangian argument). The lowest level whose steps fit the
+   cash is found by bisection, from a bracket given by the unrounded problem, until the steps
+   between the bracket's ends cost at most one step of the dearest buy leg.
+2. **The cash left** is spent again at a second level on the legs it can still pay a step of,
+   then in one greedy pass (best improvement per unit of money first) on every step that still
+   brings a leg nearer its target and fits. A leg that stopped short could not pay for its
+   next step then, and the cash only shrinks afterwards.
+3. **Exchanges.** When a dear step (a lot of a costly share) that would bring its leg nearer
+   is left unaffordable, the plan with one more step of that leg and the other legs spent
+   around it (moves 1-2 on the rest of the cash) replaces the plan when it is nearer the
+   targets; two rounds, on the leg with the best improvement per unit of money.
+
+So on the issue's examples: Rs 2,400 in {A 40% at 1,000, B 30% at 10, C 30% at 10} buys
+1 A + 69 B + 68 C (Rs 6 idle beyond the buffer, not 71 B + 71 C and Rs 956), and Rs 1,020 in
+{A 98% at 1,000, B 2% at 1} buys 1 A + 9 B (not 20 B).
+
+**The bound** (tested against a brute-force search of every plan on 2-5 legs, whole and
+fractional, lots > 1). Let ``C`` be the cash available for buys, ``c_max`` the cost (fees
+included) of one step of the dearest buy leg, and ``D*(B)`` the least distance of any choice
+of whole steps on the buy legs whose cost is at most ``B`` (the sells as planned). Then
+
+- ``D(plan) <= D*(C - c_max)``: the plan is at least as close to the targets as the best plan
+  that had one dearest step less cash; and ``D(plan) = D*(C)`` (the optimum) whenever the
+  nearest whole steps of every leg fit the cash, which the plan then buys;
+- the cash left idle is less than one step of every leg that one more step would bring
+  nearer its target (short of it by more than half a step).
+
+Proof of the first: the water-level choice ``x`` is optimal for its own cost, which exceeds
+``C - c_max`` because the steps between the bracket's ends cost at most ``c_max`` and do not
+fit; ``D*`` shrinks as the cash grows; moves 2-3 only ever lower ``D``. The bound is exact for
+steps worth more than a thousand float margins (about 1e-9 of the money: whole shares, lots,
+coarse fractional units); finer units (fractional shares to 9 decimals) are continuous for
+every practical purpose: they take the unrounded level truncated to a unit, then the units
+that still fit, and near the float margin a few units are given back to keep every plan
+certain. The minimum trade value and broker minimum apply afterwards: a buy below them is
+dropped and its cash left idle.
 
 Bounds (tested)
 ---------------
@@ -70,7 +121,7 @@ Closeness to targets: when a plan is not ``cash_limited`` (no buy was cut for ca
 one step), the investment was not skipped as a whole, and no open buy blocks a sell, every
 priced leg ends within ``100 x step value / W`` percentage points of its target, plus ``1e-4``
 pp, where the step value is one lot's value for a whole-share leg and ``price x 10**-d`` for a
-fractional leg; legs skipped by a rule are within that rule's threshold (plus one step): the
+fractional leg (and the whole-share bound of *Spending the cash* holds); legs skipped by a rule are within that rule's threshold (plus one step): the
 minimum weight change in pp, or ``100 x (minimum value + step value) / W``. A rebalance skipped
 for drift has every leg within ``drift_band_pct`` of its target. Invest and top-up do not sell,
 so an already overweight leg stays overweight.
