@@ -121,8 +121,9 @@ Closeness to targets: when a plan is not ``cash_limited`` (no buy was cut for ca
 one step), the investment was not skipped as a whole, and no open buy blocks a sell, every
 priced leg ends within ``100 x step value / W`` percentage points of its target, plus ``1e-4``
 pp, where the step value is one lot's value for a whole-share leg and ``price x 10**-d`` for a
-fractional leg (and the whole-share bound of *Spending the cash* holds); legs skipped by a rule are within that rule's threshold (plus one step): the
-minimum weight change in pp, or ``100 x (minimum value + step value) / W``. A rebalance skipped
+fractional leg (and the bound of *Spending the cash* holds); legs skipped by a rule are
+within that rule's threshold (plus one step): the minimum weight change in pp, or
+``100 x (minimum value + step value) / W``. A rebalance skipped
 for drift has every leg within ``drift_band_pct`` of its target. Invest and top-up do not sell,
 so an already overweight leg stays overweight.
 
