@@ -31,8 +31,10 @@ Run types
 ---------
 - ``invest`` / ``topup``: buy-only: buys ``max(delta, 0)``; overweight legs are left alone.
 - ``rebalance``: skipped as a whole (``within_drift_band``) when
-  ``max_j |current weight - w_j| <= drift_band_pct``; otherwise sells the overweights and buys
-  the underweights, skipping legs whose weight change is below ``min_weight_change_pct``.
+  ``max_j |current weight - w_j| <= drift_band_pct`` and it holds no removed constituent (a
+  held symbol without a target, priced, at least one step sellable: that is sold whatever the
+  band says); otherwise sells the overweights and buys the underweights, skipping legs whose
+  weight change is below ``min_weight_change_pct``.
 - ``repair``: the same as ``rebalance`` but with no drift band and no minimum weight change: it
   retries exactly what an earlier run left unfilled, however small (minimum trade value and the
   broker minimum still apply).
@@ -51,12 +53,61 @@ minimum trade value. Sells are planned first; buys are sized on the cash they fr
 
 Rounding
 --------
-- Fractional legs: quantities truncated (never rounded up) to ``d`` decimals.
-- Whole-share legs: sells round to the nearest lot (never more than sellable); buys are floored
-  to lots and then, largest shortfall first (ties by symbol), every leg short by more than half
-  a lot gets the lots that bring it nearest its target, as far as the cash allows. So a leg
-  left short by more than half a lot always means less cash was left than one of its lots.
-- When the desired buys cost more than the cash available they are scaled down in proportion.
+- Sells: fractional legs truncated (never rounded up) to ``d`` decimals; whole-share legs to
+  the nearest lot (never more than sellable).
+- Buys: see *Spending the cash*: every leg buys the whole number of steps nearest its
+  target when the cash pays for all of them, and otherwise the steps that bring the investment
+  closest to its targets within the cash.
+
+Spending the cash
+-----------------
+The distance of an investment to its targets is Pearson's chi-squared distance of the weights,
+``D = sum_j (a_j - w_j)**2 / w_j`` over the legs with a target (``a_j`` the weight after the
+plan, ``w_j`` the target, both in percent of ``W``): relative misses count, so a 2% leg left
+empty costs as much as a 50% leg 10 pp short, and when cash is short, scaling every buy in
+proportion is what minimises it. Buys (after the sells, which are fixed first) are chosen in
+three moves, vectorised over investments:
+
+1. **Water level.** At a level ``lam >= 0`` each buy leg takes the whole number of steps
+   nearest ``short_j - lam x target_j`` (value short of its target after the sells, target
+   value; ties round down), which are exactly its steps that improve ``D`` by more than
+   ``2 lam / (1 + fee)`` per unit of money. Such a choice is the closest to the targets of all
+   the choices that cost no more (a Lagrangian argument). The lowest level whose steps fit the
+   cash is found by bisection, from a bracket given by the unrounded problem, until the steps
+   between the bracket's ends cost at most one step of the dearest buy leg.
+2. **The cash left** is spent again at a second level on the legs it can still pay a step of,
+   then in one greedy pass (best improvement per unit of money first) on every step that still
+   brings a leg nearer its target and fits. A leg that stopped short could not pay for its
+   next step then, and the cash only shrinks afterwards.
+3. **Exchanges.** When a dear step (a lot of a costly share) that would bring its leg nearer
+   is left unaffordable, the plan with one more step of that leg and the other legs spent
+   around it (moves 1-2 on the rest of the cash) replaces the plan when it is nearer the
+   targets; two rounds, on the leg with the best improvement per unit of money.
+
+So on the issue's examples: Rs 2,400 in {A 40% at 1,000, B 30% at 10, C 30% at 10} buys
+1 A + 69 B + 68 C (Rs 6 idle beyond the buffer, not 71 B + 71 C and Rs 956), and Rs 1,020 in
+{A 98% at 1,000, B 2% at 1} buys 1 A + 9 B (not 20 B).
+
+**The bound** (tested against a brute-force search of every plan on 2-5 legs, whole and
+fractional, lots > 1). Let ``C`` be the cash available for buys, ``c_max`` the cost (fees
+included) of one step of the dearest buy leg, and ``D*(B)`` the least distance of any choice
+of whole steps on the buy legs whose cost is at most ``B`` (the sells as planned). Then
+
+- ``D(plan) <= D*(C - c_max)``: the plan is at least as close to the targets as the best plan
+  that had one dearest step less cash; and ``D(plan) = D*(C)`` (the optimum) whenever the
+  nearest whole steps of every leg fit the cash, which the plan then buys;
+- the cash left idle is less than one step of every leg that one more step would bring
+  nearer its target (short of it by more than half a step).
+
+Proof of the first: the water-level choice ``x`` is optimal for its own cost, which exceeds
+``C - c_max`` because the steps between the bracket's ends cost at most ``c_max`` and do not
+fit; ``D*`` shrinks as the cash grows; moves 2-3 only ever lower ``D``. The bound is exact for
+steps worth more than a thousand float margins (about 1e-9 of the money: whole shares, lots,
+coarse fractional units); finer units (fractional shares to 9 decimals) are continuous for
+every practical purpose: they take the unrounded level truncated to a unit, then the units
+that still fit, and near the float margin a few units are given back to keep every plan
+certain. The minimum trade value and broker minimum apply afterwards: a buy below them is
+dropped and its cash left idle.
 
 Bounds (tested)
 ---------------
@@ -70,8 +121,9 @@ Closeness to targets: when a plan is not ``cash_limited`` (no buy was cut for ca
 one step), the investment was not skipped as a whole, and no open buy blocks a sell, every
 priced leg ends within ``100 x step value / W`` percentage points of its target, plus ``1e-4``
 pp, where the step value is one lot's value for a whole-share leg and ``price x 10**-d`` for a
-fractional leg; legs skipped by a rule are within that rule's threshold (plus one step): the
-minimum weight change in pp, or ``100 x (minimum value + step value) / W``. A rebalance skipped
+fractional leg (and the bound of *Spending the cash* holds); legs skipped by a rule are
+within that rule's threshold (plus one step): the minimum weight change in pp, or
+``100 x (minimum value + step value) / W``. A rebalance skipped
 for drift has every leg within ``drift_band_pct`` of its target. Invest and top-up do not sell,
 so an already overweight leg stays overweight.
 
@@ -758,6 +810,288 @@ class _Exact:
         return sells, buys, avail, cost
 
 
+# --------------------------------------------------------------------------------------------
+# Spending the cash on steps (whole shares, lots, fractional units): see "Spending the cash"
+# --------------------------------------------------------------------------------------------
+
+_BISECT_MAX = 64  # halvings of the level bracket: float64 has no more to give
+_EXCHANGE_ROUNDS = 2  # rounds of "one more step of a dear leg, the others re-spent"
+_COARSE_STEP = 1e-4  # a step worth this share of the targets is a candidate for an exchange
+
+
+def _nearest_steps(short_steps: FloatArray) -> FloatArray:
+    """Return the whole number of steps nearest ``short_steps`` (ties down), at least 0."""
+    return np.maximum(np.ceil(short_steps + 0.5) - 1.0, 0.0)
+
+
+def _unrounded_levels(
+    money: FloatArray, per_level: FloatArray, budgets: tuple[FloatArray, ...]
+) -> tuple[FloatArray, ...]:
+    """Return, per budget, the level at which ``sum_j max(money_j - level x per_level_j, 0)``
+    equals the budget (0 when the budget covers everything), by sorting the breakpoints."""
+    r = money.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bp = np.where(per_level > 0, money / per_level, -np.inf)
+    order = np.argsort(-bp, axis=1)
+    bp_s = np.take_along_axis(bp, order, 1)
+    a_cum = np.cumsum(np.take_along_axis(money, order, 1), 1)
+    b_cum = np.cumsum(np.take_along_axis(per_level, order, 1), 1)
+    nxt = np.maximum(np.concatenate([bp_s[:, 1:], np.full((r, 1), -np.inf)], 1), 0.0)
+    top = np.maximum(bp_s[:, 0], 0.0)
+    rows = np.arange(r)
+    out = []
+    for budget in budgets:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = (a_cum - budget[:, None]) / b_cum
+        ok = (b_cum > 0) & (lam >= nxt)
+        first = np.argmax(ok, axis=1)
+        level = np.where(ok.any(1), lam[rows, first], 0.0)
+        out.append(np.clip(level, 0.0, top))
+    return tuple(out)
+
+
+def _lagrange(
+    short: FloatArray,
+    target: FloatArray,
+    value: FloatArray,
+    cost: FloatArray,
+    cap: FloatArray,
+    elig: BoolArray,
+    fine: FloatArray,
+) -> FloatArray:
+    """Return the steps bought at the lowest water level whose cost fits ``cap``, per row.
+
+    At level ``lam >= 0`` leg j buys the whole number of steps nearest ``short_j - lam x
+    target_j`` (ties down): exactly the steps whose improvement of the distance, per unit of
+    money, exceeds ``2 lam / (1 + fee)``. Such a choice is the closest to the targets of all the
+    choices costing no more (a Lagrangian argument), so only the level is searched, by bisection,
+    until the steps between the bracket's ends cost at most one step of the dearest eligible leg.
+    """
+    r, m = short.shape
+    steps = np.zeros((r, m))
+    if not r or not m:
+        return steps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_steps = np.where(elig, short / value[None, :], 0.0)
+        t_steps = np.where(elig, target / value[None, :], 0.0)
+    k0 = np.where(elig, _nearest_steps(s_steps), 0.0)
+    fits0 = (k0 * cost[None, :]).sum(1) <= cap
+    steps[fits0] = k0[fits0]
+    # rows that cannot pay for even nothing (negative cash) buy nothing; the rest search
+    need = ~fits0 & (cap >= 0) & elig.any(1)
+    # rows whose legs all step in fine units (fractional shares) are continuous for all
+    # practical purposes: the unrounded level, truncated to whole units, then topped up
+    fine_only = need & ~(elig & (cost[None, :] > fine[:, None])).any(1)
+    if fine_only.any():
+        fr = np.flatnonzero(fine_only)
+        (level,) = _unrounded_levels(
+            s_steps[fr] * cost[None, :], t_steps[fr] * cost[None, :], (cap[fr],)
+        )
+        k_f = np.maximum(np.floor(s_steps[fr] - level[:, None] * t_steps[fr]), 0.0)
+        ok = (k_f * cost[None, :]).sum(1) <= cap[fr]
+        steps[fr[ok]] = k_f[ok]
+        need[fr[ok]] = False
+    need = np.flatnonzero(need)
+    if not need.size:
+        return steps
+    s_w, t_w, c_w = s_steps[need], t_steps[need], cap[need]
+    e_w = elig[need]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        top = np.where(t_w > 0, (s_w - 0.5) / t_w, 0.0)
+    lo = np.zeros(need.size)
+    hi = np.maximum(top.max(1), 0.0) * (1 + 1e-9) + 1e-300  # every leg at zero steps
+    k_lo = k0[need]
+    k_hi = np.zeros_like(k_lo)
+    c_max = np.where(e_w, cost[None, :], 0.0).max(1) * (1 + 1e-12)
+    # narrow the bracket with the unrounded problem: rounding moves a leg by at most half a
+    # step, so the level lies where the unrounded cost is the cash plus or minus half a step
+    # of every leg (both ends are checked, the bracket stays valid whatever float does)
+    half = np.where(e_w, cost[None, :], 0.0).sum(1) / 2
+    guess_lo, guess_hi = _unrounded_levels(
+        s_w * cost[None, :], t_w * cost[None, :], (c_w + half, c_w - half)
+    )
+    for guess, is_lo in ((guess_lo * (1 - 1e-9), True), (guess_hi * (1 + 1e-9) + 1e-300, False)):
+        inside = (guess > lo) & (guess < hi)
+        k_g = _nearest_steps(s_w - guess[:, None] * t_w)
+        fits = inside & ((k_g * cost[None, :]).sum(1) <= c_w)
+        take = inside & ~fits if is_lo else fits
+        lo = np.where(take, guess, lo) if is_lo else lo
+        hi = hi if is_lo else np.where(take, guess, hi)
+        if is_lo:
+            k_lo[take] = k_g[take]
+        else:
+            k_hi[take] = k_g[take]
+    work = np.arange(need.size)
+    for _ in range(_BISECT_MAX):
+        gap = ((k_lo[work] - k_hi[work]) * cost[None, :]).sum(1)
+        mid = 0.5 * (lo[work] + hi[work])
+        moving = (gap > c_max[work]) & (mid > lo[work]) & (mid < hi[work])
+        work = work[moving]
+        if not work.size:
+            break
+        mid = mid[moving]
+        k_mid = _nearest_steps(s_w[work] - mid[:, None] * t_w[work])
+        fits = (k_mid * cost[None, :]).sum(1) <= c_w[work]
+        up, down = work[fits], work[~fits]
+        hi[up], k_hi[up] = mid[fits], k_mid[fits]
+        lo[down], k_lo[down] = mid[~fits], k_mid[~fits]
+    steps[need] = k_hi
+    return steps
+
+
+def _fill(
+    steps: FloatArray,
+    short: FloatArray,
+    target: FloatArray,
+    value: FloatArray,
+    cost: FloatArray,
+    left: FloatArray,
+    elig: BoolArray,
+) -> FloatArray:
+    """Add, leg by leg (best improvement per money first), the steps that bring a leg nearer
+    its target, as far as ``left`` pays; return the cash left. One pass suffices: a leg that
+    stopped short could not pay for its next step, and the cash only shrinks afterwards."""
+    r, m = steps.shape
+    rest = short - steps * value[None, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = np.where(elig, _nearest_steps(rest / value[None, :]), 0.0)
+        level = np.where(want > 0, (rest - value[None, :] / 2) / target, -np.inf)
+    todo = want > 0
+    if not todo.any():
+        return left
+    rows = np.arange(r)
+    order = np.argsort(-level, axis=1, kind="stable")
+    for rank in range(m):
+        j = order[:, rank]
+        open_ = todo[rows, j]
+        if not open_.any():
+            break
+        afford = np.floor(np.maximum(left, 0.0) / cost[j])
+        add = np.where(open_, np.minimum(want[rows, j], afford), 0.0)
+        steps[rows, j] += add
+        left = left - add * cost[j]
+    return left
+
+
+def _spend(
+    short: FloatArray,
+    target: FloatArray,
+    value: FloatArray,
+    cost: FloatArray,
+    cap: FloatArray,
+    elig: BoolArray,
+    fine: FloatArray,
+) -> tuple[FloatArray, FloatArray]:
+    """Return (steps, cash left): the water level, then the cash left on the legs it still
+    pays for (a second level), then one greedy pass."""
+    steps = _lagrange(short, target, value, cost, cap, elig, fine)
+    left = cap - (steps * cost[None, :]).sum(1)
+    rest = short - steps * value[None, :]
+    # a second level only where the cash left could pay a step of every leg still wanting
+    # one (a dear step was refused): the greedy pass below would give it all to one leg
+    again = elig & (rest > value[None, :] / 2) & (cost[None, :] <= left[:, None])
+    again_cost = np.where(again, cost[None, :], 0.0).sum(1)
+    rows = np.flatnonzero((again.sum(1) > 1) & (left >= again_cost))
+    if rows.size:
+        more = _lagrange(rest[rows], target[rows], value, cost, left[rows], again[rows], fine[rows])
+        steps[rows] += more
+        left[rows] -= (more * cost[None, :]).sum(1)
+    left = _fill(steps, short, target, value, cost, left, elig)
+    return steps, left
+
+
+def _distance(
+    steps: FloatArray, short: FloatArray, target: FloatArray, value: FloatArray, elig: BoolArray
+) -> FloatArray:
+    """Return each row's distance to its targets over the eligible legs (see the docstring)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(elig, (short - steps * value[None, :]) ** 2 / target, 0.0)
+    return terms.sum(1)
+
+
+def _allocate(
+    short: FloatArray,
+    target: FloatArray,
+    value: FloatArray,
+    cost: FloatArray,
+    cap: FloatArray,
+    elig: BoolArray,
+    fine: FloatArray,
+) -> FloatArray:
+    """Return the steps to buy per leg: spend the cash, then try exchanges (see docstring)."""
+    steps, left = _spend(short, target, value, cost, cap, elig, fine)
+    total = np.where(elig, target, 0.0).sum(1)
+    coarse = value[None, :] >= _COARSE_STEP * total[:, None]
+    # rows with a dear leg still wanting a step it cannot pay for: one more step of it, the
+    # other legs re-spent around it, kept when nearer the targets (a few rounds at most)
+    open_rows = np.flatnonzero((coarse & elig).any(1))
+    for _ in range(_EXCHANGE_ROUNDS):
+        if not open_rows.size:
+            break
+        s_o, t_o, k_o, e_o = short[open_rows], target[open_rows], steps[open_rows], elig[open_rows]
+        rest = s_o - k_o * value[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.where(e_o, (rest - value[None, :] / 2) / t_o, -np.inf)
+        cand = e_o & coarse[open_rows] & (rest > value[None, :] / 2)
+        cand &= cost[None, :] > left[open_rows, None]
+        has = cand.any(1)
+        open_rows, s_o, t_o, k_o, e_o = (
+            open_rows[has],
+            s_o[has],
+            t_o[has],
+            k_o[has],
+            e_o[has],
+        )
+        j = np.argmax(np.where(cand[has], level[has], -np.inf), axis=1)
+        n = open_rows.size
+        fixed = k_o[np.arange(n), j] + 1
+        cap2 = cap[open_rows] - fixed * cost[j]
+        ok = cap2 >= 0
+        open_rows, s_o, t_o, k_o, e_o = open_rows[ok], s_o[ok], t_o[ok], k_o[ok], e_o[ok]
+        j, fixed, cap2 = j[ok], fixed[ok], cap2[ok]
+        n = open_rows.size
+        if not n:
+            break
+        e_2 = e_o.copy()
+        e_2[np.arange(n), j] = False
+        alt, alt_left = _spend(s_o, t_o, value, cost, cap2, e_2, fine[open_rows])
+        alt[np.arange(n), j] = fixed
+        before = _distance(k_o, s_o, t_o, value, e_o)
+        after = _distance(alt, s_o, t_o, value, e_o)
+        better = after < before * (1 - 1e-12)
+        open_rows, alt, alt_left = open_rows[better], alt[better], alt_left[better]
+        steps[open_rows] = alt
+        left[open_rows] = alt_left
+    return steps
+    for _ in range(_EXCHANGE_ROUNDS):
+        rest = short - steps * value[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.where(elig, (rest - value[None, :] / 2) / target, -np.inf)
+        cand = elig & coarse & (rest > value[None, :] / 2) & (cost[None, :] > left[:, None])
+        rows = np.flatnonzero(cand.any(1))
+        if not rows.size:
+            break
+        j = np.argmax(np.where(cand[rows], level[rows], -np.inf), axis=1)
+        fixed = steps[rows, j] + 1
+        cap2 = cap[rows] - fixed * cost[j]
+        ok = cap2 >= 0
+        rows, j, fixed, cap2 = rows[ok], j[ok], fixed[ok], cap2[ok]
+        if not rows.size:
+            break
+        elig2 = elig[rows].copy()
+        elig2[np.arange(rows.size), j] = False
+        alt, alt_left = _spend(short[rows], target[rows], value, cost, cap2, elig2, fine[rows])
+        alt[np.arange(rows.size), j] = fixed
+        before = _distance(steps[rows], short[rows], target[rows], value, elig[rows])
+        after = _distance(alt, short[rows], target[rows], value, elig[rows])
+        better = after < before * (1 - 1e-12)
+        if not better.any():
+            break
+        steps[rows[better]] = alt[better]
+        left[rows[better]] = alt_left[better]
+    return steps
+
+
 class _Planner:
     """The vectorised planning of one block of investments."""
 
@@ -822,7 +1156,6 @@ class _Planner:
             q = -sellable
             status[~(q != 0).any(1)] = _CODE[SkipReason.NOTHING_HELD]
             return q, skip, skip_val, status, cash_limited, drift
-        rows = np.arange(r)
         up = inp.unit_price
         has_price = inp.has_price
         cash = np.array([float(c) for c in inp.cash[lo:hi]])
@@ -855,7 +1188,10 @@ class _Planner:
         if rebalance_like:
             status[~alive] = _CODE[SkipReason.NO_VALUE]
         if inp.run_type is RunType.REBALANCE:
-            within = alive & (drift <= self.band)
+            # a held constituent no longer in the smallcase is sold whatever the band says
+            sellable_steps = np.where(inp.is_frac, sellable, sellable // inp.step)
+            removed = (has_price & (inp.w == 0))[None, :] & (sellable_steps > 0)
+            within = alive & (drift <= self.band) & ~removed.any(1)
             status[within] = _CODE[SkipReason.WITHIN_DRIFT_BAND]
             skipped_row = skipped_row | within
             delta[within] = 0.0
@@ -931,42 +1267,35 @@ class _Planner:
         b_act = active & (delta > 0)
         desire = np.where(b_act, delta, 0.0)
         demand = desire.sum(1) * (1 + f)
-        scale_k = np.where(
-            demand > avail, np.maximum(avail, 0.0) / np.where(demand > 0, demand, 1.0), 1.0
-        )
-        bv = desire * scale_k[:, None]
-        x = np.where(b_act, bv / safe_up, 0.0)
-        q_b = np.where(is_frac, _floor_units(x), _floor_units(x / step) * step)
         magnitude = np.abs(base) + np.abs(buffer) + 2 * proceeds + demand + np.abs(avail)
         margin = self.rel_sum * magnitude
-        whole_buy = b_act & ~is_frac[None, :]
-        if whole_buy.any():
-            lot_value = np.where(has_price, inp.step_value, 1.0)  # unpriced legs never buy
-            lot_cost = lot_value * (1 + f)
-            leftover = avail - (q_b * up).sum(1) * (1 + f)
-            # one pass, largest shortfall first (ties by symbol): each leg short by more than
-            # half a lot gets the lots that bring it nearest its target, as far as cash allows;
-            # a leg left short was refused because a lot cost more than the cash then left,
-            # and the cash only shrinks afterwards
-            short = desire - q_b * up
-            cand = whole_buy & (short > lot_value / 2)
-            if cand.any():
-                want = np.where(cand, np.floor(short / lot_value + 0.5), 0.0)
-                order = np.argsort(np.where(cand, -short, np.inf), axis=1, kind="stable")
-                for rank in range(m):
-                    j = order[:, rank]
-                    c = cand[rows, j]
-                    if not c.any():
-                        break
-                    afford = np.floor(np.maximum(leftover + margin, 0.0) / lot_cost[j])
-                    lots = np.where(c, np.minimum(want[rows, j], afford), 0.0).astype(np.int64)
-                    q_b[rows, j] += lots * step[j]
-                    leftover = leftover - lots * lot_cost[j]
+        value = np.where(has_price, inp.step_value, 1.0)  # unpriced legs never buy
+        target = inp.w[None, :] * w_safe[:, None] / 100.0
+        target = np.where(target > 0, target, desire)
+        # optimistic by the float margin: the exact check below trims what does not fit
+        step_cost = value * (1 + f)
+        steps = _allocate(desire, target, value, step_cost, avail + margin, b_act, 1e3 * margin)
+        q_b = steps.astype(np.int64) * step[None, :]
 
         # ---- budget: certain in float, exact near the boundary ----
         cost = (q_b * up).sum(1) * (1 + f)
         slack = avail - cost
         doubt = (q_b > 0).any(1) & (slack <= margin)
+        # A leg stepping in fine units (within a thousand float margins: fractional shares)
+        # absorbs the cash to its last unit, so its rows often end within the margin by
+        # chance. Such a row gives back a few units, certainly enough, rather than being
+        # checked in Decimal; a row whose float slack is nearly nil may be an exact fit (round
+        # amounts and prices) and is checked exactly.
+        fine = (q_b > 0) & (step_cost[None, :] <= 1e3 * margin[:, None])
+        trim = doubt & fine.any(1) & (np.abs(slack) > 1e-2 * margin)
+        if trim.any():
+            tr = np.flatnonzero(trim)
+            j = np.argmax(np.where(fine[tr], q_b[tr] * up[None, :], -np.inf), axis=1)
+            units = np.ceil(3 * margin[tr] / step_cost[j]).astype(np.int64)
+            q_b[tr, j] = np.maximum(q_b[tr, j] - units, 0)
+            cost[tr] = (q_b[tr] * up[None, :]).sum(1) * (1 + f)
+            slack[tr] = avail[tr] - cost[tr]
+            doubt[tr] = (q_b[tr] > 0).any(1) & (slack[tr] <= margin[tr])
         for k in np.flatnonzero(doubt):
             self._repair_budget(lo + int(k), q[k], q_b[k], desire[k])
 

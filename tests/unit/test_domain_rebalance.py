@@ -110,17 +110,20 @@ def test_invest_keeps_the_cash_buffer() -> None:
     assert plan.investable_value == D(980)
 
 
-def test_whole_shares_round_to_nearest_largest_shortfall_first() -> None:
+def test_whole_shares_round_to_nearest_and_trade_cheap_shares_for_dear_ones() -> None:
     insts = instruments(("AAA", "300"), ("BBB", "70"))
     targets = {"AAA": D(50), "BBB": D(50)}
-    # 550 each: AAA floor 1 (short 250), BBB floor 7 (short 60); cash left 310 buys one more AAA
+    # 550 each: nearest 2 AAA + 8 BBB costs 1160; dropping BBB's 8th share (the least useful)
+    # fits: 2 AAA + 7 BBB
     plan = plan_investment(RunType.INVEST, targets, state("1100"), insts, WHOLE, BARE, D(1100))
     assert orders(plan) == [("AAA", BUY, D(2)), ("BBB", BUY, D(7))]
     assert plan.est_cash_after == D(10)
-    # 500 each: AAA short 200 > half a lot but only 210 left: stays at 1, within one lot
+    # 500 each: 1 AAA + 7 BBB (weights 30/49, 21% idle) is farther than 2 AAA + 5 BBB (60/35,
+    # 5% idle): two BBB shares make room for the second AAA
     plan = plan_investment(RunType.INVEST, targets, state("1000"), insts, WHOLE, BARE, D(1000))
-    assert orders(plan) == [("AAA", BUY, D(1)), ("BBB", BUY, D(7))]
-    assert not plan.cash_limited
+    assert orders(plan) == [("AAA", BUY, D(2)), ("BBB", BUY, D(5))]
+    assert plan.est_cash_after == D(50)
+    assert plan.cash_limited  # BBB ends two shares short for lack of cash
 
 
 def test_whole_share_ties_go_to_the_first_symbol() -> None:
@@ -161,7 +164,9 @@ def test_non_fractionable_assets_get_whole_shares_on_a_fractional_broker() -> No
         BARE,
         D(1000),
     )
-    assert orders(plan) == [("AAA", BUY, D(5)), ("BBB", BUY, D(16))]
+    # BBB's nearest whole number (16.67 -> 17) is bought and the fractional AAA gives way:
+    # weights 49/51 rather than 50/48 with 2% idle
+    assert orders(plan) == [("AAA", BUY, D("4.9")), ("BBB", BUY, D(17))]
 
 
 def test_fractional_quantities_are_truncated_to_the_broker_decimals() -> None:
@@ -305,14 +310,14 @@ def test_insufficient_cash_for_a_whole_investment() -> None:
 
 def test_insufficient_cash_for_one_whole_share_leg() -> None:
     insts = instruments(("AAA", "90"), ("BBB", "60"))
-    # 100 wanted each, 120 of cash: scaled to 60 each, BBB gets 1 share and AAA none; then
-    # AAA (short 100) comes first but a share costs 90 > 60 left; BBB's second share fits
+    # 100 wanted each, 120 of cash: one AAA (short 10 and 100) is nearer the targets than two
+    # BBB (short 100 and 20 the other way); BBB's share no longer fits
     plan = plan_investment(
         RunType.INVEST, {"AAA": D(50), "BBB": D(50)}, state("120"), insts, WHOLE, BARE, D(200)
     )
-    assert orders(plan) == [("BBB", BUY, D(2))]
-    assert plan.est_cash_after == 0
-    assert reasons(plan) == {"AAA": SkipReason.INSUFFICIENT_CASH}
+    assert orders(plan) == [("AAA", BUY, D(1))]
+    assert plan.est_cash_after == D(30)
+    assert reasons(plan) == {"BBB": SkipReason.INSUFFICIENT_CASH}
 
 
 def test_open_order_pending() -> None:
