@@ -9,13 +9,14 @@ from prefect import flow
 from prefect.states import State
 
 from saras.errors import SarasError
+from tasks.common import AUDIT_HOOKS
 from tasks.execution import execute_one_run
 from tasks.orchestration import finish
 
 PATH = "flows/execution.py:execute_run"
 
 
-@flow(name="execute-run")
+@flow(name="execute-run", **AUDIT_HOOKS)
 def execute_run(run_id: str, execution: dict[str, Any] | None = None) -> State:
     """Execute an approved run, or finish one a crash interrupted; never places an order twice."""
     began = time.monotonic()

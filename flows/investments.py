@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from saras.db import get_engine
 from saras.errors import SarasError
 from saras.services import investments as service
+from tasks.common import AUDIT_HOOKS
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.rebalance import plan_runs
 
@@ -65,42 +66,42 @@ def _plan_and_run(
     require_approval: bool,
     execution: dict[str, Any] | None,
 ) -> State:
-    outcome = plan_runs(
+    plan = plan_runs(
         smallcase,
         run_type=run_type,
         investment_ids=[investment["investment_id"]],
         amounts={investment["investment_id"]: amount} if amount else None,
         require_approval=require_approval,
     )
-    markdown = publish_plan(outcome, key=f"{run_type}-plan")
-    if not outcome["run_ids"]:
+    markdown = publish_plan(plan, key=f"{run_type}-plan")
+    if not plan.runs:
         return finish(
             event,
             began,
-            outcome,
+            plan,
             [],
             message="nothing to trade",
             user_id=investment["user_id"],
             path=path,
         )
     if require_approval:
-        approved, why = approve_or_reject(outcome, markdown, timeout_seconds=3600, poll_seconds=10)
+        approved, why = approve_or_reject(plan, markdown, timeout_seconds=3600, poll_seconds=10)
         if not approved:
             return finish(
                 event,
                 began,
-                outcome,
+                plan,
                 [],
                 message=why,
                 failed=True,
                 user_id=investment["user_id"],
                 path=path,
             )
-    results = execute_planned(outcome, execution)
-    return finish(event, began, outcome, results, user_id=investment["user_id"], path=path)
+    results = execute_planned(plan, execution)
+    return finish(event, began, plan, results, user_id=investment["user_id"], path=path)
 
 
-@flow(name="invest-in-smallcase")
+@flow(name="invest-in-smallcase", **AUDIT_HOOKS)
 def invest_in_smallcase(
     user: str,
     smallcase: str,
@@ -140,7 +141,7 @@ def invest_in_smallcase(
         )
 
 
-@flow(name="exit-smallcase")
+@flow(name="exit-smallcase", **AUDIT_HOOKS)
 def exit_smallcase(
     user: str,
     smallcase: str,

@@ -25,7 +25,7 @@ from saras.services.snapshots import (
     failed_result,
 )
 from tasks import concurrent_writes
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.snapshots import (
     plan_reconciliation,
     reconcile_connection,
@@ -37,7 +37,7 @@ from tasks.snapshots import (
 RECONCILE_BATCH_SIZE = 50
 
 
-@flow(name="snapshot-positions", log_prints=True)
+@flow(name="snapshot-positions", log_prints=True, **AUDIT_HOOKS)
 def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None = None) -> State:
     """Snapshot every active investment's positions for a day and reconcile with the brokers.
 

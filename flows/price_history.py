@@ -17,11 +17,11 @@ from prefect.states import Completed, Failed, State
 from saras.services.prices import SymbolReport, batches, fail_batch, summarize
 from saras.settings import get_settings
 from tasks import concurrent_writes
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.prices import ingest_price_batch, plan_price_ingestion, revalue_portfolios
 
 
-@flow(name="ingest-price-history", log_prints=True)
+@flow(name="ingest-price-history", log_prints=True, **AUDIT_HOOKS)
 def ingest_price_history(
     symbols: list[str] | None = None,
     start: date | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from uuid_utils.compat import uuid7
 
 from models import AuditLog
@@ -44,3 +44,13 @@ def write_audit(
         )
     )
     return row_id
+
+
+def has_audit(conn: Connection, request_id: uuid.UUID | str) -> bool:
+    """Tell whether a flow run (its id is the request id) already has its audit row."""
+    return (
+        conn.scalar(
+            select(AuditLog.id).where(AuditLog.request_id == uuid.UUID(str(request_id))).limit(1)
+        )
+        is not None
+    )

@@ -131,7 +131,7 @@ def run_demo(*, seed_only: bool = False, echo: Callable[[str], None] = print) ->
         return_state=True,
     )
     data = state.result(raise_on_failure=False)
-    plan = (data or {}).get("plan") or {}
+    plan = (data.get("plan") if isinstance(data, dict) else None) or {}
     summary = plan.get("summary", {})
     skipped = ", ".join(f"{n} {r}" for r, n in summary.get("skipped_by_reason", {}).items())
     echo(
