@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,7 +32,6 @@ from models import (
     SmallcaseExecutionRun,
     UserSmallcaseInvestment,
 )
-from saras.marketdata import calendars
 from saras.secrets import get_secret_box
 from saras.services import admin, prices
 from saras.services.demo import seed_demo
@@ -481,9 +480,7 @@ def test_an_unexpected_error_still_writes_the_audit_row(platform: Engine) -> Non
 
 def test_a_rejected_rebalance_shows_its_reason(platform: Engine) -> None:
     invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
-    _when_paused(
-        lambda run_id: resume_flow_run(run_id, run_input={"approve": False, "note": "no"})
-    )
+    _when_paused(lambda run_id: resume_flow_run(run_id, run_input={"approve": False, "note": "no"}))
     state = rebalance_smallcase(
         "US Tech Leaders",
         constituents=NEW_US,
@@ -501,4 +498,11 @@ def test_a_rejected_rebalance_shows_its_reason(platform: Engine) -> None:
     assert len(rows) == 1 and rows[0].success is False
 
 
-_ = timedelta, calendars  # kept for helpers that build prices by hand
+def test_a_crashing_flow_of_any_kind_writes_its_audit_row(platform: Engine) -> None:
+    from flows.execution import execute_run
+
+    state = execute_run("not-a-run-id", execution={"no_such_setting": 1}, return_state=True)
+    assert state.is_failed()
+    rows = _audits(platform, "flow.execute_run")
+    assert len(rows) == 1 and rows[0].success is False
+    assert rows[0].path == "flows/execution.py:execute_run"
