@@ -365,6 +365,31 @@ def test_two_pending_investments_cannot_claim_the_same_cash(flow_db: Engine) -> 
     assert names == ["US Tech Leaders"]
 
 
+def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) -> None:
+    from saras.services.investments import open_investment
+
+    _seed(pg_flow_db, _second_us_smallcase)
+    states: dict[str, Any] = {}
+    # a first invest has checked the cash and created its investment, not yet committed
+    with Session(pg_flow_db) as session, session.begin():
+        open_investment(session, "asha@example.com", "US Tech Leaders", Decimal("70000"))
+
+        def second() -> None:
+            states["second"] = invest_in_smallcase(
+                "asha@example.com", "US Chips", "70000", execution=FAST, return_state=True
+            )
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(3)  # the second invest reads the portfolio meanwhile
+    thread.join(timeout=60)
+    state = states["second"]
+    assert state.is_failed(), state.message
+    assert "insufficient free cash" in state.message and "70000.00 USD reserved" in state.message
+    with Session(pg_flow_db) as session:
+        assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
+
+
 # --- item 4: one currency, reachable exchanges ---------------------------------------------------
 
 
