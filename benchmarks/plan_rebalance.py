@@ -68,6 +68,7 @@ from saras.domain.enums import (  # noqa: E402
     OrderStatus,
     RunType,
 )
+from saras.domain.orders import RunEvent  # noqa: E402
 from saras.domain.plan import Plan, PlannedOrders  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
 from saras.repositories import runs as runs_repo  # noqa: E402
@@ -183,7 +184,13 @@ def instrumented(phases: Phases | None) -> Iterator[None]:
         (service, "_collect", "build rows + hashes"),
         (runs_repo, "lock_planning", "planning lock"),
         (runs_repo, "open_runs", "open runs"),
-        (runs_repo, "move_runs", "state-table moves"),
+        (
+            runs_repo,
+            "move_runs",
+            lambda _c, _r, event, **_: (
+                "supersede" if event is RunEvent.SUPERSEDED else "state-table moves"
+            ),
+        ),
         (service, "_copy", lambda _cursor, table, *_: f"COPY {table}"),
         (service, "plan_smallcase", "plan total"),
         (service, "write_plan", "write total"),
@@ -779,16 +786,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "check prices",
                 "plan_batch",
                 "build rows + hashes",
+                "planning lock",
+                "open runs",
             ]
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in plan_parts)
             other = ours.plan_seconds - sum(phases.get(k) for k in plan_parts)
             out(f"           plan  : {shown}, other (state matrices, grouping) {other:.2f} s")
-            write_parts = [
-                "planning lock",
-                "open runs",
-                "state-table moves",
-                "COPY smallcase_execution_runs",
-            ]
+            write_parts = ["supersede", "COPY smallcase_execution_runs"]
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in write_parts)
             other = ours.write_seconds - sum(phases.get(k) for k in write_parts)
             out(

@@ -91,6 +91,12 @@ def lock_planning(
     )
 
 
+def born_status(*, auto_approve: bool) -> RunStatus:
+    """Return the status a new run is written with: ``planned``, moved by the state table."""
+    event = RunEvent.AUTO_APPROVE if auto_approve else RunEvent.REQUEST_APPROVAL
+    return transition_run(RunStatus.PLANNED, event)
+
+
 def open_runs(
     conn: Connection, smallcase_id: uuid.UUID, statuses: Iterable[RunStatus]
 ) -> list[tuple[uuid.UUID, uuid.UUID, RunStatus]]:

@@ -806,23 +806,24 @@ def _collect(
         n = int(invs[lo])
         inv = members[n]
         run_id = str(uuid_utils.uuid7())
-        lines = []
-        est_buy = est_sell = 0.0
-        for idx in range(lo, hi):
-            order_id = str(uuid_utils.uuid7())
-            leg = leg_list[idx]
-            side = sides[idx]
-            if side == "buy":
-                est_buy += value_list[idx]
-            else:
-                est_sell += value_list[idx]
-            lines.append(order_line(order_id, symbols[leg], side, qty_text[idx]))
-            orders_out.ids.append(order_id)
-            orders_out.run_ids.append(run_id)
-            orders_out.asset_ids.append(asset_ids[leg])
-            orders_out.sides.append(side)
-            orders_out.quantities.append(qty_text[idx])
-            orders_out.prices.append(leg_price[leg])
+        n_run = hi - lo
+        ids = [str(uuid_utils.uuid7()) for _ in range(n_run)]
+        run_legs = leg_list[lo:hi]
+        run_sides = sides[lo:hi]
+        run_qty = qty_text[lo:hi]
+        run_values = value_list[lo:hi]
+        est_buy = sum(v for v, side in zip(run_values, run_sides, strict=True) if side == "buy")
+        est_sell = sum(v for v, side in zip(run_values, run_sides, strict=True) if side != "buy")
+        lines = [
+            order_line(i, symbols[leg], side, q)
+            for i, leg, side, q in zip(ids, run_legs, run_sides, run_qty, strict=True)
+        ]
+        orders_out.ids.extend(ids)
+        orders_out.run_ids.extend([run_id] * n_run)
+        orders_out.asset_ids.extend([asset_ids[leg] for leg in run_legs])
+        orders_out.sides.extend(run_sides)
+        orders_out.quantities.extend(run_qty)
+        orders_out.prices.extend([leg_price[leg] for leg in run_legs])
         plan.runs.append(
             PlannedRun(
                 run_id=uuid.UUID(run_id),
@@ -852,8 +853,10 @@ def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> Non
     """Write a plan in the caller's transaction (COPY on PostgreSQL), through the state table.
 
     The waiting runs it replaces are superseded (``WHERE status = <old>``: a run approved in the
-    meantime makes this fail, and nothing is written); its runs are inserted ``planned`` and
-    moved on by ``auto_approve`` or ``request_approval``.
+    meantime makes this fail, and nothing is written). New runs are born ``planned`` and moved on
+    by ``auto_approve`` or ``request_approval``: the state table gives the status they are
+    inserted with (no row exists to race on, and a second UPDATE of every run would double the
+    cost of writing them).
     """
     plan = draft.plan
     if not plan.runs:
@@ -861,6 +864,7 @@ def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> Non
     if draft.supersedes:
         runs_repo.move_runs(conn, draft.supersedes, RunEvent.SUPERSEDED)
     now = utcnow().isoformat()
+    status = runs_repo.born_status(auto_approve=auto_approve)
     run_rows = []
     for run in plan.runs:
         body = run.body(plan.smallcase_id, plan.smallcase_name, plan.run_type)
@@ -873,7 +877,7 @@ def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> Non
                 str(run.investment_id),
                 str(run.connection_id),
                 plan.run_type.value,
-                RunStatus.PLANNED.value,
+                status.value,
                 f"{run.total:f}",
                 json.dumps(body, separators=(",", ":")),
                 now,
@@ -968,11 +972,6 @@ def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> Non
                     )
                 ],
             )
-    runs_repo.move_runs(
-        conn,
-        dict.fromkeys(plan.run_ids, RunStatus.PLANNED),
-        RunEvent.AUTO_APPROVE if auto_approve else RunEvent.REQUEST_APPROVAL,
-    )
 
 
 def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -1037,7 +1036,11 @@ def plan_and_write(
         composition = (
             None if constituents is None else validate_composition(session, smallcase, constituents)
         )
-        investments = load_investments(session.connection(), smallcase_id, investment_ids)
+        investments = (
+            load_investments(session.connection(), smallcase_id, investment_ids)
+            if check_brokers
+            else []
+        )
     unusable = check_connections(engine, investments) if check_brokers else {}
     with engine.connect() if dry_run else engine.begin() as conn:
         if not dry_run:
