@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models import Portfolio, Smallcase, UserBrokerConnection, UserSmallcaseInvestment
@@ -154,6 +154,30 @@ def open_investment(
     session.add(investment)
     session.flush()
     return investment, RunType.INVEST
+
+
+def abandon_opening(
+    session: Session, investment_id: uuid.UUID, run_type: RunType, amount: Decimal
+) -> None:
+    """Undo what ``open_investment`` committed when its plan is rejected or cannot be made.
+
+    A new investment (still ``pending``) becomes ``failed``; a top-up gives its amount back.
+    Either frees the cash it reserved. Written with ``WHERE status = <old>``: an investment
+    that moved on meanwhile is left alone.
+    """
+    inv = UserSmallcaseInvestment
+    if run_type is RunType.INVEST:
+        session.execute(
+            update(inv)
+            .where(inv.id == investment_id, inv.status == InvestmentStatus.PENDING.value)
+            .values(status=InvestmentStatus.FAILED.value)
+        )
+    elif run_type is RunType.TOPUP:
+        session.execute(
+            update(inv)
+            .where(inv.id == investment_id, inv.status == InvestmentStatus.ACTIVE.value)
+            .values(investment_amount=inv.investment_amount - amount)
+        )
 
 
 def start_exit(session: Session, user_ref: str, smallcase_ref: str) -> UserSmallcaseInvestment:

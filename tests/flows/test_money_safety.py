@@ -358,11 +358,36 @@ def test_two_pending_investments_cannot_claim_the_same_cash(flow_db: Engine) -> 
     finally:
         _when_paused(lambda run_id: resume_flow_run(run_id, run_input={"approve": False}))
         thread.join(timeout=60)
+    assert states["first"].is_failed()
+    # the rejected investment failed and gave its cash back: now the second one fits
+    state = invest_in_smallcase(
+        "asha@example.com", "US Chips", "70000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
     with Session(flow_db) as session:
-        names = session.scalars(
-            select(Smallcase.name).join(UserSmallcaseInvestment).order_by(Smallcase.name)
+        rows = session.execute(
+            select(Smallcase.name, UserSmallcaseInvestment.status)
+            .join(UserSmallcaseInvestment)
+            .order_by(Smallcase.name)
         ).all()
-    assert names == ["US Tech Leaders"]
+    assert [tuple(r) for r in rows] == [("US Chips", "active"), ("US Tech Leaders", "failed")]
+
+
+def test_a_rejected_top_up_gives_its_amount_back(platform: Engine) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    _when_paused(lambda run_id: resume_flow_run(run_id, run_input={"approve": False}))
+    state = invest_in_smallcase(
+        "asha@example.com",
+        "US Tech Leaders",
+        "5000",
+        require_approval=True,
+        execution=FAST,
+        return_state=True,
+    )
+    assert state.is_failed() and "rejected" in state.message
+    with Session(platform) as session:
+        inv = session.scalars(select(UserSmallcaseInvestment)).one()
+    assert Decimal(str(inv.investment_amount)) == Decimal("10000")
 
 
 def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) -> None:
