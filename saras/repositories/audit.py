@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, insert, select
 from uuid_utils.compat import uuid7
 
 from models import AuditLog
@@ -28,7 +28,7 @@ def write_audit(
     """Insert one audit row and return its id."""
     row_id = uuid7()
     conn.execute(
-        AuditLog.__table__.insert().values(
+        insert(AuditLog).values(
             id=row_id,
             event_type=event_type,
             request_id=uuid.UUID(str(request_id)) if request_id else None,
