@@ -88,7 +88,7 @@ from saras.brokers.base import (  # noqa: E402
 from saras.brokers.ids import client_order_id  # noqa: E402
 from saras.brokers.zerodha import ZerodhaBroker  # noqa: E402
 from saras.db import make_engine  # noqa: E402
-from saras.domain.enums import OrderSide, OrderType, RunStatus, RunType  # noqa: E402
+from saras.domain.enums import OrderSide, OrderType, RunType  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
 from saras.testing.fake_alpaca import PROXY_ENVIRONMENT, FakeAlpaca  # noqa: E402
 from saras.testing.fake_kite import FakeKite  # noqa: E402
@@ -288,7 +288,7 @@ class Account:
 def add_account(platform: Platform, fake: FakeAlpaca, runs: int, orders_per_run: int) -> Account:
     """Create a user, an Alpaca connection to ``fake`` and ``runs`` approved invest runs."""
     from saras.secrets import get_secret_box
-    from saras.services.rebalance import plan_smallcase, write_plan
+    from saras.services.rebalance import plan_and_write
 
     if runs > len(platform.smallcase_ids):
         raise ValueError("not enough smallcases for that many runs")
@@ -334,14 +334,13 @@ def add_account(platform: Platform, fake: FakeAlpaca, runs: int, orders_per_run:
         )
     account = Account(fake, connection_id)
     for inv, sc_id in zip(investments, platform.smallcase_ids, strict=False):
-        with Session(engine, expire_on_commit=False) as session:
-            smallcase = session.get_one(Smallcase, sc_id)
-        plan, writes = plan_smallcase(
+        plan = plan_and_write(
             engine,
-            smallcase,
+            str(sc_id),
             run_type=RunType.INVEST,
             investment_ids=[inv],
             amounts={inv: AMOUNT},
+            require_approval=False,
             check_brokers=False,
         )
         if len(plan.runs) != 1 or plan.runs[0].order_count != orders_per_run:
@@ -349,8 +348,6 @@ def add_account(platform: Platform, fake: FakeAlpaca, runs: int, orders_per_run:
                 f"expected one run of {orders_per_run} orders for investment {inv}: "
                 f"{[r.order_count for r in plan.runs]}, skipped {plan.skipped}"
             )
-        with engine.begin() as conn:
-            write_plan(conn, plan, writes, status=RunStatus.APPROVED)
         account.run_ids.append(plan.runs[0].run_id)
         account.orders += orders_per_run
     return account

@@ -43,7 +43,6 @@ import resource
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 from uuid_utils.compat import uuid7
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,17 +62,16 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere in the clone
 
 import throwaway  # noqa: E402 - benchmarks/throwaway.py, beside this script
 
-from models import (  # noqa: E402
-    Smallcase,
-)
 from models.base import utcnow  # noqa: E402
 from saras.db import make_engine  # noqa: E402
 from saras.domain.enums import (  # noqa: E402
     OrderStatus,
-    RunStatus,
     RunType,
 )
+from saras.domain.orders import RunEvent  # noqa: E402
+from saras.domain.plan import Plan, PlannedOrders  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
+from saras.repositories import runs as runs_repo  # noqa: E402
 from saras.services import rebalance as service  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -178,28 +175,38 @@ def instrumented(phases: Phases | None) -> Iterator[None]:
     if phases is None:
         yield
         return
-    probes: list[tuple[str, str | Callable[..., str]]] = [
-        ("load_investments", "load investments"),
-        ("load_state", "load state"),
-        ("latest_prices", "latest prices"),
-        ("check_prices", "check prices"),
-        ("plan_batch", "plan_batch"),
-        ("_collect", "build rows + hashes"),
-        ("supersede_unfinished", "supersede"),
-        ("_copy", lambda _cursor, table, *_: f"COPY {table}"),
+    probes: list[tuple[Any, str, str | Callable[..., str]]] = [
+        (service, "load_investments", "load investments"),
+        (service, "load_state", "load state"),
+        (service, "latest_prices", "latest prices"),
+        (service, "check_prices", "check prices"),
+        (service, "plan_batch", "plan_batch"),
+        (service, "_collect", "build rows + hashes"),
+        (runs_repo, "lock_planning", "planning lock"),
+        (runs_repo, "open_runs", "open runs"),
+        (
+            runs_repo,
+            "move_runs",
+            lambda _c, _r, event, **_: (
+                "supersede" if event is RunEvent.SUPERSEDED else "state-table moves"
+            ),
+        ),
+        (service, "_copy", lambda _cursor, table, *_: f"COPY {table}"),
+        (service, "plan_smallcase", "plan total"),
+        (service, "write_plan", "write total"),
     ]
     saved = []
-    for attr, name in probes:
-        original = getattr(service, attr, None)
+    for module, attr, name in probes:
+        original = getattr(module, attr, None)
         if original is None:  # the service changed shape: skip that probe
             continue
-        saved.append((attr, original))
-        setattr(service, attr, phases.wrap(name, original))
+        saved.append((module, attr, original))
+        setattr(module, attr, phases.wrap(name, original))
     try:
         yield
     finally:
-        for attr, original in saved:
-            setattr(service, attr, original)
+        for module, attr, original in saved:
+            setattr(module, attr, original)
 
 
 # --- database ---------------------------------------------------------------------------------
@@ -481,8 +488,8 @@ def build(engine: Engine, investments: int, constituents: int, seed: int = 11) -
 class Ours:
     """What the timed plan + write did."""
 
-    plan: service.SmallcasePlan
-    writes: dict[str, Any]
+    plan: Plan
+    orders: PlannedOrders
     plan_seconds: float
     write_seconds: float
 
@@ -493,17 +500,35 @@ class Ours:
 
 
 def run_ours(engine: Engine, smallcase_id: str, phases: Phases | None) -> Ours:
-    """Plan and write like the ``plan_runs`` task (approved, no approval step); time it."""
-    with instrumented(phases):
-        began = time.perf_counter()
-        with Session(engine) as session, session.begin():
-            sc = session.get_one(Smallcase, uuid.UUID(smallcase_id))
-            plan, writes = service.plan_smallcase(
-                engine, sc, run_type=RunType.REBALANCE, check_brokers=False
+    """Plan and write like the ``plan_runs`` task (auto-approved, no broker checks); time it.
+
+    ``plan_and_write`` owns the transaction: planning lock, state, plan, supersede, COPY of runs
+    and orders, the state-table moves, commit. The order columns are kept for the raw COPY.
+    """
+    kept: list[PlannedOrders] = []
+    original = service.write_plan
+
+    def write_and_keep(conn: Connection, draft: Any, **kwargs: Any) -> None:
+        kept.append(draft.orders)
+        original(conn, draft, **kwargs)
+
+    timing = phases if phases is not None else Phases()
+    service.write_plan = write_and_keep  # type: ignore[assignment]
+    try:
+        with instrumented(timing):  # wraps write_and_keep as "write total"
+            began = time.perf_counter()
+            plan = service.plan_and_write(
+                engine,
+                smallcase_id,
+                run_type=RunType.REBALANCE,
+                require_approval=False,
+                check_brokers=False,
             )
-            write_began = time.perf_counter()
-            service.write_plan(session.connection(), plan, writes, status=RunStatus.APPROVED)
-        return Ours(plan, writes, write_began - began, time.perf_counter() - write_began)
+            total = time.perf_counter() - began
+    finally:
+        service.write_plan = original
+    write_s = timing.get("write total")
+    return Ours(plan, kept[0] if kept else PlannedOrders(), total - write_s, write_s)
 
 
 def written_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
@@ -525,13 +550,23 @@ def written_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
 # --- the physical limit -----------------------------------------------------------------------
 
 
-def write_copy_file(orders: Sequence[tuple[Any, ...]], path: Path) -> int:
+def write_copy_file(orders: PlannedOrders, path: Path) -> int:
     """Write the order rows exactly as ``write_plan`` COPYs them (same columns, same text)."""
     status = OrderStatus.PLANNED.value
+    now = utcnow().isoformat()
+    columns = zip(
+        orders.ids,
+        orders.run_ids,
+        orders.asset_ids,
+        orders.sides,
+        orders.quantities,
+        orders.prices,
+        strict=True,
+    )
     with path.open("w", encoding="utf-8", newline="\n") as fh:
         buffer: list[str] = []
-        for n, o in enumerate(orders, start=1):
-            row = (*o[:5], o[5] or None, "market", status, o[6], o[6])
+        for n, o in enumerate(columns, start=1):
+            row = (*o[:5], o[5] or None, "market", status, now, now)
             buffer.append("\t".join(_escape(v) for v in row))
             if n % CHUNK == 0:
                 fh.write("\n".join(buffer) + "\n")
@@ -612,11 +647,11 @@ def same_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
 # --- task runs of the flow --------------------------------------------------------------------
 
 
-def flow_task_runs(plan: service.SmallcasePlan) -> tuple[int, str]:
+def flow_task_runs(plan: Plan) -> tuple[int, str]:
     """Count the task runs the rebalance flow creates for this plan; return (count, how)."""
     from tasks.orchestration import MAX_EXECUTION_TASKS  # imports Prefect: only when asked
 
-    connections = len({r.investment.connection_id for r in plan.runs})
+    connections = len({r.connection_id for r in plan.runs})
     execution = min(connections, MAX_EXECUTION_TASKS)
     approval = 2  # recompute_plan_hash + decide (with require_approval, the default)
     total = 1 + approval + execution + 1 + 1
@@ -720,7 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="saras_bench_") as tmp:
             path = Path(tmp) / "orders.tsv"
             began = time.perf_counter()
-            raw_rows = write_copy_file(ours.writes["orders"], path)
+            raw_rows = write_copy_file(ours.orders, path)
             prep = time.perf_counter() - began
             raw_s = raw_copy(engine, path, RAW_TABLE, foreign_keys=False)
             raw_fk_s = raw_copy(engine, path, RAW_FK_TABLE, foreign_keys=True)
@@ -751,6 +786,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "check prices",
                 "plan_batch",
                 "build rows + hashes",
+                "planning lock",
+                "open runs",
             ]
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in plan_parts)
             other = ours.plan_seconds - sum(phases.get(k) for k in plan_parts)

@@ -11,7 +11,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, Failed, State
 
 from saras.errors import SarasError
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.runners import SarasTaskRunner
 from tasks.triggers import evaluate_due, start_rebalance
 
@@ -20,7 +20,7 @@ PATH = "flows/evaluate_rebalances.py:evaluate_rebalances"
 REBALANCE_DEPLOYMENT = "rebalance-smallcase/rebalance"
 
 
-@flow(name="evaluate-rebalances", task_runner=SarasTaskRunner())
+@flow(name="evaluate-rebalances", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def evaluate_rebalances(
     smallcases: list[str] | None = None,
     exchanges: list[str] | None = None,

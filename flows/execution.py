@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.states import State
 
 from saras.errors import SarasError
+from tasks.common import AUDIT_HOOKS
 from tasks.execution import execute_one_run
 from tasks.orchestration import finish
 from tasks.runners import SarasTaskRunner
@@ -16,7 +17,7 @@ from tasks.runners import SarasTaskRunner
 PATH = "flows/execution.py:execute_run"
 
 
-@flow(name="execute-run", task_runner=SarasTaskRunner())
+@flow(name="execute-run", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def execute_run(run_id: str, execution: dict[str, Any] | None = None) -> State:
     """Execute an approved run, or finish one a crash interrupted; never places an order twice."""
     began = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -11,8 +12,10 @@ from prefect.states import State
 from sqlalchemy.orm import Session
 
 from saras.db import get_engine
+from saras.domain.enums import RunType
 from saras.errors import SarasError
 from saras.services import investments as service
+from tasks.common import AUDIT_HOOKS
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.rebalance import plan_runs
 from tasks.runners import SarasTaskRunner
@@ -48,6 +51,15 @@ def open_or_top_up(
 
 
 @task
+def abandon_opening(investment_id: str, run_type: str, amount: str) -> None:
+    """Fail a new investment, or give a top-up back, whose plan was rejected or not made."""
+    with Session(get_engine()) as session, session.begin():
+        service.abandon_opening(
+            session, uuid.UUID(investment_id), RunType(run_type), Decimal(amount)
+        )
+
+
+@task
 def begin_exit(user: str, smallcase: str) -> dict[str, str]:
     """Mark the investment as exiting and return its id."""
     with Session(get_engine()) as session, session.begin():
@@ -66,42 +78,50 @@ def _plan_and_run(
     require_approval: bool,
     execution: dict[str, Any] | None,
 ) -> State:
-    outcome = plan_runs(
-        smallcase,
-        run_type=run_type,
-        investment_ids=[investment["investment_id"]],
-        amounts={investment["investment_id"]: amount} if amount else None,
-        require_approval=require_approval,
-    )
-    markdown = publish_plan(outcome, key=f"{run_type}-plan")
-    if not outcome["run_ids"]:
+    opening = run_type in (RunType.INVEST.value, RunType.TOPUP.value) and amount is not None
+    try:
+        plan = plan_runs(
+            smallcase,
+            run_type=run_type,
+            investment_ids=[investment["investment_id"]],
+            amounts={investment["investment_id"]: amount} if amount else None,
+            require_approval=require_approval,
+        )
+    except SarasError:
+        if opening:
+            abandon_opening(investment["investment_id"], run_type, str(amount))
+        raise
+    markdown = publish_plan(plan, key=f"{run_type}-plan")
+    if not plan.runs:
         return finish(
             event,
             began,
-            outcome,
+            plan,
             [],
             message="nothing to trade",
             user_id=investment["user_id"],
             path=path,
         )
     if require_approval:
-        approved, why = approve_or_reject(outcome, markdown, timeout_seconds=3600, poll_seconds=10)
+        approved, why = approve_or_reject(plan, markdown, timeout_seconds=3600, poll_seconds=10)
         if not approved:
+            if opening:
+                abandon_opening(investment["investment_id"], run_type, str(amount))
             return finish(
                 event,
                 began,
-                outcome,
+                plan,
                 [],
                 message=why,
                 failed=True,
                 user_id=investment["user_id"],
                 path=path,
             )
-    results = execute_planned(outcome, execution)
-    return finish(event, began, outcome, results, user_id=investment["user_id"], path=path)
+    results = execute_planned(plan, execution)
+    return finish(event, began, plan, results, user_id=investment["user_id"], path=path)
 
 
-@flow(name="invest-in-smallcase", task_runner=SarasTaskRunner())
+@flow(name="invest-in-smallcase", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def invest_in_smallcase(
     user: str,
     smallcase: str,
@@ -141,7 +161,7 @@ def invest_in_smallcase(
         )
 
 
-@flow(name="exit-smallcase", task_runner=SarasTaskRunner())
+@flow(name="exit-smallcase", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def exit_smallcase(
     user: str,
     smallcase: str,

@@ -12,7 +12,7 @@ from prefect.states import Completed, State
 
 from saras.errors import SarasError
 from saras.services.maintenance import RunAction
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.maintenance import (
     find_stuck_work,
     list_interrupted_runs,
@@ -28,7 +28,7 @@ PATH = "flows/maintenance.py:maintain"
 STUCK_KEY = "maintenance-stuck-work"
 
 
-@flow(name="maintenance", task_runner=SarasTaskRunner())
+@flow(name="maintenance", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def maintain(
     resume: bool = True,
     start_approved: bool = True,

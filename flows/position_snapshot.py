@@ -28,7 +28,7 @@ from saras.services.snapshots import (
 )
 from tasks import concurrent_writes
 from tasks.alerts import announce_reconciliation_differences
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.runners import SarasTaskRunner
 from tasks.snapshots import (
     apply_corporate_actions,
@@ -42,7 +42,7 @@ from tasks.snapshots import (
 RECONCILE_BATCH_SIZE = 50
 
 
-@flow(name="snapshot-positions", log_prints=True, task_runner=SarasTaskRunner())
+@flow(name="snapshot-positions", log_prints=True, task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None = None) -> State:
     """Snapshot every active investment's positions for a day and reconcile with the brokers.
 

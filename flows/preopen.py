@@ -19,14 +19,14 @@ from prefect.states import Completed, Failed, State
 
 from saras.marketdata import calendars
 from saras.services.connections import CheckOutcome
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.connections import check_broker_connections
 from tasks.runners import SarasTaskRunner
 
 PATH = "flows/preopen.py:check_broker_sessions"
 
 
-@flow(name="check-broker-sessions", task_runner=SarasTaskRunner())
+@flow(name="check-broker-sessions", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def check_broker_sessions(
     broker_types: list[str] | None = None, session_exchange: str | None = None
 ) -> State:

@@ -20,12 +20,12 @@ from saras.services.prices import SymbolReport, batches, fail_batch, summarize
 from saras.services.source_credentials import check_source_options
 from saras.settings import get_settings
 from tasks import concurrent_writes
-from tasks.common import record_audit
+from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.prices import ingest_price_batch, plan_price_ingestion, revalue_portfolios
 from tasks.runners import SarasTaskRunner
 
 
-@flow(name="ingest-price-history", log_prints=True, task_runner=SarasTaskRunner())
+@flow(name="ingest-price-history", log_prints=True, task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def ingest_price_history(
     symbols: list[str] | None = None,
     start: date | None = None,

@@ -9,6 +9,7 @@ from prefect import flow
 from prefect.states import Completed, State
 
 from saras.errors import SarasError
+from tasks.common import AUDIT_HOOKS
 from tasks.orchestration import finish
 from tasks.repair import repair_and_execute
 from tasks.runners import SarasTaskRunner
@@ -16,7 +17,7 @@ from tasks.runners import SarasTaskRunner
 PATH = "flows/repair.py:repair_run"
 
 
-@flow(name="repair-run", task_runner=SarasTaskRunner())
+@flow(name="repair-run", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def repair_run(
     run_id: str,
     require_approval: bool | None = None,

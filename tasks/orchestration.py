@@ -17,6 +17,9 @@ from prefect.input import RunInput
 from prefect.states import Completed, Failed, State
 
 from saras.domain.orders import RunEvent
+from saras.domain.plan import Plan
+from saras.errors import SarasError
+from saras.repositories.runs import RunsChanged
 from tasks import concurrent_writes
 from tasks.common import record_audit
 from tasks.execution import execute_connection_runs
@@ -27,6 +30,14 @@ from tasks.rebalance import decide, recompute_plan_hash
 MAX_EXECUTION_TASKS = 32
 
 
+class FlowFailed(SarasError):
+    """A flow ended failed for a reason it knows (a rejection, bad input): the reason is the text.
+
+    A failed flow's state carries this as its data, so Prefect turns it into the run's
+    exception (a dict cannot be), and shows the reason as the state message.
+    """
+
+
 class PlanApproval(RunInput):
     """The analyst's decision on a plan, shown as a form in the Prefect UI."""
 
@@ -35,23 +46,27 @@ class PlanApproval(RunInput):
     note: str = ""
 
 
-def publish_plan(outcome: dict[str, Any], *, key: str) -> str:
+def publish_plan(plan: Plan, *, key: str) -> str:
     """Show the plan as artifacts; return its markdown summary."""
-    summary = outcome["summary"]
+    summary = plan.summary()
+    currency = f" {plan.currency}" if plan.currency else ""
     lines = [
         f"### Plan for {summary['smallcase']} ({summary['run_type']})",
         "",
         f"- investments changed: **{summary['investments_changed']}**, "
         f"skipped: **{summary['investments_skipped']}**",
-        f"- orders: **{summary['orders']}**; estimated buys {summary['est_buy_value']}, "
-        f"sells {summary['est_sell_value']}",
+        f"- orders: **{summary['orders']}**; estimated buys {summary['est_buy_value']}{currency}, "
+        f"sells {summary['est_sell_value']}{currency}",
         f"- plan hash: `{summary['plan_hash']}`",
     ]
     for reason, count in summary["skipped_by_reason"].items():
         lines.append(f"- skipped because `{reason}`: {count}")
+    if plan.composition is not None:
+        weights = ", ".join(f"{c.asset} {c.weight.normalize():f}%" for c in plan.composition)
+        lines.append(f"- new composition (applied only on approval): {weights}")
     markdown = "\n".join(lines)
     create_table_artifact(
-        outcome["assets"] or [{"symbol": "-", "side": "-", "orders": 0}],
+        plan.summary_rows() or [{"symbol": "-", "exchange": "-", "side": "-", "orders": 0}],
         key=key,
         description=markdown,
     )
@@ -60,41 +75,64 @@ def publish_plan(outcome: dict[str, Any], *, key: str) -> str:
 
 
 def approve_or_reject(
-    outcome: dict[str, Any], markdown: str, *, timeout_seconds: int, poll_seconds: int
+    plan: Plan, markdown: str, *, timeout_seconds: int, poll_seconds: int
 ) -> tuple[bool, str]:
-    """Pause for the analyst's decision; execution only follows an approval of this exact plan."""
-    run_ids = outcome["run_ids"]
+    """Pause for the analyst's decision; execution only follows an approval of this exact plan.
+
+    A plan that a newer one superseded (or that was decided elsewhere) ends in a rejection
+    naming the reason: the state table refuses to move its runs.
+    """
     try:
         decision = pause_flow_run(
             wait_for_input=PlanApproval.with_initial_data(
                 description=markdown + "\n\nApprove to execute exactly this plan.",
-                plan_hash=outcome["plan_hash"],
+                plan_hash=plan.plan_hash,
             ),
             timeout=timeout_seconds,
             poll_interval=poll_seconds,
         )
     except FlowPauseTimeout:
-        decide(run_ids, RunEvent.TIMEOUT.value, note="approval timed out")
-        return False, "approval timed out: plan rejected"
+        return _refuse(plan, RunEvent.TIMEOUT, "approval timed out", "approval timed out")
     if not decision.approve:
-        decide(run_ids, RunEvent.REJECT.value, note=decision.note or "rejected by the analyst")
-        return False, "plan rejected by the analyst"
-    if decision.plan_hash != outcome["plan_hash"]:
-        decide(run_ids, RunEvent.REJECT.value, note="approved hash does not match the plan")
-        return False, "the approval named another plan: rejected"
-    if recompute_plan_hash(run_ids) != outcome["plan_hash"]:
-        decide(run_ids, RunEvent.REJECT.value, note="orders changed after planning")
-        return False, "the orders changed after planning: rejected"
-    decide(run_ids, RunEvent.APPROVE.value, note=decision.note or None)
+        return _refuse(
+            plan,
+            RunEvent.REJECT,
+            decision.note or "rejected by the analyst",
+            "plan rejected by the analyst",
+        )
+    if decision.plan_hash != plan.plan_hash:
+        return _refuse(
+            plan,
+            RunEvent.REJECT,
+            "approved hash does not match the plan",
+            "the approval named another plan: rejected",
+        )
+    if recompute_plan_hash(plan) != plan.plan_hash:
+        return _refuse(
+            plan,
+            RunEvent.REJECT,
+            "orders changed after planning",
+            "the orders changed after planning: rejected",
+        )
+    try:
+        decide(plan, RunEvent.APPROVE.value, note=decision.note or None)
+    except SarasError as exc:
+        return False, f"plan not approved: {exc}"
     return True, "approved"
 
 
-def execute_planned(
-    outcome: dict[str, Any], execution: dict[str, Any] | None = None
-) -> list[dict[str, Any]]:
+def _refuse(plan: Plan, event: RunEvent, note: str, reason: str) -> tuple[bool, str]:
+    try:
+        decide(plan, event.value, note=note)
+    except RunsChanged as exc:
+        return False, f"{reason}; {exc}"
+    return False, reason
+
+
+def execute_planned(plan: Plan, execution: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Execute the approved runs: connections in parallel, each connection's runs in turn."""
     groups: list[dict[str, list[str]]] = [{} for _ in range(MAX_EXECUTION_TASKS)]
-    for i, (connection, runs) in enumerate(sorted(outcome["runs_by_connection"].items())):
+    for i, (connection, runs) in enumerate(sorted(plan.runs_by_connection().items())):
         groups[i % MAX_EXECUTION_TASKS][connection] = runs
     groups = [g for g in groups if g]
     futures = []
@@ -113,7 +151,7 @@ def execute_planned(
 def finish(
     event_type: str,
     began: float,
-    outcome: dict[str, Any] | None,
+    plan: Plan | None,
     results: list[dict[str, Any]],
     *,
     message: str | None = None,
@@ -121,7 +159,10 @@ def finish(
     user_id: str | None = None,
     path: str,
 ) -> State:
-    """Publish the execution results, write the audit row and return the flow's final state."""
+    """Publish the execution results, write the audit row and return the flow's final state.
+
+    A failed state carries its reason as its message and no data.
+    """
     logger = get_run_logger()
     if results:
         create_table_artifact(
@@ -143,13 +184,13 @@ def finish(
         message = f"{len(not_done)} of {len(statuses)} runs did not complete: " + ", ".join(
             sorted(set(not_done))
         )
-    problems = (outcome or {}).get("summary", {}).get("problems") or []
+    problems = list(plan.problems) if plan is not None else []
     if problems:
         # investments skipped because their broker connection is unusable are not a success
         message = "; ".join([*problems, *([message] if message else [])])
         not_done = not_done or ["connection_unusable"]
         failed = failed or not results
-    data = {"plan": outcome, "results": results}
+    data = {"plan": plan.report() if plan is not None else None, "results": results}
     success = not failed and not not_done
     record_audit(
         event_type,
@@ -161,7 +202,12 @@ def finish(
     )
     logger.info(message or "done")
     if failed:
-        return Failed(message=message, data=data)
+        # the reason is the state's message (Prefect shows it, and turns it into the run's
+        # exception); the plan itself is in the plan artifacts
+        create_markdown_artifact(
+            f"### {event_type} failed\n\n{message or 'failed'}", key="flow-outcome"
+        )
+        return Failed(message=message, data=FlowFailed(message or "failed"))
     if not_done:
         return Completed(name="Partially Completed", message=message, data=data)
     return Completed(message=message or f"{len(statuses)} runs completed", data=data)

@@ -1,20 +1,17 @@
-"""Tasks of the rebalance and investment flows: plan (and write), decide, execute."""
+"""Tasks of the rebalance and investment flows: plan (and write), decide."""
 
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
 from prefect import task
-from sqlalchemy.orm import Session
 
 from saras.db import get_engine
-from saras.domain.enums import RunStatus, RunType
+from saras.domain.enums import RunType
 from saras.domain.orders import RunEvent
-from saras.domain.rebalance import PlanningPolicy
-from saras.services import admin
+from saras.domain.plan import Plan
 from saras.services import rebalance as service
 
 
@@ -30,52 +27,29 @@ def plan_runs(
     dry_run: bool = False,
     require_approval: bool = True,
     max_price_age_sessions: int = 1,
-) -> dict[str, Any]:
+) -> Plan:
     """Plan every investment of a smallcase (or the given ones) and write the runs unless dry."""
-    engine = get_engine()
-    with Session(engine) as session, session.begin():
-        sc = admin.get_smallcase(session, smallcase)
-        override = None
-        if constituents is not None:
-            resolved = service.apply_constituents(session, sc, constituents, persist=False)
-            override = {a.symbol: (a, row.weight) for a, row in resolved}
-        plan, writes = service.plan_smallcase(
-            engine,
-            sc,
-            run_type=RunType(run_type),
-            policy=PlanningPolicy(**{k: Decimal(str(v)) for k, v in (policy or {}).items()}),
-            investment_ids=[uuid.UUID(i) for i in investment_ids] if investment_ids else None,
-            amounts={uuid.UUID(k): Decimal(v) for k, v in (amounts or {}).items()},
-            targets_override=override,
-            max_price_age_sessions=max_price_age_sessions,
-        )
-        if not dry_run:
-            if constituents is not None:
-                service.apply_constituents(session, sc, constituents, persist=True)
-            status = RunStatus.AWAITING_APPROVAL if require_approval else RunStatus.APPROVED
-            service.write_plan(session.connection(), plan, writes, status=status)
-    by_connection: dict[str, list[str]] = defaultdict(list)
-    for run in plan.runs:
-        by_connection[str(run.investment.connection_id)].append(str(run.run_id))
-    return {
-        "summary": plan.summary(),
-        "assets": plan.summary_rows(),
-        "skipped": {k: v for k, v in plan.skipped.items()},
-        "runs_by_connection": dict(by_connection),
-        "run_ids": [str(r.run_id) for r in plan.runs],
-        "plan_hash": plan.plan_hash,
-    }
-
-
-@task
-def decide(run_ids: list[str], event: str, note: str | None = None) -> int:
-    """Approve, reject or time out the planned runs."""
-    return service.decide_runs(
-        get_engine(), [uuid.UUID(r) for r in run_ids], RunEvent(event), note=note
+    return service.plan_and_write(
+        get_engine(),
+        smallcase,
+        run_type=RunType(run_type),
+        constituents=constituents,
+        investment_ids=[uuid.UUID(i) for i in investment_ids] if investment_ids else None,
+        amounts={uuid.UUID(k): Decimal(v) for k, v in (amounts or {}).items()},
+        policy=service.parse_policy(policy),
+        dry_run=dry_run,
+        require_approval=require_approval,
+        max_price_age_sessions=max_price_age_sessions,
     )
 
 
 @task
-def recompute_plan_hash(run_ids: list[str]) -> str:
+def decide(plan: Plan, event: str, note: str | None = None) -> int:
+    """Approve, reject or time out a plan (approval applies its new composition)."""
+    return service.decide_plan(get_engine(), plan, RunEvent(event), note=note)
+
+
+@task
+def recompute_plan_hash(plan: Plan) -> str:
     """Recompute the plan hash from the orders as they are now."""
-    return service.recompute_plan_hash(get_engine(), [uuid.UUID(r) for r in run_ids])
+    return service.recompute_plan_hash(get_engine(), plan.run_ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, insert, select
 from uuid_utils.compat import uuid7
 
 from models import AuditLog
@@ -28,7 +28,7 @@ def write_audit(
     """Insert one audit row and return its id."""
     row_id = uuid7()
     conn.execute(
-        AuditLog.__table__.insert().values(
+        insert(AuditLog).values(
             id=row_id,
             event_type=event_type,
             request_id=uuid.UUID(str(request_id)) if request_id else None,
@@ -44,3 +44,13 @@ def write_audit(
         )
     )
     return row_id
+
+
+def has_audit(conn: Connection, request_id: uuid.UUID | str) -> bool:
+    """Tell whether a flow run (its id is the request id) already has its audit row."""
+    return (
+        conn.scalar(
+            select(AuditLog.id).where(AuditLog.request_id == uuid.UUID(str(request_id))).limit(1)
+        )
+        is not None
+    )

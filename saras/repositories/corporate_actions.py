@@ -276,10 +276,10 @@ def investment_adjustments(
 def adjust_planning_state(
     conn: Connection,
     investment_ids: Sequence[uuid.UUID],
-    positions: dict[tuple[uuid.UUID, str], Decimal],
+    positions: dict[tuple[uuid.UUID, uuid.UUID], Decimal],
     spent: dict[uuid.UUID, Decimal],
-) -> tuple[dict[tuple[uuid.UUID, str], Decimal], dict[uuid.UUID, Decimal]]:
-    """Add adjustments to the planner's fill-based state (positions by symbol, cash spent).
+) -> tuple[dict[tuple[uuid.UUID, uuid.UUID], Decimal], dict[uuid.UUID, Decimal]]:
+    """Add adjustments to the planner's fill-based state (positions by asset id, cash spent).
 
     A split adds its shares to the position; a dividend or cash in lieu lowers what the
     investment has spent (it is cash the investment holds).
@@ -287,15 +287,8 @@ def adjust_planning_state(
     found = investment_adjustments(conn, investment_ids)
     if not found.quantities and not found.cash:
         return positions, spent
-    symbols: dict[uuid.UUID, str] = {
-        asset_id: symbol
-        for asset_id, symbol in conn.execute(
-            select(Asset.id, Asset.symbol).where(Asset.id.in_({a for _, a in found.quantities}))
-        )
-    }
     positions = dict(positions)
-    for (investment_id, asset_id), delta in found.quantities.items():
-        key = (investment_id, symbols[asset_id])
+    for key, delta in found.quantities.items():
         positions[key] = positions.get(key, Decimal(0)) + delta
     spent = dict(spent)
     for investment_id, money in found.cash.items():

@@ -8,7 +8,6 @@ order update (status, ledger rows, holdings, cash, position) is one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +27,7 @@ from models import (
 )
 from saras.brokers.base import BrokerOrder
 from saras.domain.enums import OrderSide, OrderStatus
+from saras.domain.plan_hash import order_line, run_orders_hash
 
 PRICE_Q = Decimal("0.000001")
 MONEY_Q = Decimal("0.0001")
@@ -106,8 +106,7 @@ def load_orders(conn: Connection, run_id: uuid.UUID) -> list[OrderRow]:
 
 def orders_hash(run_id: uuid.UUID | str, orders: list[tuple[str, str, str, str]]) -> str:
     """Return the hash of a run's orders: (order id, symbol, side, 9-decimal quantity)."""
-    lines = sorted("|".join(o) for o in orders)
-    return hashlib.sha256(("run:" + str(run_id) + "\n" + "\n".join(lines)).encode()).hexdigest()
+    return run_orders_hash(run_id, (order_line(*o) for o in orders))
 
 
 def current_orders_hash(conn: Connection, run_id: uuid.UUID) -> str:

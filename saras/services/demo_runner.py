@@ -216,7 +216,7 @@ def _run_flows(engine: Any, echo: Callable[[str], None]) -> None:
         return_state=True,
     )
     data: Any = state.result(raise_on_failure=False)
-    plan = (data or {}).get("plan") or {}
+    plan = (data.get("plan") if isinstance(data, dict) else None) or {}
     summary = plan.get("summary", {})
     skipped = ", ".join(f"{n} {r}" for r, n in summary.get("skipped_by_reason", {}).items())
     echo(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from models import Portfolio, Smallcase, UserBrokerConnection, UserSmallcaseInvestment
@@ -13,6 +14,7 @@ from saras.domain.enums import ExecutionMode, InvestmentStatus, RunType
 from saras.errors import InvalidInputError, NotFoundError
 from saras.repositories.connections import select_connection
 from saras.services import admin
+from saras.services.rebalance import spent_cash
 
 
 def _currency(session: Session, smallcase: Smallcase) -> str:
@@ -28,6 +30,61 @@ def _currency(session: Session, smallcase: Smallcase) -> str:
     if len(currencies) != 1:
         raise InvalidInputError(f"smallcase {smallcase.name!r} has no single currency")
     return currencies.pop()
+
+
+def free_cash(session: Session, portfolio: Portfolio) -> tuple[Decimal, Decimal]:
+    """Return a portfolio's cash reserved for its open investments, and the cash still free.
+
+    An open investment (pending, active or exiting) reserves what it was given and has not
+    spent yet (its amount minus the net cash its fills spent): the cash its unfinished runs will
+    buy with. Lock the portfolio first (``lock_portfolio``) when the answer decides a write.
+    """
+    open_ = list(
+        session.execute(
+            select(UserSmallcaseInvestment.id, UserSmallcaseInvestment.investment_amount).where(
+                UserSmallcaseInvestment.portfolio_id == portfolio.id,
+                UserSmallcaseInvestment.status.in_([s.value for s in OPEN_INVESTMENT_STATUSES]),
+            )
+        )
+    )
+    spent = spent_cash(session.connection(), [i for i, _ in open_])
+    reserved = sum(
+        (max(Decimal(str(amount)) - spent.get(i, Decimal(0)), Decimal(0)) for i, amount in open_),
+        Decimal(0),
+    )
+    return reserved, Decimal(str(portfolio.cash_balance)) - reserved
+
+
+def lock_portfolio(session: Session, portfolio_id: uuid.UUID) -> Portfolio:
+    """Return the portfolio, locked until the transaction ends (money decisions serialise).
+
+    PostgreSQL: a row lock (``SELECT ... FOR UPDATE``); SQLite has one writer at a time, and a
+    transaction that read before another's commit cannot write afterwards: it fails, loudly.
+    """
+    portfolio = session.scalars(
+        select(Portfolio)
+        .where(Portfolio.id == portfolio_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    return portfolio
+
+
+def _check_cash(session: Session, portfolio: Portfolio, amount: Decimal, what: str) -> None:
+    reserved, free = free_cash(session, portfolio)
+    if amount > free:
+        cur = portfolio.currency
+        raise InvalidInputError(
+            f"insufficient free cash in portfolio {portfolio.name!r}: "
+            f"{_money(Decimal(str(portfolio.cash_balance)))} {cur} cash, "
+            f"{_money(reserved)} {cur} reserved for open investments and unfinished runs, "
+            f"{_money(max(free, Decimal(0)))} {cur} free; the {what} needs {amount:f} {cur}; "
+            "nothing was written"
+        )
+
+
+def _money(value: Decimal) -> str:
+    return f"{value.quantize(Decimal('0.01')):f}"
 
 
 def open_investment(
@@ -60,6 +117,7 @@ def open_investment(
             raise InvalidInputError(
                 f"{user.email}'s investment in {smallcase.name!r} is {existing.status}"
             )
+        _check_cash(session, lock_portfolio(session, existing.portfolio_id), amount, "top-up")
         existing.investment_amount = Decimal(existing.investment_amount) + amount
         session.flush()
         return existing, RunType.TOPUP
@@ -80,12 +138,8 @@ def open_investment(
     portfolios = list(session.scalars(query.order_by(Portfolio.created_at)))
     if not portfolios:
         raise NotFoundError(f"{user.email} has no {currency} portfolio")
-    portfolio = portfolios[0]
-    if Decimal(portfolio.cash_balance) < amount:
-        raise InvalidInputError(
-            f"insufficient cash: portfolio {portfolio.name!r} has {portfolio.cash_balance} "
-            f"{currency}, the investment needs {amount}"
-        )
+    portfolio = lock_portfolio(session, portfolios[0].id)
+    _check_cash(session, portfolio, amount, "investment")
     investment = UserSmallcaseInvestment(
         user_id=user.id,
         smallcase_id=smallcase.id,
@@ -100,6 +154,30 @@ def open_investment(
     session.add(investment)
     session.flush()
     return investment, RunType.INVEST
+
+
+def abandon_opening(
+    session: Session, investment_id: uuid.UUID, run_type: RunType, amount: Decimal
+) -> None:
+    """Undo what ``open_investment`` committed when its plan is rejected or cannot be made.
+
+    A new investment (still ``pending``) becomes ``failed``; a top-up gives its amount back.
+    Either frees the cash it reserved. Written with ``WHERE status = <old>``: an investment
+    that moved on meanwhile is left alone.
+    """
+    inv = UserSmallcaseInvestment
+    if run_type is RunType.INVEST:
+        session.execute(
+            update(inv)
+            .where(inv.id == investment_id, inv.status == InvestmentStatus.PENDING.value)
+            .values(status=InvestmentStatus.FAILED.value)
+        )
+    elif run_type is RunType.TOPUP:
+        session.execute(
+            update(inv)
+            .where(inv.id == investment_id, inv.status == InvestmentStatus.ACTIVE.value)
+            .values(investment_amount=inv.investment_amount - amount)
+        )
 
 
 def start_exit(session: Session, user_ref: str, smallcase_ref: str) -> UserSmallcaseInvestment:

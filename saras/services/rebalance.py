@@ -3,11 +3,17 @@
 Planning is vectorised: one query per kind of state (positions, open orders, cash) for every
 active investment of the smallcase, one ``plan_batch`` per broker rule set, and one bulk write
 of runs and orders (COPY on PostgreSQL). Execution lives in ``services.execution``.
+
+The transaction belongs to the entry points (:func:`plan_and_write`, :func:`decide_plan`):
+everything below them takes the connection they opened. Planning of an investment is serialised
+from the moment its state is read until its plan is written (``repositories.runs.lock_planning``);
+slow broker checks happen before that, outside the lock. Every asset is keyed by its id (a
+symbol on an exchange), never by its symbol alone. A new composition travels with the plan and
+becomes the smallcase's only when the plan is approved.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import uuid
@@ -20,7 +26,18 @@ from typing import Any
 
 import numpy as np
 import uuid_utils
-from sqlalchemy import Connection, Engine, Numeric, case, cast, delete, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Numeric,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from models import (
@@ -34,9 +51,9 @@ from models import (
     UserSmallcaseInvestment,
 )
 from models.base import utcnow
+from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.brokers.errors import BrokerError, FatalBrokerError
 from saras.domain.enums import (
-    UNFINISHED_RUN_STATUSES,
     BrokerType,
     ConnectionStatus,
     InvestmentStatus,
@@ -45,7 +62,17 @@ from saras.domain.enums import (
     RunStatus,
     RunType,
 )
-from saras.domain.orders import RunEvent, transition_run
+from saras.domain.orders import RunEvent
+from saras.domain.plan import (
+    AssetRef,
+    AssetTotal,
+    Constituent,
+    Plan,
+    PlannedOrders,
+    PlannedRun,
+    SkippedLeg,
+)
+from saras.domain.plan_hash import combined_plan_hash, order_line, run_orders_hash
 from saras.domain.rebalance import (
     SKIP_REASONS,
     BatchPlan,
@@ -58,7 +85,8 @@ from saras.domain.rebalance import (
 from saras.errors import InvalidInputError
 from saras.marketdata import calendars
 from saras.repositories import corporate_actions as ca_repo
-from saras.repositories.execution import current_orders_hash, orders_hash, qty_text
+from saras.repositories import runs as runs_repo
+from saras.repositories.execution import orders_hash, qty_text
 from saras.services import admin
 from saras.services.brokers import mark_connection, open_broker
 
@@ -70,6 +98,8 @@ _OPEN_ORDER = (
     OrderStatus.PARTIALLY_FILLED,
     OrderStatus.UNKNOWN,
 )
+#: ids per statement: PostgreSQL takes at most 65,535 bound parameters
+ID_CHUNK = runs_repo.ID_CHUNK
 
 
 class StalePricesError(InvalidInputError):
@@ -90,10 +120,26 @@ def broker_can_trade(broker_type: str, exchange: str) -> bool:
             return True
 
 
-def apply_constituents(
-    session: Session, smallcase: Smallcase, rows: Sequence[Mapping[str, Any]], *, persist: bool
-) -> list[tuple[Asset, admin.ConstituentInput]]:
-    """Validate a new composition; when ``persist``, replace the old one and keep it in metadata."""
+def smallcase_currency(conn: Connection, smallcase_id: uuid.UUID) -> str | None:
+    """Return the one currency the smallcase's current constituents trade in (None if mixed)."""
+    currencies = set(
+        conn.scalars(
+            select(Asset.currency)
+            .join(SmallcaseConstituent, SmallcaseConstituent.asset_id == Asset.id)
+            .where(SmallcaseConstituent.smallcase_id == smallcase_id)
+        )
+    )
+    return currencies.pop() if len(currencies) == 1 else None
+
+
+def validate_composition(
+    session: Session, smallcase: Smallcase, rows: Sequence[Mapping[str, Any]]
+) -> tuple[Constituent, ...]:
+    """Check a new composition for a smallcase; return it typed. Nothing is written.
+
+    Every asset must trade in the smallcase's currency and on an exchange that the brokers of
+    its open investments reach; the error names every offending symbol with its exchange.
+    """
     inputs = []
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping) or "symbol" not in row or "weight" not in row:
@@ -109,6 +155,23 @@ def apply_constituents(
                 str(row["symbol"]), weight, row.get("rationale"), row.get("exchange")
             )
         )
+    currency = smallcase_currency(session.connection(), smallcase.id)
+    if currency is not None:
+        # before the composition's own checks, so that the error names every culprit
+        foreign: list[str] = []
+        for item in inputs:
+            query = select(Asset).where(Asset.symbol == item.symbol.strip().upper())
+            if item.exchange:
+                query = query.where(Asset.exchange == str(item.exchange).strip().upper())
+            found = list(session.scalars(query))
+            if found and all(a.currency != currency for a in found):
+                foreign.extend(f"{a.symbol} ({a.exchange}) in {a.currency}" for a in found)
+        if foreign:
+            raise InvalidInputError(
+                f"smallcase {smallcase.name!r} trades in {currency}: "
+                + ", ".join(sorted(foreign))
+                + " cannot be in it; nothing was changed"
+            )
     resolved = admin.validate_constituents(session, inputs)
     brokers = set(
         session.scalars(
@@ -119,67 +182,90 @@ def apply_constituents(
             )
             .where(
                 UserSmallcaseInvestment.smallcase_id == smallcase.id,
-                UserSmallcaseInvestment.status == InvestmentStatus.ACTIVE.value,
+                UserSmallcaseInvestment.status.in_([s.value for s in OPEN_INVESTMENT_STATUSES]),
             )
         )
     )
-    for asset, _ in resolved:
-        for broker in brokers:
-            if not broker_can_trade(broker, asset.exchange):
-                raise InvalidInputError(
-                    f"{asset.symbol} ({asset.exchange}) cannot be traded through {broker}, "
-                    f"which investors of {smallcase.name!r} use"
-                )
-    if persist:
-        previous = session.execute(
-            select(
-                Asset.symbol,
-                Asset.exchange,
-                SmallcaseConstituent.weight_percentage,
-                SmallcaseConstituent.rationale,
-            )
-            .join(Asset)
-            .where(SmallcaseConstituent.smallcase_id == smallcase.id)
-            .order_by(Asset.symbol)
-        ).all()
-        metadata = dict(smallcase.metadata_ or {})
-        history = list(metadata.get("compositions", []))
-        history.append(
+    unreachable = sorted(
+        f"{asset.symbol} ({asset.exchange}) through {broker}"
+        for asset, _ in resolved
+        for broker in brokers
+        if not broker_can_trade(broker, asset.exchange)
+    )
+    if unreachable:
+        raise InvalidInputError(
+            f"investors of {smallcase.name!r} cannot trade "
+            + ", ".join(unreachable)
+            + "; nothing was changed"
+        )
+    return tuple(
+        Constituent(
+            asset.id,
+            AssetRef(asset.symbol, asset.exchange),
+            asset.currency,
+            row.weight,
+            row.rationale,
+        )
+        for asset, row in resolved
+    )
+
+
+def apply_composition(
+    conn: Connection, smallcase_id: uuid.UUID, composition: Sequence[Constituent]
+) -> None:
+    """Make ``composition`` the smallcase's, keeping the previous one in its metadata."""
+    previous = conn.execute(
+        select(
+            Asset.symbol,
+            Asset.exchange,
+            SmallcaseConstituent.weight_percentage,
+            SmallcaseConstituent.rationale,
+        )
+        .join(Asset, Asset.id == SmallcaseConstituent.asset_id)
+        .where(SmallcaseConstituent.smallcase_id == smallcase_id)
+        .order_by(Asset.symbol, Asset.exchange)
+    ).all()
+    metadata = dict(
+        conn.scalar(select(Smallcase.metadata_).where(Smallcase.id == smallcase_id)) or {}
+    )
+    history = list(metadata.get("compositions", []))
+    history.append(
+        {
+            "replaced_at": utcnow().isoformat(),
+            "constituents": [
+                {
+                    "symbol": s,
+                    "exchange": e,
+                    "weight": f"{Decimal(str(w)).normalize():f}",
+                    "rationale": r,
+                }
+                for s, e, w, r in previous
+            ],
+        }
+    )
+    metadata["compositions"] = history
+    conn.execute(update(Smallcase).where(Smallcase.id == smallcase_id).values(metadata_=metadata))
+    conn.execute(
+        delete(SmallcaseConstituent).where(SmallcaseConstituent.smallcase_id == smallcase_id)
+    )
+    conn.execute(
+        insert(SmallcaseConstituent),
+        [
             {
-                "replaced_at": utcnow().isoformat(),
-                "constituents": [
-                    {
-                        "symbol": s,
-                        "exchange": e,
-                        "weight": f"{Decimal(str(w)).normalize():f}",
-                        "rationale": r,
-                    }
-                    for s, e, w, r in previous
-                ],
+                "smallcase_id": smallcase_id,
+                "asset_id": c.asset_id,
+                "weight_percentage": c.weight,
+                "rationale": c.rationale,
             }
-        )
-        metadata["compositions"] = history
-        smallcase.metadata_ = metadata
-        session.execute(
-            delete(SmallcaseConstituent).where(SmallcaseConstituent.smallcase_id == smallcase.id)
-        )
-        session.add_all(
-            SmallcaseConstituent(
-                smallcase_id=smallcase.id,
-                asset_id=asset.id,
-                weight_percentage=row.weight,
-                rationale=row.rationale,
-            )
-            for asset, row in resolved
-        )
-        session.flush()
-    return resolved
+            for c in composition
+        ],
+    )
 
 
 # --- the state of every investment ------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class InvestmentRow:
     """An investment as planning needs it."""
 
@@ -247,6 +333,10 @@ def _fees_expr() -> Any:
     return cast(SmallcaseExecutionOrder.order_metadata["fees"].as_string(), Numeric(20, 4))
 
 
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def _dec(value: Any) -> Decimal:
     """Return a database number as Decimal (SQLite hands back floats: take their short repr)."""
     if isinstance(value, Decimal):
@@ -257,11 +347,11 @@ def _dec(value: Any) -> Decimal:
 def load_state(
     conn: Connection, smallcase_id: uuid.UUID, investment_ids: Sequence[uuid.UUID]
 ) -> tuple[
-    dict[tuple[uuid.UUID, str], Decimal],
-    dict[tuple[uuid.UUID, str], Decimal],
+    dict[tuple[uuid.UUID, uuid.UUID], Decimal],
+    dict[tuple[uuid.UUID, uuid.UUID], Decimal],
     dict[uuid.UUID, Decimal],
 ]:
-    """Return positions, open orders (signed) and spent cash per investment, set-based."""
+    """Return positions and open orders (signed) per (investment, asset id), and spent cash."""
     run = SmallcaseExecutionRun
     order = SmallcaseExecutionOrder
     invest_filter = (
@@ -275,36 +365,52 @@ def load_state(
     )
     filled = func.coalesce(_filled_expr(), 0)
     sign = case((order.side == OrderSide.BUY.value, 1), else_=-1)
-    gross = filled * func.coalesce(_avg_expr(), 0)
-    fees = func.coalesce(_fees_expr(), 0)
     # net quantity per leg, and cash spent per investment: two grouped queries
     rows = conn.execute(
-        select(run.investment_id, Asset.symbol, func.sum(sign * filled))
+        select(run.investment_id, order.asset_id, func.sum(sign * filled))
         .join(order, order.execution_run_id == run.id)
-        .join(Asset, Asset.id == order.asset_id)
         .where(invest_filter)
-        .group_by(run.investment_id, Asset.symbol)
+        .group_by(run.investment_id, order.asset_id)
     ).all()
-    positions = {(inv, symbol): _dec(qty) for inv, symbol, qty in rows}
-    spent_rows = conn.execute(
+    positions = {(_uuid(inv), _uuid(asset)): _dec(qty) for inv, asset, qty in rows}
+    spent = _spent(conn, invest_filter)
+    open_rows = conn.execute(
+        select(run.investment_id, order.asset_id, order.side, func.sum(order.quantity - filled))
+        .join(order, order.execution_run_id == run.id)
+        .where(invest_filter, order.status.in_([s.value for s in _OPEN_ORDER]))
+        .group_by(run.investment_id, order.asset_id, order.side)
+    ).all()
+    open_orders: dict[tuple[uuid.UUID, uuid.UUID], Decimal] = defaultdict(Decimal)
+    for inv, asset, side, remaining in open_rows:
+        remaining = _dec(remaining)
+        key = (_uuid(inv), _uuid(asset))
+        open_orders[key] += remaining if side == OrderSide.BUY.value else -remaining
+    return positions, dict(open_orders), spent
+
+
+def _spent(conn: Connection, invest_filter: Any) -> dict[uuid.UUID, Decimal]:
+    run = SmallcaseExecutionRun
+    order = SmallcaseExecutionOrder
+    filled = func.coalesce(_filled_expr(), 0)
+    sign = case((order.side == OrderSide.BUY.value, 1), else_=-1)
+    gross = filled * func.coalesce(_avg_expr(), 0)
+    fees = func.coalesce(_fees_expr(), 0)
+    rows = conn.execute(
         select(run.investment_id, func.sum(sign * gross + fees))
         .join(order, order.execution_run_id == run.id)
         .where(invest_filter)
         .group_by(run.investment_id)
     ).all()
-    spent = {inv: _dec(value) for inv, value in spent_rows}
-    open_rows = conn.execute(
-        select(run.investment_id, Asset.symbol, order.side, func.sum(order.quantity - filled))
-        .join(order, order.execution_run_id == run.id)
-        .join(Asset, Asset.id == order.asset_id)
-        .where(invest_filter, order.status.in_([s.value for s in _OPEN_ORDER]))
-        .group_by(run.investment_id, Asset.symbol, order.side)
-    ).all()
-    open_orders: dict[tuple[uuid.UUID, str], Decimal] = defaultdict(Decimal)
-    for inv, symbol, side, remaining in open_rows:
-        remaining = _dec(remaining)
-        open_orders[(inv, symbol)] += remaining if side == OrderSide.BUY.value else -remaining
-    return positions, dict(open_orders), spent
+    return {_uuid(inv): _dec(value) for inv, value in rows}
+
+
+def spent_cash(conn: Connection, investment_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
+    """Return the net cash each investment's fills spent (buys + fees - sells)."""
+    out: dict[uuid.UUID, Decimal] = {}
+    ids = list(investment_ids)
+    for lo in range(0, len(ids), ID_CHUNK):
+        out.update(_spent(conn, SmallcaseExecutionRun.investment_id.in_(ids[lo : lo + ID_CHUNK])))
+    return out
 
 
 # --- quality gate -----------------------------------------------------------------------------
@@ -333,7 +439,7 @@ def latest_prices(
 
 
 def check_prices(
-    assets: Sequence[Asset],
+    assets: Sequence[PlanAsset],
     prices: Mapping[uuid.UUID, tuple[Decimal, Any]],
     now: datetime,
     max_age_sessions: int,
@@ -391,6 +497,55 @@ def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> d
 # --- planning ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class PlanAsset:
+    """An asset as planning needs it (its planning label is its id)."""
+
+    id: uuid.UUID
+    symbol: str
+    exchange: str
+    currency: str
+    lot_size: int
+    fractionable: bool
+
+    @property
+    def label(self) -> str:
+        """Return the asset's key in the planner's columns: its id, never its symbol alone."""
+        return str(self.id)
+
+    @property
+    def ref(self) -> AssetRef:
+        """Return the asset as people name it."""
+        return AssetRef(self.symbol, self.exchange)
+
+
+def load_assets(conn: Connection, asset_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, PlanAsset]:
+    """Return the assets with these ids, by id."""
+    ids = list(set(asset_ids))
+    out: dict[uuid.UUID, PlanAsset] = {}
+    for lo in range(0, len(ids), ID_CHUNK):
+        for row in conn.execute(
+            select(
+                Asset.id,
+                Asset.symbol,
+                Asset.exchange,
+                Asset.currency,
+                Asset.metadata_.label("meta"),
+            ).where(Asset.id.in_(ids[lo : lo + ID_CHUNK]))
+        ):
+            meta = row.meta or {}
+            asset_id = _uuid(row.id)
+            out[asset_id] = PlanAsset(
+                asset_id,
+                row.symbol,
+                row.exchange,
+                row.currency,
+                int(meta.get("lot_size", 1)),
+                bool(meta.get("fractionable", False)),
+            )
+    return out
+
+
 def rules_for(inv: InvestmentRow) -> BrokerRules:
     """Return the planning rules of an investment's broker (paper as configured)."""
     if inv.broker_type == BrokerType.PAPER.value:
@@ -404,66 +559,50 @@ def rules_for(inv: InvestmentRow) -> BrokerRules:
 
 
 @dataclass
-class PlannedRun:
-    """One investment's run as written."""
-
-    run_id: uuid.UUID
-    investment: InvestmentRow
-    order_count: int
-    plan_hash: str
-    est_buy: Decimal
-    est_sell: Decimal
-
-
-@dataclass
-class SmallcasePlan:
-    """Everything a rebalance planned, ready for the report and the approval."""
+class _Builder:
+    """A plan while it is being built (frozen into :class:`Plan` at the end)."""
 
     smallcase_id: uuid.UUID
     smallcase_name: str
     run_type: RunType
     runs: list[PlannedRun] = field(default_factory=list)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> investment ids
-    per_asset: dict[tuple[str, str], list[Decimal]] = field(
-        default_factory=dict
-    )  # (symbol, side) -> [qty, value, orders]
+    per_asset: dict[tuple[str, str], list[Decimal]] = field(default_factory=dict)
     order_count: int = 0
-    plan_hash: str = ""
-    problems: list[str] = field(default_factory=list)  # e.g. unusable connections, by name
+    problems: list[str] = field(default_factory=list)
 
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """Return the plan's totals per asset and side (for the table artifact)."""
-        return [
-            {
-                "symbol": s,
-                "side": side,
-                "orders": int(v[2]),
-                "quantity": f"{v[0]:f}",
-                "est_value": f"{v[1].quantize(Decimal('0.01')):f}",
-            }
-            for (s, side), v in sorted(
-                self.per_asset.items(), key=lambda kv: (kv[0][1] != "sell", kv[0][0])
-            )
-        ]
-
-    def summary(self) -> dict[str, Any]:
-        """Return the headline figures (also shown in the approval form)."""
-        return {
-            "smallcase": self.smallcase_name,
-            "run_type": self.run_type.value,
-            "investments_changed": len(self.runs),
-            "investments_skipped": sum(len(v) for v in self.skipped.values()),
-            "skipped_by_reason": {k: len(v) for k, v in sorted(self.skipped.items())},
-            "orders": self.order_count,
-            "est_buy_value": _money(sum((r.est_buy for r in self.runs), Decimal(0))),
-            "est_sell_value": _money(sum((r.est_sell for r in self.runs), Decimal(0))),
-            "plan_hash": self.plan_hash,
-            "problems": list(self.problems),
-        }
+    def freeze(
+        self,
+        assets: Mapping[str, PlanAsset],
+        currency: str | None,
+        composition: tuple[Constituent, ...] | None,
+    ) -> Plan:
+        totals = tuple(
+            AssetTotal(assets[label].ref, side, int(v[2]), v[0], v[1])
+            for (label, side), v in self.per_asset.items()
+        )
+        return Plan(
+            smallcase_id=self.smallcase_id,
+            smallcase_name=self.smallcase_name,
+            run_type=self.run_type,
+            currency=currency,
+            runs=tuple(self.runs),
+            totals=totals,
+            skipped={k: tuple(v) for k, v in self.skipped.items()},
+            order_count=self.order_count,
+            plan_hash=combined_plan_hash(r.plan_hash for r in self.runs),
+            problems=tuple(self.problems),
+            composition=composition,
+        )
 
 
-def _money(value: Decimal) -> str:
-    return f"{value.quantize(Decimal('0.01')):f}"
+@dataclass(frozen=True)
+class PlanDraft:
+    """A plan and what writing it takes: its order rows and the waiting runs it supersedes."""
+
+    plan: Plan
+    orders: PlannedOrders
+    supersedes: Mapping[uuid.UUID, RunStatus]
 
 
 def _fixed9(units: np.ndarray, decimals: int) -> list[str]:
@@ -475,154 +614,156 @@ def _fixed9(units: np.ndarray, decimals: int) -> list[str]:
 
 
 def plan_smallcase(
-    engine: Engine,
-    smallcase: Smallcase,
+    conn: Connection,
+    smallcase_id: uuid.UUID,
+    smallcase_name: str,
     *,
     run_type: RunType = RunType.REBALANCE,
     policy: PlanningPolicy | None = None,
     investment_ids: Sequence[uuid.UUID] | None = None,
     amounts: Mapping[uuid.UUID, Decimal] | None = None,
-    targets_override: Mapping[str, tuple[Asset, Decimal]] | None = None,
+    composition: tuple[Constituent, ...] | None = None,
+    unusable: Mapping[uuid.UUID, str] | None = None,
     now: datetime | None = None,
     max_price_age_sessions: int = 1,
-    check_brokers: bool = True,
-) -> tuple[SmallcasePlan, dict[str, Any]]:
-    """Plan every active investment of a smallcase at once; return the plan and what to write."""
+) -> PlanDraft:
+    """Plan every active investment of a smallcase (or the given ones) from ``conn``'s view.
+
+    Call it inside the planning lock (``lock_planning``) when the plan is to be written.
+    ``unusable`` maps broker connections already found unusable to the reason.
+    """
     now = now or utcnow()
     policy = policy or PlanningPolicy()
-    with Session(engine) as session:
-        conn = session.connection()
-        if targets_override is None:
-            constituents = session.execute(
-                select(Asset, SmallcaseConstituent.weight_percentage)
-                .join(SmallcaseConstituent, SmallcaseConstituent.asset_id == Asset.id)
-                .where(SmallcaseConstituent.smallcase_id == smallcase.id)
-            ).all()
-            targets = {a.symbol: (a, Decimal(str(w))) for a, w in constituents}
-        else:
-            targets = dict(targets_override)
-        investments = load_investments(conn, smallcase.id, investment_ids)
-        ids = [i.id for i in investments]
-        positions, open_orders, spent = load_state(conn, smallcase.id, ids)
-        # corporate actions and reconciliation (paper): adjustments, then the gates
-        positions, spent = ca_repo.adjust_planning_state(conn, ids, positions, spent)
-        gates = ca_repo.planning_gates(conn, ids, [a.id for a, _ in targets.values()])
-        held_symbols = {s for (_, s), q in positions.items() if q}
-        assets = {a.symbol: a for a, _ in targets.values()}
-        missing = held_symbols - set(assets)
-        if missing:
-            for a in session.scalars(select(Asset).where(Asset.symbol.in_(missing))):
-                assets[a.symbol] = a
-        prices = latest_prices(conn, [a.id for a in assets.values()])
-    check_prices(list(assets.values()), prices, now, max_price_age_sessions)
-    plan = SmallcasePlan(smallcase.id, smallcase.name, run_type)
-    bad = check_connections(engine, investments) if check_brokers else {}
-    plan.problems.extend(sorted(set(bad.values())))
-    usable = []
-    for inv in investments:
-        if inv.connection_id in bad:
-            plan.skipped.setdefault("connection_unusable", []).append(str(inv.id))
-        else:
-            usable.append(inv)
-    with engine.connect() as conn:
-        busy = {
-            uuid.UUID(str(i))
-            for i in conn.execute(
-                select(SmallcaseExecutionRun.investment_id)
-                .join(
-                    UserSmallcaseInvestment,
-                    UserSmallcaseInvestment.id == SmallcaseExecutionRun.investment_id,
+    unusable = unusable or {}
+    if composition is None:
+        target_rows = [
+            (_uuid(a), Decimal(str(w)))
+            for a, w in conn.execute(
+                select(SmallcaseConstituent.asset_id, SmallcaseConstituent.weight_percentage).where(
+                    SmallcaseConstituent.smallcase_id == smallcase_id
                 )
-                .where(
-                    UserSmallcaseInvestment.smallcase_id == smallcase.id,
-                    SmallcaseExecutionRun.status == RunStatus.EXECUTING.value,
-                )
-            ).scalars()
-        }
+            )
+        ]
+    else:
+        target_rows = [(c.asset_id, c.weight) for c in composition]
+    investments = load_investments(conn, smallcase_id, investment_ids)
+    ids = [i.id for i in investments]
+    positions, open_orders, spent = load_state(conn, smallcase_id, ids)
+    # corporate actions and reconciliation: adjustments to the ledger state, then the gates
+    positions, spent = ca_repo.adjust_planning_state(conn, ids, positions, spent)
+    gates = ca_repo.planning_gates(conn, ids, [a for a, _ in target_rows])
+    held = {a for (_, a), q in positions.items() if q} | {
+        a for (_, a), q in open_orders.items() if q
+    }
+    by_id = load_assets(conn, [a for a, _ in target_rows] + list(held))
+    prices = latest_prices(conn, by_id)
+    check_prices(list(by_id.values()), prices, now, max_price_age_sessions)
+    currency = composition[0].currency if composition else smallcase_currency(conn, smallcase_id)
+    plan = _Builder(smallcase_id, smallcase_name, run_type)
+    plan.problems.extend(sorted(set(unusable.values())))
+    waiting: dict[uuid.UUID, dict[uuid.UUID, RunStatus]] = defaultdict(dict)
+    busy: set[uuid.UUID] = set()
+    for run_id, inv_id, status in runs_repo.open_runs(
+        conn, smallcase_id, (*runs_repo.SUPERSEDABLE, *runs_repo.IN_PROGRESS)
+    ):
+        if status in runs_repo.IN_PROGRESS:
+            busy.add(inv_id)
+        else:
+            waiting[inv_id][run_id] = status
     groups: dict[tuple[bool, int, Decimal], list[InvestmentRow]] = defaultdict(list)
-    for inv in usable:
-        if inv.id in gates:  # corporate_action_pending / reconciliation_difference (paper)
+    for inv in investments:
+        if inv.connection_id in unusable:
+            plan.skipped.setdefault("connection_unusable", []).append(str(inv.id))
+        elif inv.id in busy:
+            # an approved or executing run is a commitment to trade: the next plan waits for it
+            plan.skipped.setdefault("run_in_progress", []).append(str(inv.id))
+        elif inv.id in gates:  # corporate_action_pending / reconciliation_difference
             for reason in sorted({g.reason for g in gates[inv.id]}):
                 plan.skipped.setdefault(reason, []).append(str(inv.id))
             plan.problems.extend(g.detail for g in gates[inv.id] if g.detail not in plan.problems)
-            continue
-        if inv.id in busy:
-            plan.skipped.setdefault("run_in_progress", []).append(str(inv.id))
-            continue
-        rules = rules_for(inv)
-        groups[(rules.fractional, rules.quantity_decimals, rules.min_order_value)].append(inv)
-    target_weights = {s: w for s, (_, w) in targets.items()}
+        else:
+            rules = rules_for(inv)
+            groups[(rules.fractional, rules.quantity_decimals, rules.min_order_value)].append(inv)
+    assets = {a.label: a for a in by_id.values()}
+    target_weights = {str(a): w for a, w in target_rows}
     instruments = {
-        s: Instrument(
-            s,
-            prices[a.id][0] if a.id in prices else None,
-            int((a.metadata_ or {}).get("lot_size", 1)),
-            bool((a.metadata_ or {}).get("fractionable", False)),
+        a.label: Instrument(
+            a.label, prices[a.id][0] if a.id in prices else None, a.lot_size, a.fractionable
         )
-        for s, a in assets.items()
+        for a in by_id.values()
     }
-    writes: dict[str, Any] = {"runs": [], "orders": []}
-    overall = hashlib.sha256()
+    orders = PlannedOrders()
     for (fractional, decimals, minimum), members in groups.items():
         rules = BrokerRules(fractional, decimals, minimum)
         d = rules.unit_decimals
         index = {m.id: k for k, m in enumerate(members)}
-        in_group = {s for (i, s), q in {**positions, **open_orders}.items() if q and i in index}
-        symbols = tuple(sorted(set(target_weights) | in_group))
-        col = {s: j for j, s in enumerate(symbols)}
-        held = np.zeros((len(members), len(symbols)), dtype=np.int64)
-        opn = np.zeros_like(held)
-        for (inv_id, s), q in positions.items():
+        in_group = {
+            str(a) for (i, a), q in {**positions, **open_orders}.items() if q and i in index
+        }
+        labels = tuple(sorted(set(target_weights) | in_group))
+        col = {s: j for j, s in enumerate(labels)}
+        held_units = np.zeros((len(members), len(labels)), dtype=np.int64)
+        open_units = np.zeros_like(held_units)
+        for (inv_id, a), q in positions.items():
             k = index.get(inv_id)
             if k is not None and q:
-                held[k, col[s]] = int((q * (10**d)).to_integral_value(rounding="ROUND_FLOOR"))
-        reserved = defaultdict(Decimal)
-        for (inv_id, s), q in open_orders.items():
+                held_units[k, col[str(a)]] = int(
+                    (q * (10**d)).to_integral_value(rounding="ROUND_FLOOR")
+                )
+        reserved: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
+        for (inv_id, a), q in open_orders.items():
             k = index.get(inv_id)
             if k is not None and q:
-                opn[k, col[s]] = int((q * (10**d)).to_integral_value(rounding="ROUND_FLOOR"))
-                if q > 0 and instruments[s].price:
-                    reserved[inv_id] += q * instruments[s].price  # open buys hold cash
+                open_units[k, col[str(a)]] = int(
+                    (q * (10**d)).to_integral_value(rounding="ROUND_FLOOR")
+                )
+                price = instruments[str(a)].price
+                if q > 0 and price:
+                    reserved[inv_id] += q * price  # open buys hold cash
         cash = tuple(
             max(m.amount - spent.get(m.id, Decimal(0)) - reserved[m.id], Decimal(0)).quantize(
                 Decimal("0.0001")
             )
             for m in members
         )
-        state = BatchState(tuple(str(m.id) for m in members), symbols, cash, held, opn, d)
+        state = BatchState(
+            tuple(str(m.id) for m in members), labels, cash, held_units, open_units, d
+        )
         group_amounts = None
         if run_type in (RunType.INVEST, RunType.TOPUP):
             group_amounts = [Decimal((amounts or {}).get(m.id, m.amount)) for m in members]
         batch = plan_batch(
             run_type, target_weights, instruments, rules, policy, state, group_amounts
         )
-        _collect(plan, batch, members, assets, writes, overall, decimals=d)
-    plan.plan_hash = overall.hexdigest()
-    return plan, writes
+        _collect(plan, batch, members, assets, orders, decimals=d)
+    planned = {r.investment_id for r in plan.runs}
+    supersedes = {
+        run_id: status for inv_id in planned for run_id, status in waiting.get(inv_id, {}).items()
+    }
+    return PlanDraft(plan.freeze(assets, currency, composition), orders, supersedes)
 
 
 def _collect(
-    plan: SmallcasePlan,
+    plan: _Builder,
     batch: BatchPlan,
     members: list[InvestmentRow],
-    assets: Mapping[str, Asset],
-    writes: dict[str, Any],
-    overall: Any,
+    assets: Mapping[str, PlanAsset],
+    orders_out: PlannedOrders,
     *,
     decimals: int,
 ) -> None:
-    """Turn a batch plan's columns into run and order rows, hashes and the report's totals."""
-    for k in np.flatnonzero(~batch.changed):
+    """Turn a batch plan's columns into runs, order rows, hashes and the report's totals."""
+    for k in np.flatnonzero(~batch.changed).tolist():
         code = int(batch.status_reason[k])
         plan.skipped.setdefault(SKIP_REASONS[code].value if code >= 0 else "no_orders", []).append(
             str(members[k].id)
         )
     n_orders = batch.order_count
     if n_orders == 0:
-        for k in np.flatnonzero(batch.changed):
+        for k in np.flatnonzero(batch.changed).tolist():
             plan.skipped.setdefault("no_orders", []).append(str(members[k].id))
         return
-    symbols = batch.symbols
+    labels = batch.symbols
     qty_text = _fixed9(batch.order_units, decimals)
     legs = batch.order_leg
     values = batch.order_est_value
@@ -630,13 +771,13 @@ def _collect(
     # totals per asset and side, vectorised
     priced = ~np.isnan(values)
     slot = legs * 2 + is_buy.astype(np.int64)
-    n_slots = 2 * len(symbols)
+    n_slots = 2 * len(labels)
     counts = np.bincount(slot[priced], minlength=n_slots)
     value_sums = np.bincount(slot[priced], weights=values[priced], minlength=n_slots)
     unit_sums = np.bincount(slot, weights=batch.order_units.astype(np.float64), minlength=n_slots)
-    for code in np.flatnonzero(np.bincount(slot, minlength=n_slots)):
+    for code in np.flatnonzero(np.bincount(slot, minlength=n_slots)).tolist():
         leg, buy = divmod(int(code), 2)
-        key = (symbols[leg], "buy" if buy else "sell")
+        key = (labels[leg], "buy" if buy else "sell")
         bucket = plan.per_asset.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])
         bucket[0] += Decimal(repr(float(unit_sums[code]))) / (10**decimals)
         bucket[1] += Decimal(repr(float(value_sums[code]))).quantize(Decimal("0.0001"))
@@ -652,70 +793,63 @@ def _collect(
             if sample.size
             else ""
         )
-    skips: dict[int, list[dict[str, str]]] = defaultdict(list)
+    skips: dict[int, list[SkippedLeg]] = defaultdict(list)
     for j, r, i in zip(
         batch.skip_leg.tolist(),
         batch.skip_reason.tolist(),
         batch.skip_investment.tolist(),
         strict=True,
     ):
-        skips[i].append({"symbol": symbols[j], "reason": SKIP_REASONS[r].value})
+        skips[i].append(SkippedLeg(assets[labels[j]].ref, SKIP_REASONS[r].value))
     sides = np.where(is_buy, "buy", "sell").tolist()
     leg_list = legs.tolist()
     value_list = np.nan_to_num(values).tolist()
-    asset_ids = {j: str(assets[sym].id) for j, sym in enumerate(symbols)}
+    asset_ids = {j: assets[label].label for j, label in enumerate(labels)}
+    symbols = {j: assets[label].symbol for j, label in enumerate(labels)}
     boundaries = np.flatnonzero(np.diff(batch.order_investment)) + 1
     starts = [0, *boundaries.tolist()]
     ends = [*boundaries.tolist(), n_orders]
     invs = batch.order_investment
-    now = utcnow().isoformat()
-    orders_out = writes["orders"]
     for lo, hi in zip(starts, ends, strict=True):
-        k = int(invs[lo])
-        inv = members[k]
+        n = int(invs[lo])
+        inv = members[n]
         run_id = str(uuid_utils.uuid7())
-        lines = []
-        est_buy = est_sell = 0.0
-        for idx in range(lo, hi):
-            order_id = str(uuid_utils.uuid7())
-            leg = leg_list[idx]
-            side = sides[idx]
-            if side == "buy":
-                est_buy += value_list[idx]
-            else:
-                est_sell += value_list[idx]
-            lines.append(f"{order_id}|{symbols[leg]}|{side}|{qty_text[idx]}")
-            orders_out.append(
-                (order_id, run_id, asset_ids[leg], side, qty_text[idx], leg_price[leg], now)
+        n_run = hi - lo
+        ids = [str(uuid_utils.uuid7()) for _ in range(n_run)]
+        run_legs = leg_list[lo:hi]
+        run_sides = sides[lo:hi]
+        run_qty = qty_text[lo:hi]
+        run_values = value_list[lo:hi]
+        est_buy = sum(v for v, side in zip(run_values, run_sides, strict=True) if side == "buy")
+        est_sell = sum(v for v, side in zip(run_values, run_sides, strict=True) if side != "buy")
+        lines = [
+            order_line(i, symbols[leg], side, q)
+            for i, leg, side, q in zip(ids, run_legs, run_sides, run_qty, strict=True)
+        ]
+        orders_out.ids.extend(ids)
+        orders_out.run_ids.extend([run_id] * n_run)
+        orders_out.asset_ids.extend([asset_ids[leg] for leg in run_legs])
+        orders_out.sides.extend(run_sides)
+        orders_out.quantities.extend(run_qty)
+        orders_out.prices.extend([leg_price[leg] for leg in run_legs])
+        plan.runs.append(
+            PlannedRun(
+                run_id=uuid.UUID(run_id),
+                investment_id=inv.id,
+                connection_id=inv.connection_id,
+                user_id=inv.user_id,
+                order_count=hi - lo,
+                est_buy=Decimal(repr(est_buy)).quantize(Decimal("0.0001")),
+                est_sell=Decimal(repr(est_sell)).quantize(Decimal("0.0001")),
+                plan_hash=run_orders_hash(run_id, lines),
+                drift_pct=round(float(batch.drift_pct[n]), 4),
+                cash_limited=bool(batch.cash_limited[n]),
+                skipped_legs=tuple(skips.get(n, [])),
             )
-        lines.sort()
-        run_hash = hashlib.sha256(("run:" + run_id + "\n" + "\n".join(lines)).encode()).hexdigest()
-        overall.update(run_hash.encode())
-        buy_dec = Decimal(repr(est_buy)).quantize(Decimal("0.0001"))
-        sell_dec = Decimal(repr(est_sell)).quantize(Decimal("0.0001"))
-        plan.runs.append(PlannedRun(uuid.UUID(run_id), inv, hi - lo, run_hash, buy_dec, sell_dec))
-        plan.order_count += hi - lo
-        writes["runs"].append(
-            {
-                "id": run_id,
-                "investment": inv,
-                "plan": {
-                    "smallcase_id": str(plan.smallcase_id),
-                    "smallcase": plan.smallcase_name,
-                    "run_type": plan.run_type.value,
-                    "orders": hi - lo,
-                    "est_buy_value": f"{buy_dec:f}",
-                    "est_sell_value": f"{sell_dec:f}",
-                    "drift_pct": round(float(batch.drift_pct[k]), 4),
-                    "cash_limited": bool(batch.cash_limited[k]),
-                    "skipped_legs": skips.get(k, []),
-                    "plan_hash": run_hash,
-                },
-                "total": buy_dec + sell_dec,
-            }
         )
+        plan.order_count += hi - lo
     with_orders = set(invs.tolist())
-    for k in np.flatnonzero(batch.changed):
+    for k in np.flatnonzero(batch.changed).tolist():
         if int(k) not in with_orders:
             plan.skipped.setdefault("no_orders", []).append(str(members[k].id))
 
@@ -723,70 +857,43 @@ def _collect(
 # --- writing ----------------------------------------------------------------------------------
 
 
-#: ids per statement: PostgreSQL takes at most 65,535 bound parameters
-ID_CHUNK = 10_000
+def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> None:
+    """Write a plan in the caller's transaction (COPY on PostgreSQL), through the state table.
 
-
-def supersede_unfinished(conn: Connection, investment_ids: Sequence[uuid.UUID]) -> int:
-    """Cancel runs of these investments that were planned but never started."""
-    waiting = [s.value for s in UNFINISHED_RUN_STATUSES if s is not RunStatus.EXECUTING]
-    cancelled = 0
-    ids = list(investment_ids)
-    for lo in range(0, len(ids), ID_CHUNK):
-        chunk = ids[lo : lo + ID_CHUNK]
-        stale = select(SmallcaseExecutionRun.id).where(
-            SmallcaseExecutionRun.investment_id.in_(chunk),
-            SmallcaseExecutionRun.status.in_(waiting),
-        )
-        conn.execute(
-            update(SmallcaseExecutionOrder)
-            .where(
-                SmallcaseExecutionOrder.execution_run_id.in_(stale),
-                SmallcaseExecutionOrder.status == OrderStatus.PLANNED.value,
-            )
-            .values(status=OrderStatus.CANCELLED.value)
-        )
-        result = conn.execute(
-            update(SmallcaseExecutionRun)
-            .where(
-                SmallcaseExecutionRun.investment_id.in_(chunk),
-                SmallcaseExecutionRun.status.in_(waiting),
-            )
-            .values(status=RunStatus.CANCELLED.value, completed_at=utcnow())
-        )
-        cancelled += int(result.rowcount or 0)
-    return cancelled
-
-
-def write_plan(
-    conn: Connection, plan: SmallcasePlan, writes: Mapping[str, Any], *, status: RunStatus
-) -> None:
-    """Write the runs and orders of a plan in the caller's transaction (COPY on PostgreSQL)."""
-    if not writes["runs"]:
+    The waiting runs it replaces are superseded (``WHERE status = <old>``: a run approved in the
+    meantime makes this fail, and nothing is written). New runs are born ``planned`` and moved on
+    by ``auto_approve`` or ``request_approval``: the state table gives the status they are
+    inserted with (no row exists to race on, and a second UPDATE of every run would double the
+    cost of writing them).
+    """
+    plan = draft.plan
+    if not plan.runs:
         return
-    approved = status is RunStatus.APPROVED
-    now = utcnow()
-    supersede_unfinished(conn, [r.investment.id for r in plan.runs])
+    if draft.supersedes:
+        runs_repo.move_runs(conn, draft.supersedes, RunEvent.SUPERSEDED)
+    now = utcnow().isoformat()
+    status = runs_repo.born_status(auto_approve=auto_approve)
     run_rows = []
-    for r in writes["runs"]:
-        body = dict(r["plan"])
-        if approved:
-            body["approved_hash"] = body["plan_hash"]
+    for run in plan.runs:
+        body = run.body(plan.smallcase_id, plan.smallcase_name, plan.run_type)
+        if auto_approve:
+            body["approved_hash"] = run.plan_hash
             body["approval"] = "auto"
-        inv: InvestmentRow = r["investment"]
         run_rows.append(
             (
-                str(r["id"]),
-                str(inv.id),
-                str(inv.connection_id),
+                str(run.run_id),
+                str(run.investment_id),
+                str(run.connection_id),
                 plan.run_type.value,
                 status.value,
-                f"{r['total']:f}",
+                f"{run.total:f}",
                 json.dumps(body, separators=(",", ":")),
-                now.isoformat(),
-                now.isoformat(),
+                now,
+                now,
             )
         )
+    orders = draft.orders
+    planned = OrderStatus.PLANNED.value
     if conn.dialect.name == "postgresql":
         cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
         _copy(
@@ -807,11 +914,18 @@ def write_plan(
         )
         # order fields are ids, codes and numbers (no tab, newline or backslash): one f-string
         # per row is all COPY's text format needs
-        planned = OrderStatus.PLANNED.value
+        null = chr(92) + "N"
         text = "".join(
-            f"{o[0]}\t{o[1]}\t{o[2]}\t{o[3]}\t{o[4]}\t{o[5] or chr(92) + 'N'}\tmarket\t{planned}"
-            f"\t{o[6]}\t{o[6]}\n"
-            for o in writes["orders"]
+            f"{i}\t{r}\t{a}\t{s}\t{q}\t{p or null}\tmarket\t{planned}\t{now}\t{now}\n"
+            for i, r, a, s, q, p in zip(
+                orders.ids,
+                orders.run_ids,
+                orders.asset_ids,
+                orders.sides,
+                orders.quantities,
+                orders.prices,
+                strict=True,
+            )
         )
         columns = (
             "id, execution_run_id, asset_id, side, quantity, price, order_type, status, "
@@ -820,8 +934,9 @@ def write_plan(
         with cursor.copy(f"COPY smallcase_execution_orders ({columns}) FROM STDIN") as copy:
             copy.write(text)
     else:
+        stamp = utcnow()
         conn.execute(
-            SmallcaseExecutionRun.__table__.insert(),
+            insert(SmallcaseExecutionRun),
             [
                 {
                     "id": uuid.UUID(r[0]),
@@ -831,30 +946,38 @@ def write_plan(
                     "status": r[4],
                     "total_amount": Decimal(r[5]),
                     "execution_plan": json.loads(r[6]),
-                    "created_at": now,
-                    "updated_at": now,
+                    "created_at": stamp,
+                    "updated_at": stamp,
                 }
                 for r in run_rows
             ],
         )
-        if writes["orders"]:
+        if len(orders):
             conn.execute(
-                SmallcaseExecutionOrder.__table__.insert(),
+                insert(SmallcaseExecutionOrder),
                 [
                     {
-                        "id": uuid.UUID(o[0]),
-                        "execution_run_id": uuid.UUID(o[1]),
-                        "asset_id": uuid.UUID(o[2]),
-                        "side": o[3],
-                        "quantity": Decimal(o[4]),
-                        "price": Decimal(o[5]) if o[5] else None,
+                        "id": uuid.UUID(i),
+                        "execution_run_id": uuid.UUID(r),
+                        "asset_id": uuid.UUID(a),
+                        "side": s,
+                        "quantity": Decimal(q),
+                        "price": Decimal(p) if p else None,
                         "order_type": "market",
-                        "status": OrderStatus.PLANNED.value,
+                        "status": planned,
                         "order_metadata": {},
-                        "created_at": now,
-                        "updated_at": now,
+                        "created_at": stamp,
+                        "updated_at": stamp,
                     }
-                    for o in writes["orders"]
+                    for i, r, a, s, q, p in zip(
+                        orders.ids,
+                        orders.run_ids,
+                        orders.asset_ids,
+                        orders.sides,
+                        orders.quantities,
+                        orders.prices,
+                        strict=True,
+                    )
                 ],
             )
 
@@ -875,70 +998,131 @@ def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequen
         copy.write(buffer.getvalue())
 
 
+# --- the entry points: each owns its transaction ----------------------------------------------
+
+
+def parse_policy(policy: Mapping[str, Any] | None) -> PlanningPolicy:
+    """Return a planning policy from JSON values; unknown keys are bad input, named."""
+    values = dict(policy or {})
+    known = set(PlanningPolicy.__dataclass_fields__)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown policy key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    try:
+        return PlanningPolicy(**{k: Decimal(str(v)) for k, v in values.items()})
+    except (ArithmeticError, ValueError) as exc:
+        raise InvalidInputError(f"bad policy {values!r}: {exc}") from exc
+
+
+def plan_and_write(
+    engine: Engine,
+    smallcase_ref: str,
+    *,
+    run_type: RunType = RunType.REBALANCE,
+    constituents: Sequence[Mapping[str, Any]] | None = None,
+    investment_ids: Sequence[uuid.UUID] | None = None,
+    amounts: Mapping[uuid.UUID, Decimal] | None = None,
+    policy: PlanningPolicy | None = None,
+    dry_run: bool = False,
+    require_approval: bool = True,
+    max_price_age_sessions: int = 1,
+    check_brokers: bool = True,
+    now: datetime | None = None,
+) -> Plan:
+    """Plan a smallcase (or some of its investments) and, unless dry, write the plan.
+
+    First, outside any lock: the composition is checked and the brokers are asked whether their
+    connections work (slow). Then one transaction takes the planning lock, reads the state,
+    plans, supersedes waiting runs and writes; an auto-approved plan applies its composition in
+    that same transaction.
+    """
+    with Session(engine) as session:
+        smallcase = admin.get_smallcase(session, smallcase_ref)
+        smallcase_id, name = smallcase.id, smallcase.name
+        composition = (
+            None if constituents is None else validate_composition(session, smallcase, constituents)
+        )
+        investments = (
+            load_investments(session.connection(), smallcase_id, investment_ids)
+            if check_brokers
+            else []
+        )
+    unusable = check_connections(engine, investments) if check_brokers else {}
+    with engine.connect() if dry_run else engine.begin() as conn:
+        if not dry_run:
+            runs_repo.lock_planning(conn, smallcase_id, investment_ids)
+        draft = plan_smallcase(
+            conn,
+            smallcase_id,
+            name,
+            run_type=run_type,
+            policy=policy,
+            investment_ids=investment_ids,
+            amounts=amounts,
+            composition=composition,
+            unusable=unusable,
+            now=now,
+            max_price_age_sessions=max_price_age_sessions,
+        )
+        if not dry_run:  # a dry run's connection closes with a rollback: nothing written
+            write_plan(conn, draft, auto_approve=not require_approval)
+            if composition is not None and not require_approval:
+                apply_composition(conn, smallcase_id, composition)
+    return draft.plan
+
+
 # --- approval ---------------------------------------------------------------------------------
+
+
+def current_run_hashes(conn: Connection, run_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Recompute each run's hash from its orders as they are in the database now (set-based)."""
+    per_run: dict[uuid.UUID, list[tuple[str, str, str, str]]] = defaultdict(list)
+    order = SmallcaseExecutionOrder
+    ids = [uuid.UUID(str(r)) for r in run_ids]
+    for lo in range(0, len(ids), ID_CHUNK):
+        rows = conn.execute(
+            select(order.execution_run_id, order.id, Asset.symbol, order.side, order.quantity)
+            .join(Asset, Asset.id == order.asset_id)
+            .where(order.execution_run_id.in_(ids[lo : lo + ID_CHUNK]))
+        )
+        for run_id, order_id, symbol, side, quantity in rows:
+            per_run[_uuid(run_id)].append((str(order_id), symbol, side, qty_text(_dec(quantity))))
+    return {run_id: orders_hash(run_id, per_run.get(run_id, [])) for run_id in ids}
 
 
 def recompute_plan_hash(engine: Engine, run_ids: Sequence[uuid.UUID]) -> str:
     """Recompute a plan's hash from the orders as they are in the database now (set-based)."""
-    per_run: dict[uuid.UUID, list[tuple[str, str, str, str]]] = defaultdict(list)
-    order = SmallcaseExecutionOrder
-    ids = [uuid.UUID(str(r)) for r in run_ids]
     with engine.connect() as conn:
-        for lo in range(0, len(ids), ID_CHUNK):
-            rows = conn.execute(
-                select(order.execution_run_id, order.id, Asset.symbol, order.side, order.quantity)
-                .join(Asset, Asset.id == order.asset_id)
-                .where(order.execution_run_id.in_(ids[lo : lo + ID_CHUNK]))
-            )
-            for run_id, order_id, symbol, side, quantity in rows:
-                per_run[run_id].append((str(order_id), symbol, side, qty_text(_dec(quantity))))
-    overall = hashlib.sha256()
-    for run_id in ids:
-        overall.update(orders_hash(run_id, per_run.get(run_id, [])).encode())
-    return overall.hexdigest()
+        hashes = current_run_hashes(conn, run_ids)
+    return combined_plan_hash(hashes[uuid.UUID(str(r))] for r in run_ids)
 
 
-def decide_runs(
+def decide_plan(
     engine: Engine,
-    run_ids: Sequence[uuid.UUID],
+    plan: Plan,
     event: RunEvent,
     *,
-    approved_hash: str | None = None,
     note: str | None = None,
 ) -> int:
-    """Move runs through approval (request, approve, reject, timeout); approve stamps hashes."""
-    changed = 0
-    with Session(engine) as session, session.begin():
-        conn = session.connection()
-        for run_id in run_ids:
-            run = session.get_one(SmallcaseExecutionRun, run_id)
-            new = transition_run(run.status, event)
-            body = dict(run.execution_plan or {})
-            values: dict[str, Any] = {"status": new.value}
-            if event is RunEvent.APPROVE:
-                current = current_orders_hash(conn, run_id)
-                if current != body.get("plan_hash"):
+    """Approve, reject or time out a plan's runs in one transaction.
+
+    Approval checks every run's orders against the hash it was planned with, and makes the
+    plan's new composition (if any) the smallcase's. A plan a newer one superseded, or one
+    decided elsewhere first, raises ``RunsChanged`` with the reason: nothing changes then.
+    """
+    with engine.begin() as conn:
+        approved: dict[uuid.UUID, str] = {}
+        if event is RunEvent.APPROVE:
+            current = current_run_hashes(conn, plan.run_ids)
+            for run in plan.runs:
+                if current[run.run_id] != run.plan_hash:
                     raise InvalidInputError(
-                        f"run {run_id} changed since it was planned: not approved"
+                        f"run {run.run_id} changed since it was planned: not approved"
                     )
-                body["approved_hash"] = current
-            if note:
-                body["approval_note"] = note
-            if new in (RunStatus.REJECTED, RunStatus.CANCELLED):
-                values["completed_at"] = utcnow()
-                conn.execute(
-                    update(SmallcaseExecutionOrder)
-                    .where(
-                        SmallcaseExecutionOrder.execution_run_id == run_id,
-                        SmallcaseExecutionOrder.status == OrderStatus.PLANNED.value,
-                    )
-                    .values(status=OrderStatus.CANCELLED.value)
-                )
-            values["execution_plan"] = body
-            conn.execute(
-                update(SmallcaseExecutionRun)
-                .where(SmallcaseExecutionRun.id == run_id)
-                .values(**values)
-            )
-            changed += 1
+                approved[run.run_id] = run.plan_hash
+        changed = runs_repo.decide(conn, plan.run_ids, event, note=note, approved_hashes=approved)
+        if event is RunEvent.APPROVE and plan.composition is not None:
+            apply_composition(conn, plan.smallcase_id, plan.composition)
     return changed

@@ -40,7 +40,6 @@ from models import (
     Portfolio,
     PortfolioHolding,
     PriceHistory,
-    Smallcase,
     SmallcaseConstituent,
     SmallcaseExecutionOrder,
     SmallcaseExecutionRun,
@@ -68,7 +67,7 @@ from saras.services import admin
 from saras.services.brokers import open_broker
 from saras.services.execution import ExecutionSettings, RunOutcome, execute_run
 from saras.services.investments import open_investment
-from saras.services.rebalance import plan_smallcase, write_plan
+from saras.services.rebalance import plan_and_write
 from saras.settings import get_settings
 from saras.testing.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
 from saras.testing.fake_alpaca import FakeClock as _FakeClock
@@ -311,22 +310,19 @@ class Platform:
 
     def plan(self, run_type: RunType = RunType.INVEST, amount: Decimal | None = None) -> uuid.UUID:
         """Plan one run with the real planner and write it approved; return its id."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            smallcase = session.get_one(Smallcase, self.smallcase_id)
         amounts = None
         if run_type in (RunType.INVEST, RunType.TOPUP):
             amounts = {self.investment_id: amount or self.amount}
-        plan, writes = plan_smallcase(
+        plan = plan_and_write(
             self.engine,
-            smallcase,
+            str(self.smallcase_id),
             run_type=run_type,
             investment_ids=[self.investment_id],
             amounts=amounts,
+            require_approval=False,
             check_brokers=False,
         )
         assert len(plan.runs) == 1, f"nothing planned: {plan.skipped}"
-        with self.engine.begin() as conn:
-            write_plan(conn, plan, writes, status=RunStatus.APPROVED)
         run_id = plan.runs[0].run_id
         self.run_ids.append(run_id)
         return run_id

@@ -1,0 +1,558 @@
+"""Money safety on the planning side (issue 8), through the flows.
+
+Two triggers of one rebalance trade once; an asset is (symbol, exchange); cash committed to
+open investments is reserved; a basket trades in one currency; a new composition becomes the
+smallcase's only when its plan is approved; every flow run leaves its audit row.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.flow_runs import resume_flow_run
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from flows.investments import invest_in_smallcase
+from flows.rebalance import rebalance_smallcase
+from models import (
+    Asset,
+    AuditLog,
+    Portfolio,
+    PriceHistory,
+    Smallcase,
+    SmallcaseConstituent,
+    SmallcaseExecutionOrder,
+    SmallcaseExecutionRun,
+    UserSmallcaseInvestment,
+)
+from saras.secrets import get_secret_box
+from saras.services import admin, prices
+from saras.services.demo import seed_demo
+from saras.testing.fake_alpaca import (
+    FAKE_KEY_ID,
+    FAKE_SECRET,
+    PROXY_ENVIRONMENT,
+    FakeAlpaca,
+    Fault,
+    RecordedRequest,
+)
+
+FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
+NEW_US = [
+    {"symbol": "AAPL", "weight": "30", "rationale": "a"},
+    {"symbol": "MSFT", "weight": "30", "rationale": "b"},
+    {"symbol": "NVDA", "weight": "25", "rationale": "c"},
+    {"symbol": "GOOGL", "weight": "15", "rationale": "d"},
+]
+US_PRICES = {"AAPL": "190", "MSFT": "410", "NVDA": "120", "GOOGL": "170", "AMZN": "180"}
+
+
+def _seed(engine: Engine, extra: Any = None) -> None:
+    get_secret_box(generate=True)
+    with Session(engine) as session, session.begin():
+        seed_demo(session)
+        if extra is not None:
+            extra(session)
+    now = datetime.now(UTC)
+    with Session(engine) as session:
+        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
+    prices.ingest_batch(engine, items, now=now)
+
+
+@pytest.fixture
+def platform(flow_db: Engine) -> Engine:
+    """The demo platform with fresh simulated prices (both backends)."""
+    _seed(flow_db)
+    return flow_db
+
+
+def _weights(engine: Engine, smallcase: str) -> dict[tuple[str, str], Decimal]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Asset.symbol, Asset.exchange, SmallcaseConstituent.weight_percentage)
+            .join(SmallcaseConstituent, SmallcaseConstituent.asset_id == Asset.id)
+            .join(Smallcase, Smallcase.id == SmallcaseConstituent.smallcase_id)
+            .where(Smallcase.name == smallcase)
+        ).all()
+    return {(s, e): Decimal(str(w)).normalize() for s, e, w in rows}
+
+
+def _audits(engine: Engine, event_type: str) -> list[AuditLog]:
+    with Session(engine) as session:
+        return list(session.scalars(select(AuditLog).where(AuditLog.event_type == event_type)))
+
+
+def _when_paused(action: Any) -> threading.Thread:
+    """Call ``action(flow_run_id)`` once a flow run is paused (within 60 s)."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 60
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
+                if paused:
+                    action(paused[0].id)
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+# --- item 1: two triggers of one rebalance ------------------------------------------------------
+
+
+@pytest.fixture
+def slow_alpaca(pg_flow_db: Engine, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The demo platform plus an investor on a fake Alpaca account whose account read is slow."""
+    for name in PROXY_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    fake = FakeAlpaca(cash=Decimal("100000"))
+    fake.market_open = True
+    with fake:
+        for symbol, price in US_PRICES.items():
+            fake.add_asset(symbol, price=Decimal(price))
+
+        def extra(session: Session) -> None:
+            user = admin.add_user(session, "bo@example.com", "Bo", "Lee")
+            admin.add_portfolio(session, user, "main", "USD", Decimal("50000"))
+            admin.add_connection(
+                session,
+                get_secret_box(generate=True),
+                user,
+                "alpaca",
+                alias="alpaca-fake",
+                api_key=FAKE_KEY_ID,
+                api_secret=FAKE_SECRET,
+                metadata={"base_url": fake.url},
+            )
+
+        _seed(pg_flow_db, extra)
+        # the planning prices are the fake's prices, so the plan and the fills agree
+        with pg_flow_db.begin() as conn:
+            for symbol, price in US_PRICES.items():
+                asset_id = conn.execute(
+                    select(Asset.id).where(Asset.symbol == symbol, Asset.exchange == "NASDAQ")
+                ).scalar_one()
+                conn.execute(
+                    PriceHistory.__table__.update()
+                    .where(PriceHistory.asset_id == asset_id)
+                    .values(
+                        open_price=Decimal(price),
+                        high_price=Decimal(price),
+                        low_price=Decimal(price),
+                        close_price=Decimal(price),
+                    )
+                )
+        state = invest_in_smallcase(
+            "bo@example.com",
+            "US Tech Leaders",
+            "10000",
+            broker_alias="alpaca-fake",
+            execution=FAST,
+            return_state=True,
+        )
+        assert state.is_completed(), state.message
+        yield fake
+
+
+def _posted_orders(fake: FakeAlpaca) -> list[RecordedRequest]:
+    return fake.order_posts()
+
+
+@pytest.mark.parametrize("stagger", [0.0, 1.0])
+def test_two_triggers_of_one_rebalance_trade_once(
+    pg_flow_db: Engine, slow_alpaca: FakeAlpaca, stagger: float
+) -> None:
+    fake = slow_alpaca
+    before = len(_posted_orders(fake))
+
+    def slow_account(request: RecordedRequest) -> Fault | None:
+        if request.method == "GET" and request.path == "/v2/account":
+            return Fault.slow(2.0)
+        return None
+
+    fake.fault_hook = slow_account
+    states: dict[int, Any] = {}
+
+    def trigger(i: int) -> None:
+        states[i] = rebalance_smallcase(
+            "US Tech Leaders",
+            constituents=NEW_US,
+            require_approval=False,
+            execution=FAST,
+            return_state=True,
+        )
+
+    threads = [threading.Thread(target=trigger, args=(i,)) for i in range(2)]
+    threads[0].start()
+    time.sleep(stagger)
+    threads[1].start()
+    for t in threads:
+        t.join(timeout=120)
+    fake.fault_hook = None
+
+    with Session(pg_flow_db) as session:
+        traded = session.scalars(
+            select(SmallcaseExecutionRun.status).where(
+                SmallcaseExecutionRun.run_type == "rebalance",
+                SmallcaseExecutionRun.status.in_(
+                    ["executing", "completed", "partially_completed", "failed"]
+                ),
+            )
+        ).all()
+        planned_orders = session.scalar(
+            select(func.count())
+            .select_from(SmallcaseExecutionOrder)
+            .join(SmallcaseExecutionRun)
+            .where(
+                SmallcaseExecutionRun.run_type == "rebalance",
+                SmallcaseExecutionRun.status == "completed",
+            )
+        )
+    assert traded == ["completed"], [s.message for s in states.values()]
+    # the broker saw one plan's orders, not two
+    assert len(_posted_orders(fake)) - before == planned_orders
+    assert fake.positions.get("AMZN", Decimal(0)) == 0
+    assert all(s.is_completed() or "another" in (s.message or "") for s in states.values())
+
+
+# --- item 2: an asset is (symbol, exchange) -----------------------------------------------------
+
+
+def _add_bse_infy(session: Session) -> None:
+    admin.add_asset(
+        session,
+        "INFY",
+        "BSE",
+        "INR",
+        name="Infosys Ltd (BSE)",
+        metadata={"lot_size": 1, "tick_size": "0.05"},
+    )
+
+
+def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None:
+    _seed(flow_db, _add_bse_infy)
+    with flow_db.begin() as conn:  # BSE closes a little above NSE's
+        nse, bse = (
+            conn.execute(
+                select(Asset.id).where(Asset.symbol == "INFY", Asset.exchange == exchange)
+            ).scalar_one()
+            for exchange in ("NSE", "BSE")
+        )
+        rows = conn.execute(select(PriceHistory).where(PriceHistory.asset_id == nse)).all()
+        conn.execute(
+            PriceHistory.__table__.insert(),
+            [
+                {
+                    "asset_id": bse,
+                    "price_date": r.price_date,
+                    "open_price": r.open_price + 1,
+                    "high_price": r.high_price + 1,
+                    "low_price": r.low_price + 1,
+                    "close_price": r.close_price + 1,
+                    "volume": r.volume,
+                }
+                for r in rows
+            ],
+        )
+    state = invest_in_smallcase(
+        "ravi@example.in", "India Bluechips", "500000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    # move the INFY weight from NSE to BSE: sell the NSE shares, buy BSE ones
+    new = [
+        {"symbol": "RELIANCE", "weight": "25", "exchange": "NSE"},
+        {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
+        {"symbol": "INFY", "weight": "20", "exchange": "BSE"},
+        {"symbol": "HDFCBANK", "weight": "20", "exchange": "NSE"},
+        {"symbol": "SBIN", "weight": "15", "exchange": "NSE"},
+    ]
+    state = rebalance_smallcase(
+        "India Bluechips",
+        constituents=new,
+        require_approval=True,
+        approval_timeout_seconds=1,
+        approval_poll_seconds=1,
+        return_state=True,
+    )
+    assert state.is_failed()  # nobody approved
+    with Session(flow_db) as session:
+        legs = session.execute(
+            select(Asset.symbol, Asset.exchange, SmallcaseExecutionOrder.side)
+            .join(Asset, Asset.id == SmallcaseExecutionOrder.asset_id)
+            .join(SmallcaseExecutionRun)
+            .where(SmallcaseExecutionRun.run_type == "rebalance", Asset.symbol == "INFY")
+        ).all()
+    assert sorted(legs) == [("INFY", "BSE", "buy"), ("INFY", "NSE", "sell")]
+
+
+# --- item 3: cash is reserved ---------------------------------------------------------------------
+
+
+def test_a_top_up_beyond_free_cash_is_refused(platform: Engine) -> None:
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "60000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    with Session(platform) as session:
+        cash = Decimal(
+            str(session.scalar(select(Portfolio.cash_balance).where(Portfolio.currency == "USD")))
+        )
+    assert cash < Decimal("41000")
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "50000", execution=FAST, return_state=True
+    )
+    assert state.is_failed()
+    assert "insufficient free cash" in state.message and "USD" in state.message
+    assert "50000" in state.message
+    with Session(platform) as session:
+        inv = session.scalars(select(UserSmallcaseInvestment)).one()
+        assert Decimal(str(inv.investment_amount)) == Decimal("60000")
+        assert session.scalar(select(func.count()).select_from(SmallcaseExecutionRun)) == 1
+        assert session.scalar(select(func.min(Portfolio.cash_balance))) >= 0
+
+
+def _second_us_smallcase(session: Session) -> None:
+    admin.add_smallcase(
+        session,
+        "US Chips",
+        [admin.ConstituentInput("NVDA", Decimal(60)), admin.ConstituentInput("AAPL", Decimal(40))],
+    )
+
+
+def test_two_pending_investments_cannot_claim_the_same_cash(flow_db: Engine) -> None:
+    _seed(flow_db, _second_us_smallcase)
+    states: dict[str, Any] = {}
+
+    def first() -> None:
+        states["first"] = invest_in_smallcase(
+            "asha@example.com",
+            "US Tech Leaders",
+            "70000",
+            require_approval=True,
+            execution=FAST,
+            return_state=True,
+        )
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    paused = threading.Event()
+    _when_paused(lambda _id: paused.set())
+    assert paused.wait(60)
+    try:
+        state = invest_in_smallcase(
+            "asha@example.com", "US Chips", "70000", execution=FAST, return_state=True
+        )
+        assert state.is_failed()
+        assert "insufficient free cash" in state.message
+        assert "70000" in state.message and "reserved" in state.message
+    finally:
+        _when_paused(lambda run_id: resume_flow_run(run_id, run_input={"approve": False}))
+        thread.join(timeout=60)
+    assert states["first"].is_failed()
+    # the rejected investment failed and gave its cash back: now the second one fits
+    state = invest_in_smallcase(
+        "asha@example.com", "US Chips", "70000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    with Session(flow_db) as session:
+        rows = session.execute(
+            select(Smallcase.name, UserSmallcaseInvestment.status)
+            .join(UserSmallcaseInvestment)
+            .order_by(Smallcase.name)
+        ).all()
+    assert [tuple(r) for r in rows] == [("US Chips", "active"), ("US Tech Leaders", "failed")]
+
+
+def test_a_rejected_top_up_gives_its_amount_back(platform: Engine) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    _when_paused(lambda run_id: resume_flow_run(run_id, run_input={"approve": False}))
+    state = invest_in_smallcase(
+        "asha@example.com",
+        "US Tech Leaders",
+        "5000",
+        require_approval=True,
+        execution=FAST,
+        return_state=True,
+    )
+    assert state.is_failed() and "rejected" in state.message
+    with Session(platform) as session:
+        inv = session.scalars(select(UserSmallcaseInvestment)).one()
+    assert Decimal(str(inv.investment_amount)) == Decimal("10000")
+
+
+def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) -> None:
+    from saras.services.investments import open_investment
+
+    _seed(pg_flow_db, _second_us_smallcase)
+    states: dict[str, Any] = {}
+    # a first invest has checked the cash and created its investment, not yet committed
+    with Session(pg_flow_db) as session, session.begin():
+        open_investment(session, "asha@example.com", "US Tech Leaders", Decimal("70000"))
+
+        def second() -> None:
+            states["second"] = invest_in_smallcase(
+                "asha@example.com", "US Chips", "70000", execution=FAST, return_state=True
+            )
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(3)  # the second invest reads the portfolio meanwhile
+    thread.join(timeout=60)
+    state = states["second"]
+    assert state.is_failed(), state.message
+    assert "insufficient free cash" in state.message and "70000.00 USD reserved" in state.message
+    with Session(pg_flow_db) as session:
+        assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
+
+
+# --- item 4: one currency, reachable exchanges ---------------------------------------------------
+
+
+def test_a_composition_in_another_currency_is_refused(platform: Engine) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    before = _weights(platform, "US Tech Leaders")
+    mixed = [
+        {"symbol": "AAPL", "weight": "50"},
+        {"symbol": "INFY", "weight": "30", "exchange": "NSE"},
+        {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
+    ]
+    state = rebalance_smallcase(
+        "US Tech Leaders", constituents=mixed, require_approval=False, return_state=True
+    )
+    assert state.is_failed()
+    assert "INFY (NSE)" in state.message and "TCS (NSE)" in state.message
+    assert "USD" in state.message and "AAPL" not in state.message
+    assert _weights(platform, "US Tech Leaders") == before
+    with Session(platform) as session:
+        assert (
+            session.scalar(
+                select(func.count())
+                .select_from(SmallcaseExecutionRun)
+                .where(SmallcaseExecutionRun.run_type == "rebalance")
+            )
+            == 0
+        )
+
+
+# --- item 6: the composition travels with the plan ------------------------------------------------
+
+
+@pytest.mark.parametrize("decision", ["approve", "reject", "timeout"])
+def test_a_new_composition_applies_only_when_approved(platform: Engine, decision: str) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    before = _weights(platform, "US Tech Leaders")
+    answer = {"approve": {"approve": True}, "reject": {"approve": False}, "timeout": None}[decision]
+    if answer is not None:
+        _when_paused(lambda run_id: resume_flow_run(run_id, run_input=answer))
+    state = rebalance_smallcase(
+        "US Tech Leaders",
+        constituents=NEW_US,
+        require_approval=True,
+        approval_timeout_seconds=2 if decision == "timeout" else 60,
+        approval_poll_seconds=1,
+        execution=FAST,
+        return_state=True,
+    )
+    after = _weights(platform, "US Tech Leaders")
+    if decision == "approve":
+        assert state.is_completed(), state.message
+        assert after == {(c["symbol"], "NASDAQ"): Decimal(c["weight"]) for c in NEW_US}
+    else:
+        assert state.is_failed()
+        assert after == before
+
+
+def test_approving_a_superseded_plan_is_a_clear_rejection(platform: Engine) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    before = _weights(platform, "US Tech Leaders")
+    states: dict[str, Any] = {}
+
+    def first() -> None:
+        states["first"] = rebalance_smallcase(
+            "US Tech Leaders",
+            constituents=NEW_US,
+            require_approval=True,
+            approval_timeout_seconds=60,
+            approval_poll_seconds=1,
+            execution=FAST,
+            return_state=True,
+        )
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    paused: list[Any] = []
+    _when_paused(paused.append).join(timeout=60)
+    assert paused
+    # a newer plan (toward the current composition) supersedes the waiting one
+    newer = rebalance_smallcase(
+        "US Tech Leaders",
+        constituents=[{"symbol": "AAPL", "weight": "50"}, {"symbol": "MSFT", "weight": "50"}],
+        require_approval=False,
+        dry_run=False,
+        execution=FAST,
+        return_state=True,
+    )
+    assert newer.is_completed(), newer.message
+    after_newer = _weights(platform, "US Tech Leaders")
+    assert after_newer == {("AAPL", "NASDAQ"): Decimal(50), ("MSFT", "NASDAQ"): Decimal(50)}
+    resume_flow_run(paused[0], run_input={"approve": True})
+    thread.join(timeout=60)
+    state = states["first"]
+    assert state.is_failed()
+    assert "superseded" in state.message and "InvalidTransition" not in state.message
+    assert _weights(platform, "US Tech Leaders") == after_newer != before
+
+
+# --- item 10: every flow run leaves its audit row; failures show their reason ---------------------
+
+
+def test_an_unexpected_error_still_writes_the_audit_row(platform: Engine) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    state = rebalance_smallcase(
+        "US Tech Leaders", policy={"no_such_policy_key": "1"}, return_state=True
+    )
+    assert state.is_failed()
+    rows = _audits(platform, "flow.rebalance_smallcase")
+    assert len(rows) == 1
+    assert rows[0].success is False and "no_such_policy_key" in (rows[0].error_message or "")
+    assert rows[0].request_id is not None
+
+
+def test_a_rejected_rebalance_shows_its_reason(platform: Engine) -> None:
+    invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
+    _when_paused(lambda run_id: resume_flow_run(run_id, run_input={"approve": False, "note": "no"}))
+    state = rebalance_smallcase(
+        "US Tech Leaders",
+        constituents=NEW_US,
+        require_approval=True,
+        approval_timeout_seconds=60,
+        approval_poll_seconds=1,
+        return_state=True,
+    )
+    assert state.is_failed()
+    outcome = state.result(raise_on_failure=False)
+    assert isinstance(outcome, Exception)
+    assert "rejected by the analyst" in str(outcome)
+    assert "cannot be resolved" not in str(outcome)
+    rows = _audits(platform, "flow.rebalance_smallcase")
+    assert len(rows) == 1 and rows[0].success is False
+
+
+def test_a_crashing_flow_of_any_kind_writes_its_audit_row(platform: Engine) -> None:
+    from flows.execution import execute_run
+
+    state = execute_run("not-a-run-id", execution={"no_such_setting": 1}, return_state=True)
+    assert state.is_failed()
+    rows = _audits(platform, "flow.execute_run")
+    assert len(rows) == 1 and rows[0].success is False
+    assert rows[0].path == "flows/execution.py:execute_run"
