@@ -64,8 +64,10 @@ from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketO
 from pydantic import SecretStr
 
 from saras.brokers.base import (
+    REQUEST_TIMEOUT_KEY,
     AccountInfo,
     BrokerAsset,
+    BrokerCapabilities,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -74,6 +76,7 @@ from saras.brokers.base import (
     Fill,
     MarketClock,
     OrderRequest,
+    metadata_seconds,
 )
 from saras.brokers.errors import (
     AmbiguousOrderError,
@@ -102,6 +105,10 @@ PAGE_SIZE = 500  # Alpaca's maximum for GET /v2/orders
 MAX_CLIENT_ORDER_ID = 48
 MAX_DECIMALS = 9  # Alpaca takes quantities and notionals to 9 decimal places
 MIN_BUY_VALUE = Decimal("1")
+DEFAULT_TIMEOUT = 10.0
+#: Alpaca's paper endpoint; every other alpaca.markets trading host moves real money
+PAPER_HOST = "paper-api.alpaca.markets"
+ALPACA_DOMAIN = "alpaca.markets"
 CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
 CODE_INSUFFICIENT = 40310000  # 403: insufficient buying power / quantity / cost basis
 DEFAULT_REQUESTS_PER_MINUTE = 200
@@ -263,7 +270,7 @@ class AlpacaBroker:
         config: ConnectionConfig,
         credentials: BrokerCredentials,
         *,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         max_attempts: int = 3,
@@ -283,6 +290,8 @@ class AlpacaBroker:
                 f"alpaca connection {config.connection_id}: an api key and secret are required",
                 broker=BROKER,
             )
+        if timeout is None:
+            timeout = metadata_seconds(config, REQUEST_TIMEOUT_KEY) or DEFAULT_TIMEOUT
         if timeout <= 0 or max_attempts < 1 or lookup_attempts < 1:
             raise ValueError("timeout > 0, max_attempts >= 1 and lookup_attempts >= 1")
         self.connection_id = config.connection_id
@@ -308,6 +317,21 @@ class AlpacaBroker:
         self.rate_limiter = rate_limiter
         self._sdk: TradingClient | None = None
         self._sdk_lock = threading.Lock()
+
+    @classmethod
+    def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
+        """Return Alpaca's capabilities; live whenever the endpoint is not Alpaca's paper one."""
+        return BrokerCapabilities(
+            real_money=reaches_real_money(config),
+            fractional=True,
+            quantity_decimals=MAX_DECIMALS,
+            min_order_value=MIN_BUY_VALUE,
+        )
+
+    @property
+    def request_timeout(self) -> float:
+        """Return the HTTP timeout of every request, in seconds."""
+        return self._timeout
 
     def __repr__(self) -> str:
         mode = "paper" if self.paper else "live"
@@ -757,6 +781,30 @@ class AlpacaBroker:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def reaches_real_money(config: ConnectionConfig) -> bool:
+    """Tell whether orders through this connection can reach a live Alpaca account.
+
+    A live row does. So does a "paper" row whose ``base_url`` names an Alpaca host other than
+    the paper endpoint (``api.alpaca.markets`` is the live one): the URL decides where orders
+    go, not the flag. An unreadable ``base_url`` counts as live. Other hosts (a local fake, a
+    sandbox proxy) follow the row's flag.
+    """
+    if not config.paper_trading:
+        return True
+    override = config.metadata.get("base_url")
+    if override is None or override == "":
+        return False
+    if not isinstance(override, str):
+        return True
+    try:
+        host = (urlsplit(override.strip()).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return True
+    if not host:
+        return True
+    return (host == ALPACA_DOMAIN or host.endswith("." + ALPACA_DOMAIN)) and host != PAPER_HOST
 
 
 def _base_url(config: ConnectionConfig) -> str:

@@ -53,8 +53,12 @@ import requests
 import urllib3.exceptions
 
 from saras.brokers.base import (
+    DEFAULT_LOOKUP_HORIZON,
+    LOOKUP_HORIZON_KEY,
+    REQUEST_TIMEOUT_KEY,
     AccountInfo,
     BrokerAsset,
+    BrokerCapabilities,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -63,6 +67,7 @@ from saras.brokers.base import (
     Fill,
     MarketClock,
     OrderRequest,
+    metadata_seconds,
 )
 from saras.brokers.errors import (
     AmbiguousOrderError,
@@ -97,6 +102,7 @@ _EXCHANGES = frozenset({"NSE", "BSE"})
 _SUFFIXES = {".NS": "NSE", ".BO": "BSE"}
 _NSE_OPEN = dtime(9, 15)
 _NSE_CLOSE = dtime(15, 30)
+DEFAULT_TIMEOUT = 7.0
 _T = TypeVar("_T")
 
 
@@ -492,12 +498,24 @@ class ZerodhaBroker:
     broker_type = BROKER
     currency = "INR"
 
+    @classmethod
+    def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
+        """Return Kite's capabilities: always real money (Kite has no paper environment)."""
+        return BrokerCapabilities(
+            real_money=True,
+            fractional=False,
+            quantity_decimals=0,
+            orders_outside_hours=True,
+            marks_connection_on_fatal=True,
+        )
+
     def __init__(
         self,
         config: ConnectionConfig,
         credentials: BrokerCredentials,
         *,
-        timeout: float = 7.0,
+        timeout: float | None = None,
+        lookup_horizon: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] = _utc_now,
         monotonic: Callable[[], float] | None = None,
@@ -508,7 +526,19 @@ class ZerodhaBroker:
     ):
         self._config = config
         self._credentials = credentials
-        self._timeout = timeout
+        self._timeout = timeout or metadata_seconds(config, REQUEST_TIMEOUT_KEY) or DEFAULT_TIMEOUT
+        horizon = (
+            lookup_horizon
+            or metadata_seconds(config, LOOKUP_HORIZON_KEY)
+            or max(DEFAULT_LOOKUP_HORIZON, 2 * self._timeout)
+        )
+        if horizon <= self._timeout:
+            raise ValueError(
+                f"Kite connection {config.connection_id}: the lookup horizon ({horizon:g} s) must "
+                f"be longer than the request timeout ({self._timeout:g} s)"
+            )
+        self._lookup_horizon = horizon
+        self._monotonic = monotonic or time.monotonic
         self._confirm_placement = confirm_placement
         self._sleep = sleep
         self._clock = clock
@@ -525,7 +555,18 @@ class ZerodhaBroker:
         self._lock = threading.Lock()
         self._sdk: KiteConnect | None = None
         self._fatal: str | None = None
-        self._sent_tags: set[str] = set()
+        # tag -> when this adapter last sent it (monotonic): not re-sent inside the horizon
+        self._sent_tags: dict[str, float] = {}
+
+    @property
+    def request_timeout(self) -> float:
+        """Return the HTTP timeout of every request, in seconds."""
+        return self._timeout
+
+    @property
+    def lookup_horizon(self) -> float:
+        """Return how long an order sent without a clear answer may take to show in the book."""
+        return self._lookup_horizon
 
     def __repr__(self) -> str:
         return f"ZerodhaBroker(connection_id={self._config.connection_id!r})"
@@ -611,17 +652,27 @@ class ZerodhaBroker:
         """
         spec = self._spec(request)
         with self._lock:
-            already_sent = spec.tag in self._sent_tags
-        if resume or already_sent:
+            sent_at = self._sent_tags.get(spec.tag)
+        if resume or sent_at is not None:
             found = self._find(spec)
             if found is not None:
                 return found
+            waited = None if sent_at is None else self._monotonic() - sent_at
+            if waited is not None and waited < self._lookup_horizon:
+                # Kite may still be processing it: "absent" only after the horizon
+                raise AmbiguousOrderError(
+                    f"order {spec.client_order_id} (tag {spec.tag}) is not in Kite's book "
+                    f"{waited:.1f} s after it was sent; not sending it again before "
+                    f"{self._lookup_horizon:g} s",
+                    client_order_id=spec.client_order_id,
+                    broker=BROKER,
+                )
         variety = "regular" if self.get_clock().is_open else "amo"
         params = spec.params(variety)
         kite = self._kite()
         self._limiter.orders.acquire()
         with self._lock:
-            self._sent_tags.add(spec.tag)
+            self._sent_tags[spec.tag] = self._monotonic()
         try:
             order_id = kite.place_order(**params)
         except _sdk_errors() as exc:
@@ -783,11 +834,11 @@ class ZerodhaBroker:
         match outcome.kind:
             case _Kind.FATAL | _Kind.CONFIG:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise self._fatal_error(outcome)
             case _Kind.RATE_LIMITED:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise RateLimitedError(
                     f"order {cid}: Kite throttled the placement ({outcome.message}); not placed",
                     broker=BROKER,
@@ -796,13 +847,13 @@ class ZerodhaBroker:
                 )
             case _Kind.NOT_SENT:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise RetryableBrokerError(
                     f"order {cid}: {outcome.message}; nothing was sent", broker=BROKER
                 )
             case _Kind.REJECTED:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise OrderRejectedError(
                     f"order {cid}: Kite rejected it: {outcome.message}",
                     reason=outcome.message,
@@ -833,7 +884,7 @@ class ZerodhaBroker:
             lookup_error = None
             if outcome.kind is _Kind.REJECTED_5XX:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise OrderRejectedError(
                     f"order {cid}: Kite rejected it: {outcome.message}",
                     reason=outcome.message,
