@@ -191,6 +191,9 @@ class BrokerOrder:
     reason: str | None = None  # the broker's rejection / cancellation reason
     fees: Decimal = Decimal("0")
     fills: tuple[Fill, ...] = ()
+    #: ``fills`` is the broker's own per-fill record (possibly still behind ``filled_quantity``);
+    #: when False the broker gave cumulative figures only
+    fills_reported: bool = False
 
     @property
     def is_terminal(self) -> bool:

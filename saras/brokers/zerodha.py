@@ -727,7 +727,10 @@ class ZerodhaBroker:
         by_order: dict[str, list[Fill]] = {}
         for t in trades:
             by_order.setdefault(str(t.get("order_id")), []).append(_fill(t))
-        return [replace(o, fills=tuple(by_order.get(o.broker_order_id, ()))) for o in mapped]
+        return [
+            replace(o, fills=tuple(by_order.get(o.broker_order_id, ())), fills_reported=True)
+            for o in mapped
+        ]
 
     def cancel_order(self, broker_order_id: str) -> None:
         """Cancel a working order (regular or AMO); a finished order is left alone."""
@@ -1091,7 +1094,7 @@ class ZerodhaBroker:
         if order.filled_quantity <= 0:
             return order
         trades = self._read("order_trades", lambda k: k.order_trades(order.broker_order_id)) or []
-        return replace(order, fills=tuple(_fill(t) for t in trades))
+        return replace(order, fills=tuple(_fill(t) for t in trades), fills_reported=True)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -262,7 +262,8 @@ def record_fills(
     """
     state = order.fill
     broker_order_id = report.broker_order_id or order.broker_order_id or str(order.id)
-    if report.fills and not (state.filled_quantity > 0 and not state.fill_ids):
+    per_fill = bool(report.fills) or report.fills_reported
+    if per_fill and not (state.filled_quantity > 0 and not state.fill_ids):
         fresh = [f for f in report.fills if f.fill_id not in state.fill_ids and f.quantity > 0]
         for fill in sorted(fresh, key=lambda f: (f.filled_at, f.fill_id)):
             state = _record_fill(

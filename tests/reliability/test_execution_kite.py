@@ -195,7 +195,9 @@ def test_429_storm_on_placements_places_each_tag_once(kite: Platform) -> None:
     run_id = p.plan()
     p.fake.inject("http_429", times=6)
     # each 429 asks for a one-second pause: give the run the time
-    outcome = p.execute(run_id, settings=ExecutionSettings(0.01, 60, retry_backoff=0.01, lookup_horizon=1.0))
+    outcome = p.execute(
+        run_id, settings=ExecutionSettings(0.01, 60, retry_backoff=0.01, lookup_horizon=1.0)
+    )
     assert outcome.status == "completed", outcome
     orders = p.orders(run_id)
     assert sum(p.placements(o) for o in orders) == 4 + 6  # every throttled one was sent again
