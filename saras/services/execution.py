@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
@@ -295,6 +295,7 @@ class RunExecutor:
         lookup_horizon: float,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
         checkpoint: Checkpoint = _no_checkpoint,
     ):
         self.engine = engine
@@ -308,13 +309,12 @@ class RunExecutor:
         self.sleep = sleep
         self.monotonic = monotonic
         self.checkpoint = checkpoint
-        self._started = monotonic()
-        self._started_wall = utcnow()
-        self.deadline = self._started + settings.deadline_seconds
+        self.wall = wall
+        self.deadline = monotonic() + settings.deadline_seconds
 
     def now(self) -> datetime:
-        """Return the wall time as this executor's (injectable) clock advances."""
-        return self._started_wall + timedelta(seconds=self.monotonic() - self._started)
+        """Return the wall time (aware), compared with the send times stored on orders."""
+        return self.wall()
 
     # -- persistence: one transaction per change, every status through the state table -----
 
@@ -727,6 +727,7 @@ def execute_run(
     settings: ExecutionSettings | None = None,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], datetime] = utcnow,
     checkpoint: Checkpoint = _no_checkpoint,
 ) -> RunOutcome:
     """Execute an approved run (or resume an executing one) and return how it ended.
@@ -734,7 +735,9 @@ def execute_run(
     Re-running a finished run changes nothing and returns its outcome. Raises ``RunRefused``
     when another executor holds the run, when it is not approved, or when its orders differ
     from the approved plan; ``MarketClosedError`` when the market is closed and waiting is off.
-    An approved run whose connection can reach real money while ``SARAS_LIVE_TRADING`` is off
+    ``sleep``/``monotonic`` pace polling and the deadline; ``wall`` is the time the lookup
+    horizon is measured in (stored with each send, so a resume counts on). An approved run
+    whose connection can reach real money while ``SARAS_LIVE_TRADING`` is off
     ends ``cancelled`` with the reason, its orders cancelled unsent.
     """
     run_id = uuid.UUID(str(run_id))
@@ -814,6 +817,7 @@ def execute_run(
             lookup_horizon=horizon,
             sleep=sleep,
             monotonic=monotonic,
+            wall=wall,
             checkpoint=checkpoint,
         )
         try:

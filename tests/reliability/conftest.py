@@ -369,6 +369,7 @@ class Platform:
             settings=settings,
             sleep=self.clock.sleep,
             monotonic=self.clock,
+            wall=lambda: datetime.fromtimestamp(self.clock(), UTC),
             **kwargs,
         )
 
