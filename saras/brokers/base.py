@@ -253,7 +253,9 @@ class Broker(Protocol):
         adapter first looks the order up by our id and returns it if found. An ambiguous answer
         (timeout or lost response after sending) is resolved by looking the order up before
         anything is sent again; if it still cannot be told, ``AmbiguousOrderError`` is raised and
-        a later ``place_order(..., resume=True)`` resolves it. No caller can place it twice.
+        a later ``place_order(..., resume=True)`` resolves it. No caller can place it twice: an
+        order is concluded absent only once the connection's lookup horizon (longer than its
+        request timeout) has passed since it was sent.
         """
         ...
 

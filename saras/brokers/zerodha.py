@@ -26,7 +26,13 @@ connection refused / connect timeout   RetryableBrokerError        RetryableBrok
 =====================================  ==========================  ==============================
 
 An ambiguous placement whose order cannot be found raises :class:`AmbiguousOrderError`; the caller
-resolves it later with ``place_order(request, resume=True)``, which looks the tag up again first.
+resolves it later with ``place_order(request, resume=True)``, which looks the tag up again first
+and, when this adapter sent the tag less than ``lookup_horizon`` seconds ago (default 30 s, or
+``connection_metadata["lookup_horizon"]``; always longer than the request timeout), raises
+``AmbiguousOrderError`` again instead of sending: Kite may list an order seconds after the request
+timed out, and an early "absent" would place it twice. Across processes the executor applies the
+same horizon from the send time it stores with the order. ``timeout`` defaults to
+``connection_metadata["request_timeout"]``, else 7 s.
 
 Caveat: Kite's order book holds *today's* orders only. A resume on a later trading day cannot see
 yesterday's order and would place it again: callers must resolve ambiguous Kite orders the same

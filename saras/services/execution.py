@@ -705,11 +705,11 @@ def _refuse_live(engine: Engine, run_id: uuid.UUID, status: RunStatus, reason: s
 def _lookup_horizon(
     broker: Broker, connection: UserBrokerConnection, settings: ExecutionSettings
 ) -> float:
-    horizon = (
-        settings.lookup_horizon
-        or metadata_seconds(connection_config(connection), LOOKUP_HORIZON_KEY)
-        or DEFAULT_LOOKUP_HORIZON
-    )
+    try:
+        configured = metadata_seconds(connection_config(connection), LOOKUP_HORIZON_KEY)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    horizon = settings.lookup_horizon or configured or DEFAULT_LOOKUP_HORIZON
     timeout = getattr(broker, "request_timeout", None)
     if isinstance(timeout, int | float) and horizon <= timeout:
         raise InvalidInputError(
