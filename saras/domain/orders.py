@@ -328,8 +328,9 @@ class FillState:
     (Kite trade ids, Alpaca FILL activity ids); an adapter that reports no per-fill data is
     recorded from its cumulative figures instead. ``sized_quantity`` is what is sent when a buy
     was re-sized to the cash its run's sells really freed (never above the approved quantity).
-    ``send_started_at`` is when the last send began: an order in doubt is never concluded absent
-    at the broker before the lookup horizon has passed since then.
+    ``send_started_at`` is when the last send began, moved to when its answer proved ambiguous
+    (the later, so the conservative, instant): an order in doubt is never concluded absent at
+    the broker before the lookup horizon has passed since then.
     """
 
     filled_quantity: Decimal = Decimal(0)

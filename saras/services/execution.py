@@ -382,9 +382,11 @@ class RunExecutor:
             try:
                 report = self.broker.place_order(request, resume=resume)
             except AmbiguousOrderError as exc:
-                # it may be at the broker: only lookups from here, until found or the horizon
+                # it may be at the broker: only lookups from here, until found or the horizon,
+                # which counts from now (the request left no earlier than this answer)
                 if order.status is not OrderStatus.UNKNOWN:
-                    self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc))
+                    doubt = replace(order.fill, send_started_at=self.now())
+                    self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc), fill=doubt)
                 return
             except NonRetryableBrokerError as exc:
                 self.change(order, OrderEvent.REJECT, reason=getattr(exc, "reason", str(exc)))

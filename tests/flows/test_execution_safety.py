@@ -206,18 +206,18 @@ def _close_platform_investment(p: Platform) -> None:
 
 
 def test_a_kite_order_landing_after_the_old_lookups_is_not_placed_twice(kite: Platform) -> None:
-    """Kite takes 4 s to process the first placement; the client gave up after 0.5 s.
+    """Kite takes 6 s to process the first placement; the client gave up after 1 s.
 
     The adapter's own lookups (0, 1, 2 s apart) do not see it; the order must stay in doubt
-    and be looked up until the horizon (6 s here) instead of being sent again.
+    and be looked up until the horizon (10 s here) instead of being sent again.
     """
     p = kite
     run_id = p.plan()
-    p.fake.inject("latency", delay=4.0, times=1)
+    p.fake.inject("latency", delay=6.0, times=1)
     began = time.monotonic()
-    state = run_flow(run_id, deadline_seconds=10.0, lookup_horizon=6.0)
+    state = run_flow(run_id, deadline_seconds=25.0, request_timeout=1.0, lookup_horizon=10.0)
     assert state.is_completed() and state.name == "Completed", state.message
-    assert time.monotonic() - began >= 4.0
+    assert time.monotonic() - began >= 6.0
     for order in p.orders(run_id):
         tag = kite_tag(client_order_id(order.id))
         assert len(p.fake.orders_with_tag(tag)) == 1, f"{order.symbol} is at Kite twice"
