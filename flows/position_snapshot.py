@@ -16,6 +16,7 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 
+from saras.domain.inputs import SnapshotParams, parse
 from saras.services.snapshots import (
     ConnectionRef,
     ConnectionResult,
@@ -50,6 +51,8 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
     logger = get_run_logger()
     began = time.monotonic()
     now = datetime.now(UTC)
+    # a snapshot dated in the future (2100) or batch_size <= 0 fails at once, naming it
+    parse(SnapshotParams, snapshot_date=snapshot_date, batch_size=batch_size)
     day = snapshot_date or default_snapshot_date(now)
 
     snapshot = write_position_snapshot.submit(day, now)

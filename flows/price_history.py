@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -14,7 +15,9 @@ from prefect.artifacts import (
 )
 from prefect.states import Completed, Failed, State
 
+from saras.domain.inputs import PriceHistoryParams, parse
 from saras.services.prices import SymbolReport, batches, fail_batch, summarize
+from saras.services.source_credentials import check_source_options
 from saras.settings import get_settings
 from tasks import concurrent_writes
 from tasks.common import record_audit
@@ -40,10 +43,14 @@ def ingest_price_history(
     logger = get_run_logger()
     began = time.monotonic()
     now = datetime.now(UTC)
+    # bad parameters fail the run at once, naming the parameter (saras.domain.inputs)
+    parse(PriceHistoryParams, start=start, end=end, batch_size=batch_size, exchanges=exchanges)
+    check_source_options(source_options)
     items, reports = plan_price_ingestion(now, symbols, start, end, source, exchanges)
     groups = batches(items, batch_size or get_settings().ingestion_batch_size)
     logger.info("ingesting %d symbols in %d batches", len(items), len(groups))
     progress = create_progress_artifact(0.0, description="Price ingestion: batches done")
+    assert isinstance(progress, uuid.UUID)  # the sync API in a sync flow
     futures = []
     for i, group in enumerate(groups):
         label = f"{group[0].source}-{i + 1}"

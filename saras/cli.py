@@ -1,4 +1,10 @@
-"""The ``saras`` console command: database, admin, keys and the demo."""
+"""The ``saras`` console command: database, admin, keys and the demo.
+
+Errors are handled in one place, ``SarasGroup.invoke``: every command (including those added
+later with ``app.add_typer``) gets it for free. Bad input is one line on stderr naming the field
+and the value, exit code 2, nothing written (the command's transaction rolls back); any other
+refusal is one line and exit code 1; ``saras --debug ...`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +13,109 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from typer.core import TyperGroup
 
-from saras.errors import SarasError
+from saras.errors import ConnectionSelectionError, InvalidInputError, NotFoundError, SarasError
+
+#: exit code for bad input (typer's and click's convention for usage errors)
+EXIT_BAD_INPUT = 2
+#: exit code for anything else Saras refuses (no key configured, database unreachable)
+EXIT_REFUSED = 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _refusal_types() -> tuple[type[BaseException], ...]:
+    """The exception classes the CLI reports as refusals (imported only when one is raised)."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+
+    from saras.marketdata.base import SourceConfigError
+    from saras.secrets import SecretKeyError
+
+    return (
+        SarasError,
+        ValidationError,
+        SourceConfigError,
+        SecretKeyError,
+        IntegrityError,
+        DataError,
+        OperationalError,
+    )
+
+
+def _refusal(exc: BaseException) -> tuple[int, str] | None:
+    """Return (exit code, message) for an error the CLI reports, or None for a real bug."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import DataError, IntegrityError, OperationalError
+
+    from saras.domain.inputs import describe
+    from saras.marketdata.base import SourceConfigError
+    from saras.secrets import SecretKeyError
+
+    if isinstance(exc, InvalidInputError | NotFoundError | ConnectionSelectionError):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, ValidationError):
+        return EXIT_BAD_INPUT, describe(exc)
+    if isinstance(exc, SourceConfigError):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, IntegrityError | DataError):
+        # a rule the application checks missed: still one line, still nothing written
+        detail = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        return EXIT_BAD_INPUT, f"the database refused the input: {detail}"
+    if isinstance(exc, SecretKeyError | SarasError):
+        return EXIT_REFUSED, str(exc)
+    if isinstance(exc, OperationalError):
+        detail = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        return EXIT_REFUSED, f"the database is not usable: {detail}"
+    return None
+
+
+class SarasGroup(TyperGroup):
+    """The command group that turns refusals into one line on stderr and an exit code."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
+        """Run the command; report a refusal in one line unless ``--debug`` was given."""
+        try:
+            return super().invoke(ctx)
+        except _refusal_types() as exc:
+            refusal = _refusal(exc)
+            if refusal is None or ctx.params.get("debug"):
+                raise
+            code, message = refusal
+            typer.secho(f"error: {_one_line(message)}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code) from None
+
 
 app = typer.Typer(
+    cls=SarasGroup,
     help="Saras: the batch side of a multi-broker smallcase platform.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _main(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="SARAS_DEBUG", help="Show tracebacks instead of one line."),
+    ] = False,
+) -> None:
+    """Saras: the batch side of a multi-broker smallcase platform."""
+    from saras.settings import check_private_files
+
+    check_private_files()
+
+
 db_app = typer.Typer(
     help="Migrate the database (Alembic history in migrations/).", no_args_is_help=True
 )
@@ -43,19 +137,15 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")
 
 
 def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(1)
+    raise InvalidInputError(message)
 
 
 @contextmanager
 def _session() -> Iterator[Session]:
     from saras.db import session_scope
 
-    try:
-        with session_scope() as session:
-            yield session
-    except SarasError as exc:
-        _fail(str(exc))
+    with session_scope() as session:
+        yield session
 
 
 def _print_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
@@ -70,6 +160,18 @@ def _print_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
     typer.echo("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         typer.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+def _read_text(option: str, path: Path) -> str:
+    """Read a text file a user named (UTF-8, with or without the BOM spreadsheets write)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{option} {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"{option} {str(path)!r}: not UTF-8 text") from None
 
 
 # --- db ---------------------------------------------------------------------------------------
@@ -156,8 +258,8 @@ def users_list(as_json: JsonOpt = False) -> None:
 @assets_app.command("add")
 def assets_add(
     symbol: str,
-    exchange: Annotated[str, typer.Option(help="NYSE, NASDAQ, NSE, BSE, ...")],
-    currency: Annotated[str, typer.Option(help="USD, INR, ...")],
+    exchange: Annotated[str, typer.Option(help="NYSE, NASDAQ, NSE, BSE, ... (see README).")],
+    currency: Annotated[str, typer.Option(help="The exchange's currency: USD or INR.")],
     name: Annotated[str | None, typer.Option()] = None,
     asset_type: Annotated[str, typer.Option()] = "equity",
     fractionable: Annotated[bool, typer.Option(help="Tradable in fractions (Alpaca).")] = False,
@@ -167,11 +269,17 @@ def assets_add(
     """Add an asset to the asset master."""
     from saras.services import admin
 
-    metadata: dict[str, Any] = {"fractionable": fractionable}
-    if lot_size is not None:
-        metadata["lot_size"] = lot_size
     with _session() as s:
-        a = admin.add_asset(s, symbol, exchange, currency, name, asset_type, metadata)
+        a = admin.add_asset(
+            s,
+            symbol,
+            exchange,
+            currency,
+            name,
+            asset_type,
+            fractionable=fractionable,
+            lot_size=lot_size,
+        )
         _print_rows([{"id": str(a.id), "symbol": a.symbol, "exchange": a.exchange}], as_json)
 
 
@@ -189,16 +297,24 @@ def assets_import(
 ) -> None:
     """Create or refresh assets from a broker's own list (Alpaca assets, Kite instruments)."""
     from saras.db import get_engine
+    from saras.domain.exchanges import EXCHANGES, UnknownExchange, check_code
     from saras.repositories.connections import select_connection
     from saras.services import admin
     from saras.services.asset_master import import_assets, list_broker_assets
     from saras.services.brokers import open_broker
 
+    try:
+        venue = check_code(exchange) if exchange else None
+    except UnknownExchange as exc:
+        raise InvalidInputError(f"--exchange {exchange!r}: {exc.reason}") from None
     with _session() as s:
         connection = select_connection(s, admin.get_user(s, user).id, alias=alias)
         broker = open_broker(get_engine(), connection)
-        counts = import_assets(s, list_broker_assets(broker, exchange), symbol)
-        _print_rows([vars(counts)], as_json)
+        listed = list_broker_assets(broker, venue)
+        # only exchanges of the exchange table (Alpaca lists some assets without a venue)
+        known = [a for a in listed if a.exchange in EXCHANGES]
+        counts = import_assets(s, known, symbol)
+        _print_rows([{**vars(counts), "skipped": len(listed) - len(known)}], as_json)
 
 
 @assets_app.command("list")
@@ -229,7 +345,14 @@ def connections_add(
     alias: Annotated[
         str | None, typer.Option(help="Default: <broker>_primary, <broker>_2, ...")
     ] = None,
-    live: Annotated[bool, typer.Option("--live", help="A live (real money) account.")] = False,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live",
+            help="A live (real money) account; required for zerodha (Kite has no paper "
+            "environment).",
+        ),
+    ] = False,
     metadata: Annotated[
         str | None, typer.Option(help='JSON endpoint overrides, e.g. {"base_url": "..."}')
     ] = None,
@@ -265,7 +388,9 @@ def connections_add(
     try:
         meta = json.loads(metadata) if metadata else {}
     except json.JSONDecodeError:
-        _fail("--metadata is not valid JSON")
+        _fail(f"--metadata {metadata!r}: not valid JSON")
+    if not isinstance(meta, dict):
+        _fail(f"--metadata {metadata!r}: not a JSON object")
     box = get_secret_box(generate=False) if secrets else None
     extra = {k: v for k, v in secrets.items() if k not in ("api_key", "api_secret")}
     with _session() as s:
@@ -323,7 +448,7 @@ def portfolios_add(
     from saras.services import admin
 
     with _session() as s:
-        p = admin.add_portfolio(s, admin.get_user(s, user), name, currency, Decimal(cash))
+        p = admin.add_portfolio(s, admin.get_user(s, user), name, currency, cash)
         _print_rows([{"id": str(p.id), "name": p.name, "currency": p.currency}], as_json)
 
 
@@ -356,7 +481,11 @@ def portfolios_list(as_json: JsonOpt = False) -> None:
 def smallcases_add(
     name: str,
     constituents: Annotated[
-        Path, typer.Option(help="CSV with header: symbol, weight, rationale [, exchange].")
+        Path,
+        typer.Option(
+            help="CSV with a header: symbol, exchange, weight, rationale (exchange may be left "
+            "empty where the symbol is listed on one exchange only)."
+        ),
     ],
     description: Annotated[str | None, typer.Option()] = None,
     category: Annotated[str | None, typer.Option()] = None,
@@ -367,9 +496,7 @@ def smallcases_add(
     """Add a smallcase with its constituents."""
     from saras.services import admin
 
-    if not constituents.exists():
-        _fail(f"{constituents} does not exist")
-    rows = admin.parse_constituents_csv(constituents.read_text())
+    rows = admin.parse_constituents_csv(_read_text("--constituents", constituents))
     with _session() as s:
         sc = admin.add_smallcase(
             s,
@@ -377,7 +504,7 @@ def smallcases_add(
             rows,
             description=description,
             category=category,
-            min_investment=Decimal(min_investment) if min_investment else None,
+            min_investment=min_investment,
             risk_level=risk_level,
         )
         _print_rows([{"id": str(sc.id), "name": sc.name, "constituents": len(rows)}], as_json)
@@ -422,15 +549,12 @@ def keys_generate() -> None:
 @keys_app.command("rotate")
 def keys_rotate() -> None:
     """Re-encrypt every stored secret under the newest key of SARAS_SECRET_KEYS."""
-    from saras.secrets import SecretKeyError, get_secret_box
+    from saras.secrets import get_secret_box
     from saras.services.keys import rotate_all
 
-    try:
-        box = get_secret_box()
-        with _session() as s:
-            count = rotate_all(s, box)
-    except SecretKeyError as exc:
-        _fail(str(exc))
+    box = get_secret_box()
+    with _session() as s:
+        count = rotate_all(s, box)
     typer.echo(f"re-encrypted the secrets of {count} connection(s) under the newest key")
 
 
@@ -444,10 +568,7 @@ def demo(
     """Run the main job on the embedded default database: migrate, seed, run the flows."""
     from saras.services.demo_runner import run_demo
 
-    try:
-        run_demo(seed_only=seed_only, echo=typer.echo)
-    except SarasError as exc:
-        _fail(str(exc))
+    run_demo(seed_only=seed_only, echo=typer.echo)
 
 
 def main() -> None:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Numeric, String, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm.attributes import instance_state
 
-from saras.settings import get_settings
+from saras.domain.inputs import to_decimal
+from saras.errors import InvalidInputError
+from saras.settings import get_settings, private_file
 
 
 def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
@@ -20,7 +24,7 @@ def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            private_file(Path(parsed.database))  # the data dir 0700, the database 0600
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(url, echo=echo, **kwargs)
         event.listen(engine, "connect", _sqlite_on_connect)
@@ -73,3 +77,67 @@ def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
     with factory() as session, session.begin():
         yield session
+
+
+# --- the same limits on every database -----------------------------------------------------
+
+
+@event.listens_for(Session, "before_flush")
+def _check_column_limits(session: Session, _context: Any, _instances: Any) -> None:
+    """Refuse, on every database, a value its column cannot hold: what PostgreSQL refuses.
+
+    SQLite keeps any string in a ``varchar(n)`` and any number in a ``numeric(p, s)``; this
+    check makes the embedded default refuse them too, with one message on both databases
+    (``assets.symbol 'XXX...': longer than 50 characters``). Core bulk writes (prices) are
+    checked where their rows are validated.
+    """
+    for obj in session.new:
+        check_row(obj, changed_only=False)
+    for obj in session.dirty:
+        check_row(obj, changed_only=True)
+
+
+def check_row(obj: object, *, changed_only: bool = False) -> None:
+    """Check an ORM object's string lengths and numeric ranges against its columns."""
+    state = instance_state(obj)
+    mapper = state.mapper
+    for attr in mapper.column_attrs:
+        if changed_only and not state.attrs[attr.key].history.has_changes():
+            continue
+        value = state.dict.get(attr.key)
+        if value is None:
+            continue
+        column = attr.columns[0]
+        message = _column_problem(column.type, value)
+        if message:
+            where = f"{mapper.persist_selectable.description}.{column.name}"
+            raise InvalidInputError(f"{where} {_shown(value)}: {message}")
+
+
+def _column_problem(type_: Any, value: Any) -> str | None:
+    if isinstance(type_, String) and type_.length and isinstance(value, str):
+        if len(value) > type_.length:
+            return f"longer than {type_.length} characters ({len(value)})"
+        return None
+    if (
+        isinstance(type_, Numeric)
+        and type_.precision is not None
+        and type_.scale is not None
+        and isinstance(value, Decimal | int | float)
+        and not isinstance(value, bool)
+    ):
+        # PostgreSQL rounds extra decimals to the scale (the ledger relies on it) and refuses
+        # only what does not fit: so does this check
+        try:
+            number = to_decimal(value)
+        except ValueError as exc:
+            return str(exc)
+        limit = Decimal(10) ** (type_.precision - type_.scale)
+        if abs(number) >= limit:
+            return f"out of range (must be below 10^{type_.precision - type_.scale})"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = str(value)
+    return repr(text if len(text) <= 60 else text[:57] + "...")

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
-from saras.settings import Settings, get_settings
+from saras.settings import Settings, get_settings, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def get_secret_box(settings: Settings | None = None, *, generate: bool = False) 
                 f"no encryption key: set SARAS_SECRET_KEYS or create {path} "
                 "(`saras keys generate` prints a new key)"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(generate_key() + "\n")

@@ -46,7 +46,7 @@ def connection(
         user_id=owner.id,
         broker_type=broker_type,
         alias=kw.pop("alias", f"{broker_type}_{uuid.uuid4().hex[:6]}"),
-        paper_trading=kw.pop("paper_trading", True),
+        paper_trading=kw.pop("paper_trading", broker_type != "zerodha"),
         connection_metadata=kw.pop("connection_metadata", {}),
         **kw,
     )

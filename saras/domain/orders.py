@@ -26,7 +26,9 @@ Runs
 ``planned -> awaiting_approval -> approved | rejected``, or ``planned -> approved`` when no
 approval is required; ``approved -> executing -> completed | partially_completed | failed``;
 ``executing -> executing`` on resume after a crash; anything not yet executing can be cancelled
-or superseded by a newer run.
+or superseded by a newer run. An ``approved`` run that was never started is ``expire``-d to
+``cancelled`` by the maintenance flow when its approval is too old or its prices went stale
+(the reason is kept in the run's plan).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class RunEvent(StrEnum):
     FAIL = "fail"
     CANCEL = "cancel"
     SUPERSEDED = "superseded"  # a newer run for the same investment replaced it
+    EXPIRE = "expire"  # approved but never started in time (old approval, stale prices)
 
 
 _R = RunStatus
@@ -188,6 +191,7 @@ RUN_TRANSITIONS: Mapping[tuple[RunStatus, RunEvent], RunStatus] = {
     (_R.APPROVED, _RE.START): _R.EXECUTING,
     (_R.APPROVED, _RE.CANCEL): _R.CANCELLED,
     (_R.APPROVED, _RE.SUPERSEDED): _R.CANCELLED,
+    (_R.APPROVED, _RE.EXPIRE): _R.CANCELLED,
     (_R.EXECUTING, _RE.RESUME): _R.EXECUTING,
     (_R.EXECUTING, _RE.COMPLETE): _R.COMPLETED,
     (_R.EXECUTING, _RE.PARTIALLY_COMPLETE): _R.PARTIALLY_COMPLETED,

@@ -165,11 +165,9 @@ def _one_date(value: Any) -> date | None:
                 return date.fromisoformat(text[:10])
             except ValueError:
                 return None
-        try:
-            stamp = pd.Timestamp(text)
-        except (ValueError, TypeError, OverflowError):
-            return None
-        return None if stamp is pd.NaT else stamp.date()
+        # Never guess: 02-01-2024 is 2 January or 1 February depending on who wrote it. A
+        # source with another format parses it itself (the csv source's ``date_format``).
+        return None
     if isinstance(value, float) and np.isnan(value):
         return None
     return None
@@ -179,7 +177,9 @@ def to_date_array(values: Any) -> np.ndarray:
     """Convert dates, datetimes, timestamps or ISO strings to an object array of ``date``.
 
     Aware timestamps keep their local date (``2020-10-01T00:00:00+05:30`` is 2020-10-01).
-    Unparseable values become ``None``. Works on unique values, so it is cheap on big frames.
+    Strings must be ISO (``YYYY-MM-DD``, optionally with a time and offset): any other text,
+    ``02-01-2024`` included, becomes ``None`` (never a guessed day). Unparseable values become
+    ``None``. Works on unique values, so it is cheap on big frames.
     """
     ser = values if isinstance(values, pd.Series) else pd.Series(values)
     if len(ser) == 0:

@@ -3,9 +3,10 @@
 A calendar is the expectation, not the truth: validation flags bars on days the calendar lacks
 (special sessions) and reports sessions the source lacks (gaps).
 
-Exchange codes map to calendars as follows: ``NYSE``, ``NASDAQ``, ``ARCA``, ``AMEX`` and ``US``
-use ``XNYS`` (the US equity venues share its sessions); ``NSE`` and ``BSE`` both use ``XBOM``
-(the only Indian calendar ``exchange_calendars`` provides; NSE and BSE keep the same holidays).
+Exchange codes map to calendars through the exchange table (``saras.domain.exchanges``): the US
+venues (``NYSE``, ``NASDAQ``, ``ARCA``, ``NYSEARCA``, ``AMEX``, ``BATS``, and the legacy ``US``)
+use ``XNYS`` (they share its sessions); ``NSE`` and ``BSE`` both use ``XBOM`` (the only Indian
+calendar ``exchange_calendars`` provides; NSE and BSE keep the same holidays).
 Calendar names themselves (``XNYS``, ``XBOM``) are accepted too. Codes are case-insensitive.
 
 Range: calendars are built lazily (never at import) from 1990-01-01, or the earliest year the
@@ -29,19 +30,17 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from saras.domain.exchanges import EXCHANGES, LEGACY_ALIASES
 from saras.marketdata.base import CalendarRangeError, UnknownExchangeError
 
 if TYPE_CHECKING:
     import exchange_calendars as xcals
 
+#: Our exchange codes (and legacy codes still found in old rows) to calendar names, read from
+#: the exchange table ``saras.domain.exchanges``.
 EXCHANGE_CALENDARS: dict[str, str] = {
-    "NYSE": "XNYS",
-    "NASDAQ": "XNYS",
-    "ARCA": "XNYS",
-    "AMEX": "XNYS",
-    "US": "XNYS",
-    "NSE": "XBOM",
-    "BSE": "XBOM",
+    **{code: e.calendar for code, e in EXCHANGES.items()},
+    **{alias: EXCHANGES[code].calendar for alias, code in LEGACY_ALIASES.items()},
 }
 _CALENDAR_NAMES = frozenset(EXCHANGE_CALENDARS.values())
 _EARLIEST_START = pd.Timestamp("1990-01-01")

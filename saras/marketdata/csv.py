@@ -10,14 +10,19 @@ Options:
   close column is then a failure for that symbol.
 * ``adjusted`` (bool, default False): declare that the files already hold adjusted prices.
   ``FetchResult.adjusted`` is ``adjust or adjusted``.
+* ``date_format`` (default: ISO only): the files' date format in ``strftime`` codes, e.g.
+  ``"%d-%m-%Y"`` or ``"%m/%d/%Y"``, for dumps that do not write ISO dates.
 
 File format: a header row, case-insensitive, holding a date column (``Date``, ``date``,
 ``timestamp`` or ``datetime``; an unnamed first column, as pandas writes an index, also
 works), ``open``, ``high``, ``low``, ``close``, ``volume`` and optionally ``Adj Close`` /
 ``adj_close``; other columns (``oi``, ``OpenInterest``) are ignored. Dates are ISO dates or
 timestamps; a timestamp with an offset keeps its local date (Kite's
-``2020-10-01 00:00:00+05:30`` is 2020-10-01). Unparseable or non-numeric cells (``null``, ``-``)
-become missing values, delivered as such so validation rejects and counts them.
+``2020-10-01 00:00:00+05:30`` is 2020-10-01). The source never guesses a format: a file whose
+dates are not ISO (``02-01-2024``: 2 January or 1 February?) is a failure for that symbol,
+naming the value, unless ``date_format`` declares the format. Unparseable or non-numeric cells
+(``null``, ``-``) become missing values, delivered as such so validation rejects and counts
+them.
 
 A missing file, an unreadable file or a file without the required columns is a failure for that
 symbol, never an exception for the batch; a file with no rows in the requested range (while the
@@ -40,6 +45,7 @@ from saras.marketdata.base import BarRequest, FetchResult, concat_bars, to_date_
 _DATE_HEADERS = ("date", "timestamp", "datetime", "time")
 _REQUIRED = ("open", "high", "low", "close", "volume")
 _ADJ_HEADERS = ("adjclose", "adjustedclose")
+_ISO = r"^\d{4}-\d{2}-\d{2}(?:$|[T ])"
 _SAFE_SYMBOL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._&^=-]*$")
 
 
@@ -53,7 +59,7 @@ class CsvSource:
     name = "csv"
 
     def __init__(self, options: Mapping[str, Any] | None = None):
-        opts = Options(self.name, options, ("path", "pattern", "adjust", "adjusted"))
+        opts = Options(self.name, options, ("path", "pattern", "adjust", "adjusted", "date_format"))
         path = opts.raw("path")
         if path is None:
             raise opts.error("path", "is required (the directory holding <SYMBOL>.csv files)")
@@ -65,6 +71,12 @@ class CsvSource:
             raise opts.error("pattern", "must contain {symbol} or {lower}")
         self._adjust = opts.bool_("adjust", False)
         self._declared_adjusted = opts.bool_("adjusted", False)
+        self._date_format = opts.str_("date_format")
+        if self._date_format is not None and "%" not in self._date_format:
+            raise opts.error(
+                "date_format",
+                f"must use strftime codes such as %d-%m-%Y, got {self._date_format!r}",
+            )
         self._opts = opts
 
     def __repr__(self) -> str:
@@ -145,7 +157,7 @@ class CsvSource:
                 factor = num(adj_col) / values["close"]
             for h in ("open", "high", "low", "close"):
                 values[h] = values[h] * factor
-        dates = to_date_array(raw[date_col].str.strip())
+        dates = self._dates(raw[date_col].str.strip())
         return bars_frame(
             symbol,
             dates,
@@ -155,6 +167,18 @@ class CsvSource:
             values["close"],
             values["volume"],
         )
+
+    def _dates(self, text: pd.Series) -> np.ndarray:
+        if self._date_format is not None:
+            parsed = pd.to_datetime(text, format=self._date_format, errors="coerce")
+            return to_date_array(parsed)
+        undeclared = text[text.str.contains(r"\d", regex=True) & ~text.str.match(_ISO)]
+        if len(undeclared):
+            raise _FileProblem(
+                f"date {undeclared.iloc[0]!r} is not ISO (YYYY-MM-DD): declare the file's "
+                "format, e.g. source_options={'date_format': '%d-%m-%Y'}"
+            )
+        return to_date_array(text)
 
 
 class _FileProblem(Exception):

@@ -3,6 +3,9 @@
 Each rejected row carries one short reason code, the first that applies in this order:
 
 ``nan``                 a missing or non-numeric price or volume, or an unparseable date
+``out_of_range``        a price or volume the database columns cannot hold (price_history's
+                        ``numeric(20, 6)`` prices: below 10^14; ``numeric(24, 4)`` volume:
+                        below 10^20), such as a vendor's ``1e30``: that row only, never the batch
 ``non_positive_price``  open, high, low or close <= 0
 ``high_below_low``      high < low
 ``open_outside_range``  open outside [low, high]
@@ -28,11 +31,13 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
+from saras.domain.inputs import PRICE, VOLUME
 from saras.marketdata import calendars
 from saras.marketdata.base import BAR_COLUMNS, BarRequest, empty_bars, normalize_bars
 
 REJECT_REASONS: tuple[str, ...] = (
     "nan",
+    "out_of_range",
     "non_positive_price",
     "high_below_low",
     "open_outside_range",
@@ -42,6 +47,9 @@ REJECT_REASONS: tuple[str, ...] = (
     "duplicate",
 )
 _REL_TOL = 1e-9
+#: the largest magnitudes price_history's columns hold (numeric(20, 6) and numeric(24, 4))
+PRICE_LIMIT = 10.0 ** (PRICE[0] - PRICE[1])
+VOLUME_LIMIT = 10.0 ** (VOLUME[0] - VOLUME[1])
 
 
 @dataclass
@@ -113,6 +121,9 @@ def validate_bars(
         is_nan = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c))
         is_nan |= ~np.isfinite(v)
         is_nan |= date_codes < 0
+        too_big = (np.abs(o) >= PRICE_LIMIT) | (np.abs(h) >= PRICE_LIMIT)
+        too_big |= (np.abs(lo) >= PRICE_LIMIT) | (np.abs(c) >= PRICE_LIMIT)
+        too_big |= np.abs(v) >= VOLUME_LIMIT
         non_positive = (o <= 0) | (h <= 0) | (lo <= 0) | (c <= 0)
         high_below_low = h < lo
         upper = h * (1 + _REL_TOL)
@@ -128,6 +139,7 @@ def validate_bars(
     code = np.select(
         [
             is_nan,
+            too_big,
             non_positive,
             high_below_low,
             open_outside,
@@ -135,7 +147,7 @@ def validate_bars(
             negative_volume,
             future,
         ],
-        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8],
         default=0,
     ).astype(np.int8)
     ok = code == 0
@@ -143,7 +155,7 @@ def validate_bars(
         key = sym_codes.astype(np.int64) * (len(date_uniques) + 1) + date_codes
         dup_in_ok = pd.Series(key[ok]).duplicated(keep="first").to_numpy()
         ok_idx = np.flatnonzero(ok)
-        code[ok_idx[dup_in_ok]] = 8
+        code[ok_idx[dup_in_ok]] = 9
         ok[ok_idx[dup_in_ok]] = False
 
     # Off-calendar flags: one lookup table (calendar x unique date), then a gather per row.

@@ -36,7 +36,7 @@ def create_connection(
     *,
     user_id: uuid.UUID,
     broker_type: str,
-    paper_trading: bool = True,
+    paper_trading: bool | None = None,
     alias: str | None = None,
     api_key: str | None = None,
     api_secret: str | None = None,
@@ -54,7 +54,8 @@ def create_connection(
         user_id=user_id,
         broker_type=broker_type,
         alias=alias,
-        paper_trading=paper_trading,
+        # None: the broker's nature (Kite has no paper environment)
+        paper_trading=broker_type != "zerodha" if paper_trading is None else paper_trading,
         api_key=api_key,
         api_secret=api_secret,
         credentials=credentials,

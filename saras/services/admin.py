@@ -7,7 +7,7 @@ import io
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import select
@@ -22,6 +22,15 @@ from models import (
     UserBrokerConnection,
 )
 from saras.domain.enums import AssetType, BrokerType
+from saras.domain.inputs import (
+    AssetInput,
+    ConnectionInput,
+    ConstituentRow,
+    PortfolioInput,
+    SmallcaseInput,
+    UserInput,
+    parse,
+)
 from saras.errors import InvalidInputError, NotFoundError
 from saras.repositories.connections import create_connection
 from saras.secrets import SecretBox
@@ -45,9 +54,8 @@ def add_user(
     session: Session, email: str, first_name: str | None = None, last_name: str | None = None
 ) -> User:
     """Create a user; e-mails are unique regardless of case."""
-    email = email.strip().lower()
-    if "@" not in email:
-        raise InvalidInputError(f"email {email!r} is not an e-mail address")
+    checked = parse(UserInput, email=email, first_name=first_name, last_name=last_name)
+    email, first_name, last_name = checked.email, checked.first_name, checked.last_name
     if session.scalars(select(User.id).where(User.email == email)).first() is not None:
         raise InvalidInputError(f"a user with email {email!r} already exists")
     user = User(email=email, first_name=first_name, last_name=last_name)
@@ -57,17 +65,19 @@ def add_user(
 
 
 def find_asset(session: Session, symbol: str, exchange: str | None = None) -> Asset:
-    """Find an asset by symbol (and exchange when the symbol is listed on several)."""
+    """Find an asset by (symbol, exchange); the exchange may be left out only if unambiguous."""
     query = select(Asset).where(Asset.symbol == symbol.strip().upper())
     if exchange:
         query = query.where(Asset.exchange == exchange.strip().upper())
     found = list(session.scalars(query))
     if not found:
-        where = f" on {exchange.upper()}" if exchange else ""
+        where = f" on {exchange.strip().upper()}" if exchange else ""
         raise NotFoundError(f"unknown symbol {symbol!r}{where}: add it with `saras assets add`")
     if len(found) > 1:
         exchanges = ", ".join(sorted(a.exchange for a in found))
-        raise InvalidInputError(f"symbol {symbol!r} is listed on {exchanges}: name the exchange")
+        raise InvalidInputError(
+            f"symbol {symbol!r} is listed on {exchanges}: name the exchange (symbol, exchange)"
+        )
     return found[0]
 
 
@@ -79,11 +89,26 @@ def add_asset(
     name: str | None = None,
     asset_type: str = AssetType.EQUITY.value,
     metadata: Mapping[str, Any] | None = None,
+    *,
+    fractionable: bool | None = None,
+    lot_size: int | None = None,
 ) -> Asset:
-    """Create an asset, unique per (symbol, exchange)."""
-    symbol, exchange = symbol.strip().upper(), exchange.strip().upper()
-    if not symbol or not exchange:
-        raise InvalidInputError("an asset needs a symbol and an exchange")
+    """Create an asset, unique per (symbol, exchange), on an exchange of the exchange table."""
+    checked = parse(
+        AssetInput,
+        symbol=symbol,
+        exchange=exchange,
+        currency=currency,
+        name=name,
+        asset_type=asset_type,
+        lot_size=lot_size,
+    )
+    symbol, exchange = checked.symbol, checked.exchange
+    metadata = dict(metadata or {})
+    if fractionable is not None:
+        metadata["fractionable"] = fractionable
+    if checked.lot_size is not None:
+        metadata["lot_size"] = checked.lot_size
     existing = session.scalars(
         select(Asset).where(Asset.symbol == symbol, Asset.exchange == exchange)
     ).first()
@@ -92,10 +117,10 @@ def add_asset(
     asset = Asset(
         symbol=symbol,
         exchange=exchange,
-        currency=currency.strip().upper(),
-        name=name,
-        asset_type=asset_type,
-        metadata_=dict(metadata or {}),
+        currency=checked.currency,
+        name=checked.name,
+        asset_type=checked.asset_type.value,
+        metadata_=metadata,
     )
     session.add(asset)
     session.flush()
@@ -107,19 +132,20 @@ def add_portfolio(
     user: User,
     name: str,
     currency: str,
-    cash_balance: Decimal = Decimal(0),
+    cash_balance: Decimal | str = Decimal(0),
     description: str | None = None,
 ) -> Portfolio:
-    """Create a portfolio for a user."""
-    if cash_balance < 0:
-        raise InvalidInputError(f"cash balance {cash_balance} is negative")
+    """Create a portfolio for a user in a currency Saras trades in."""
+    checked = parse(
+        PortfolioInput, name=name, currency=currency, cash=cash_balance, description=description
+    )
     portfolio = Portfolio(
         user_id=user.id,
-        name=name,
-        currency=currency.strip().upper(),
-        cash_balance=cash_balance,
-        total_value=cash_balance,
-        description=description,
+        name=checked.name,
+        currency=checked.currency,
+        cash_balance=checked.cash,
+        total_value=checked.cash,
+        description=checked.description,
     )
     session.add(portfolio)
     session.flush()
@@ -132,17 +158,27 @@ def add_connection(
     user: User,
     broker_type: str,
     *,
-    paper_trading: bool = True,
+    paper_trading: bool | None = None,
     alias: str | None = None,
     api_key: str | None = None,
     api_secret: str | None = None,
     credentials: Mapping[str, str] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> UserBrokerConnection:
-    """Create a broker connection, encrypting its secrets before they reach the database."""
+    """Create a broker connection, encrypting its secrets before they reach the database.
+
+    ``paper_trading`` None means the broker's nature: paper for ``paper`` and ``alpaca`` (its
+    paper endpoint), live for ``zerodha`` (Kite has no paper environment, so a zerodha
+    connection that says paper is refused).
+    """
     known = {b.value for b in BrokerType}
     if broker_type not in known:
-        raise InvalidInputError(f"broker type {broker_type!r}: expected one of {sorted(known)}")
+        raise InvalidInputError(f"broker_type {broker_type!r}: expected one of {sorted(known)}")
+    if paper_trading is None:
+        paper_trading = broker_type != BrokerType.ZERODHA
+    checked = parse(
+        ConnectionInput, broker_type=broker_type, alias=alias, paper_trading=paper_trading
+    )
     has_secrets = bool(api_key or api_secret or credentials)
     if has_secrets and box is None:
         raise InvalidInputError("secrets given but no encryption key configured")
@@ -150,8 +186,8 @@ def add_connection(
         session,
         user_id=user.id,
         broker_type=broker_type,
-        paper_trading=paper_trading,
-        alias=alias,
+        paper_trading=checked.paper_trading,
+        alias=checked.alias,
         api_key=box.encrypt(api_key) if (box and api_key) else None,
         api_secret=box.encrypt(api_secret) if (box and api_secret) else None,
         credentials=box.encrypt_json(dict(credentials)) if (box and credentials) else None,
@@ -161,7 +197,7 @@ def add_connection(
 
 @dataclass(frozen=True)
 class ConstituentInput:
-    """One row of a smallcase composition: symbol, weight in percent, rationale."""
+    """One row of a smallcase composition: (symbol, exchange), weight in percent, rationale."""
 
     symbol: str
     weight: Decimal
@@ -169,57 +205,101 @@ class ConstituentInput:
     exchange: str | None = None
 
 
+CONSTITUENT_COLUMNS = ("symbol", "exchange", "weight", "rationale")
+
+
 def parse_constituents_csv(text: str) -> list[ConstituentInput]:
-    """Parse a CSV of ``symbol, weight, rationale`` (optionally ``exchange``) with a header."""
+    """Parse a CSV with a header of ``symbol, exchange, weight, rationale`` (exchange optional).
+
+    A UTF-8 byte-order mark (what spreadsheet programs write) is ignored. Every refusal names
+    the line, the field and the value.
+    """
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise InvalidInputError("constituents CSV is empty: expected a header row " + _HEADER)
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None:
-        raise InvalidInputError("constituents CSV is empty")
-    fields = {f.strip().lower(): f for f in reader.fieldnames}
-    for needed in ("symbol", "weight"):
-        if needed not in fields:
-            raise InvalidInputError(f"constituents CSV has no {needed!r} column")
+    names = reader.fieldnames or []
+    fields = {f.strip().lower(): f for f in names if f is not None}
+    missing = [c for c in ("symbol", "weight") if c not in fields]
+    if missing:
+        header = ",".join(names)
+        raise InvalidInputError(
+            f"constituents CSV header {header!r}: no {missing[0]!r} column; "
+            f"expected a header row {_HEADER}"
+        )
+    unknown = sorted(set(fields) - set(CONSTITUENT_COLUMNS))
+    if unknown:
+        raise InvalidInputError(
+            f"constituents CSV header: unknown column {unknown[0]!r}; expected {_HEADER}"
+        )
     rows = []
     for line_no, row in enumerate(reader, start=2):
-        symbol = (row.get(fields["symbol"]) or "").strip()
-        raw_weight = (row.get(fields["weight"]) or "").strip()
-        try:
-            weight = Decimal(raw_weight)
-        except InvalidOperation as exc:
+        if None in row:
             raise InvalidInputError(
-                f"constituents CSV line {line_no}: weight {raw_weight!r} of {symbol!r} "
-                "is not a number"
-            ) from exc
-        rationale = row.get(fields["rationale"]) if "rationale" in fields else None
-        exchange = row.get(fields["exchange"]) if "exchange" in fields else None
-        rows.append(ConstituentInput(symbol, weight, rationale or None, exchange or None))
+                f"constituents CSV line {line_no}: more cells than the header has columns"
+            )
+        cells = {c: row.get(fields[c]) for c in CONSTITUENT_COLUMNS if c in fields}
+        if not any((v or "").strip() for v in cells.values()):
+            continue  # a blank line
+        try:
+            checked = parse(
+                ConstituentRow,
+                symbol=cells.get("symbol") or "",
+                exchange=(cells.get("exchange") or "").strip() or None,
+                weight=cells.get("weight") or "",
+                rationale=(cells.get("rationale") or "").strip() or None,
+            )
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"constituents CSV line {line_no}: {exc}") from None
+        rows.append(
+            ConstituentInput(checked.symbol, checked.weight, checked.rationale, checked.exchange)
+        )
+    if not rows:
+        raise InvalidInputError("constituents CSV has a header but no constituent")
     return rows
+
+
+_HEADER = "'symbol,exchange,weight,rationale'"
 
 
 def validate_constituents(
     session: Session, rows: Iterable[ConstituentInput]
 ) -> list[tuple[Asset, ConstituentInput]]:
-    """Check a composition (known symbols, no duplicates, weights sum to 100); return assets."""
+    """Check a composition (known assets, no duplicates, weights sum to 100); return assets."""
     rows = list(rows)
     if not rows:
         raise InvalidInputError("a smallcase needs at least one constituent")
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     resolved = []
     for row in rows:
-        if not row.symbol:
-            raise InvalidInputError("a constituent has no symbol")
-        key = row.symbol.upper()
+        checked = parse(
+            ConstituentRow,
+            symbol=row.symbol,
+            exchange=row.exchange,
+            weight=row.weight,
+            rationale=row.rationale,
+        )
+        asset = find_asset(session, checked.symbol, checked.exchange)
+        key = (asset.symbol, asset.exchange)
         if key in seen:
-            raise InvalidInputError(f"symbol {row.symbol!r} appears twice")
+            raise InvalidInputError(f"symbol {row.symbol!r} on {asset.exchange} appears twice")
         seen.add(key)
-        if not (Decimal(0) < row.weight <= Decimal(100)):
-            raise InvalidInputError(f"weight {row.weight} of {row.symbol!r} is not in (0, 100]")
-        resolved.append((find_asset(session, row.symbol, row.exchange), row))
-    total = sum((r.weight for r in rows), Decimal(0))
+        resolved.append(
+            (
+                asset,
+                ConstituentInput(asset.symbol, checked.weight, checked.rationale, asset.exchange),
+            )
+        )
+    total = sum((r.weight for _, r in resolved), Decimal(0))
     if abs(total - Decimal(100)) > WEIGHT_TOLERANCE:
         raise InvalidInputError(f"weights sum to {total}, not 100 (tolerance {WEIGHT_TOLERANCE})")
     currencies = {asset.currency for asset, _ in resolved}
     if len(currencies) > 1:
-        raise InvalidInputError(f"constituents mix currencies {sorted(currencies)}")
+        by_currency = ", ".join(
+            f"{c}: " + " ".join(f"{a.symbol}@{a.exchange}" for a, _ in resolved if a.currency == c)
+            for c in sorted(currencies)
+        )
+        raise InvalidInputError(f"constituents mix currencies ({by_currency})")
     return resolved
 
 
@@ -230,19 +310,28 @@ def add_smallcase(
     *,
     description: str | None = None,
     category: str | None = None,
-    min_investment: Decimal | None = None,
+    min_investment: Decimal | str | None = None,
     risk_level: str | None = None,
 ) -> Smallcase:
     """Create a smallcase with a validated composition."""
-    if session.scalars(select(Smallcase.id).where(Smallcase.name == name)).first():
-        raise InvalidInputError(f"a smallcase named {name!r} already exists")
-    resolved = validate_constituents(session, constituents)
-    smallcase = Smallcase(
+    checked = parse(
+        SmallcaseInput,
         name=name,
         description=description,
         category=category,
         min_investment=min_investment,
         risk_level=risk_level,
+    )
+    name = checked.name
+    if session.scalars(select(Smallcase.id).where(Smallcase.name == name)).first():
+        raise InvalidInputError(f"a smallcase named {name!r} already exists")
+    resolved = validate_constituents(session, constituents)
+    smallcase = Smallcase(
+        name=name,
+        description=checked.description,
+        category=checked.category,
+        min_investment=checked.min_investment,
+        risk_level=checked.risk_level.value if checked.risk_level else None,
         metadata_={"compositions": []},
     )
     session.add(smallcase)

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, or_, select
 from sqlalchemy.orm import Session
 
 from models import Asset, PortfolioHolding, Smallcase, SmallcaseConstituent
+from saras.errors import SarasError
 from saras.marketdata import calendars
 from saras.marketdata.base import (
     BarRequest,
@@ -30,6 +31,7 @@ from saras.marketdata.base import (
 from saras.marketdata.registry import get_source
 from saras.marketdata.validation import validate_bars
 from saras.repositories import prices as price_repo
+from saras.services.source_credentials import resolve_source_options
 from saras.settings import Settings, get_settings
 
 #: relative difference of a re-fetched close that means the source rewrote its history
@@ -182,9 +184,11 @@ def ingest_batch(
     reports = {
         i.symbol: SymbolReport(i.symbol, i.exchange, i.source, i.start, i.end) for i in items
     }
+    name = names.pop()
     try:
-        source = get_source(names.pop(), source_options)
-    except SourceConfigError as exc:
+        # credentials come from a stored connection or settings, never from the parameters
+        source = get_source(name, resolve_source_options(engine, name, source_options))
+    except (SourceConfigError, SarasError) as exc:
         return _fail_all(reports, str(exc))
 
     # Re-fetch the last stored day too: if its close moved, the source rewrote its history.
@@ -262,7 +266,7 @@ def _adjusted_symbols(
     if not keys or bars.empty:
         return []
     with engine.connect() as conn:
-        stored = price_repo.stored_closes(conn, keys)  # type: ignore[arg-type]
+        stored = price_repo.stored_closes(conn, keys)
     fetched = {
         (row.symbol, row.price_date): row.close
         for row in bars.itertuples(index=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from saras import db as saras_db
+from saras import migrations
 from saras.cli import app
 from saras.settings import get_settings
 
@@ -38,12 +40,13 @@ def invoke(*args: str, input: str | None = None) -> str:
 
 
 def test_db_commands(embedded: Path) -> None:
+    head = migrations.head_revisions()[0]
     assert "current:  (empty)" in invoke("db", "current")
-    assert "database at 0004_integrity" in invoke("db", "upgrade")
+    assert f"database at {head}" in invoke("db", "upgrade")
     assert "database at 0001_baseline" in invoke("db", "downgrade", "0001_baseline")
     invoke("db", "upgrade")
     out = invoke("db", "current")
-    assert "current:  0004_integrity" in out and "head:     0004_integrity" in out
+    assert f"current:  {head}" in out and f"head:     {head}" in out
     assert "Upgrade the database" in invoke("db", "--help")
 
 
@@ -94,10 +97,42 @@ def test_bad_constituents_fail_clearly_and_change_nothing(embedded: Path) -> Non
     csv_path = embedded / "bad.csv"
     csv_path.write_text("symbol,weight\nAAPL,60\nNOPE,40\n")
     result = runner.invoke(app, ["smallcases", "add", "Bad", "--constituents", str(csv_path)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "unknown symbol 'NOPE'" in result.output
     csv_path.write_text("symbol,weight\nAAPL,60\nMSFT,30\n")
     result = runner.invoke(app, ["smallcases", "add", "Bad", "--constituents", str(csv_path)])
-    assert result.exit_code == 1 and "weights sum to 90" in result.output
+    assert result.exit_code == 2 and "weights sum to 90" in result.output
     names = {s["name"] for s in json.loads(invoke("smallcases", "list", "--json"))}
     assert "Bad" not in names
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_files_are_private_on_creation_and_checked_on_start(embedded: Path) -> None:
+    data = embedded / "private"
+    os.environ["SARAS_DATA_DIR"] = str(data)  # the fixture's monkeypatch restores it
+    get_settings.cache_clear()
+    invoke("demo", "--seed-only")
+    db_file, key = data / "saras.sqlite3", data / "secret.key"
+    assert (_mode(data), _mode(db_file), _mode(key)) == (0o700, 0o600, 0o600)
+    data.chmod(0o755)
+    db_file.chmod(0o644)
+    key.chmod(0o644)
+    invoke("users", "list")
+    assert (_mode(data), _mode(db_file), _mode(key)) == (0o700, 0o600, 0o600)
+
+
+def test_zerodha_connections_are_live(embedded: Path) -> None:
+    invoke("demo", "--seed-only")
+    invoke("users", "add", "kite@example.com")
+    result = runner.invoke(app, ["connections", "add", "kite@example.com", "zerodha"])
+    assert result.exit_code == 2
+    assert "paper_trading" in result.stderr and "--live" in result.stderr
+    out = json.loads(
+        invoke("connections", "add", "kite@example.com", "zerodha", "--live", "--json")
+    )
+    assert out[0]["broker_type"] == "zerodha"
+    rows = json.loads(invoke("connections", "list", "--json"))
+    assert [r["paper"] for r in rows if r["user"] == "kite@example.com"] == [False]

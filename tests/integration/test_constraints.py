@@ -27,6 +27,7 @@ from models import (
     UserSmallcaseInvestment,
     UserSmallcasePositionHistory,
 )
+from saras.errors import InvalidInputError
 from tests import factories as f
 
 NOW = datetime(2026, 1, 5, tzinfo=UTC)
@@ -296,3 +297,81 @@ def test_fractional_quantities_keep_nine_decimals(db: Session) -> None:
     db.expire_all()
     stored = db.get(SmallcaseExecutionOrder, order.id)
     assert stored is not None and stored.quantity == Decimal("0.123456789")
+
+
+# --- the same limits on both databases (issue 10) ----------------------------------------------
+
+#: rows PostgreSQL refuses by its column types; the embedded SQLite must refuse them too
+TOO_BIG: dict[str, tuple[Callable[[Session, dict[str, Any]], list[Any]], str]] = {
+    "symbol longer than its column": (
+        lambda db, x: [type(x["asset"])(symbol="X" * 51, exchange="NSE", currency="INR")],
+        "assets.symbol 'XXXXXXXX",
+    ),
+    "currency longer than its column": (
+        lambda db, x: [type(x["asset"])(symbol="NEWSYM", exchange="NSE", currency="DOLLARS")],
+        "assets.currency 'DOLLARS': longer than 3 characters",
+    ),
+    "portfolio name longer than its column": (
+        lambda db, x: [type(x["portfolio"])(user_id=x["user"].id, name="n" * 201, currency="USD")],
+        "portfolios.name",
+    ),
+    "cash beyond numeric(20, 4)": (
+        lambda db, x: [
+            type(x["portfolio"])(
+                user_id=x["user"].id, name="rich", currency="USD", cash_balance=Decimal("1e30")
+            )
+        ],
+        "portfolios.cash_balance '1E+30': out of range (must be below 10^16)",
+    ),
+    "price beyond numeric(20, 6)": (
+        lambda db, x: [_price(x, high_price=Decimal("1e15"))],
+        "price_history.high_price",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOO_BIG))
+def test_both_databases_refuse_what_the_columns_cannot_hold(db: Session, case: str) -> None:
+    x = _platform(db)
+    build, message = TOO_BIG[case]
+    rows = build(db, x)
+    with pytest.raises(InvalidInputError) as caught:
+        db.add_all(rows)
+        db.flush()
+    assert message in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_extra_decimals_are_rounded_on_both_databases_as_postgresql_does(db: Session) -> None:
+    x = _platform(db)
+    x["portfolio"].cash_balance = Decimal("10.123456789")
+    db.flush()
+    db.expire_all()
+    assert db.get(type(x["portfolio"]), x["portfolio"].id).cash_balance == Decimal("10.1235")
+
+
+def test_an_update_beyond_the_column_is_refused_too(db: Session) -> None:
+    x = _platform(db)
+    x["user"].first_name = "f" * 101
+    with pytest.raises(InvalidInputError, match=r"users.first_name 'f+\.\.\.': longer than 100"):
+        db.flush()
+
+
+def test_a_zerodha_connection_cannot_say_paper(db: Session) -> None:
+    x = _platform(db)
+    with pytest.raises(IntegrityError, match="zerodha_is_live"):
+        db.add(
+            UserBrokerConnection(
+                user_id=x["user"].id, broker_type="zerodha", alias="kite_9", paper_trading=True
+            )
+        )
+        db.flush()
+
+
+def test_a_zerodha_connection_is_live_unless_told_otherwise(db: Session) -> None:
+    x = _platform(db)
+    kite = UserBrokerConnection(user_id=x["user"].id, broker_type="zerodha", alias="kite_8")
+    alpaca = UserBrokerConnection(user_id=x["user"].id, broker_type="alpaca", alias="alp_8")
+    db.add_all([kite, alpaca])
+    db.flush()
+    assert (kite.paper_trading, alpaca.paper_trading) == (False, True)

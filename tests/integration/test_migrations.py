@@ -250,3 +250,50 @@ def test_integrity_revision_refuses_rows_that_break_a_rule(fresh_engine: Engine)
     if fresh_engine.dialect.name == "postgresql":
         assert migrations.current_revision(fresh_engine) == "0003_holdings_updated_at"
         assert _count(fresh_engine, "price_history") == 2
+
+
+def test_zerodha_paper_rows_become_live_and_come_back_on_downgrade(fresh_engine: Engine) -> None:
+    migrations.upgrade("0004_integrity", fresh_engine)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    user_id, kite_id, alpaca_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    with fresh_engine.begin() as conn:
+        conn.execute(
+            USERS.insert(),
+            [{"id": user_id, "email": "k@example.com", "created_at": t0, "updated_at": t0}],
+        )
+        conn.execute(
+            _t(
+                "user_broker_connections",
+                **{c.name: c.type for c in CONNECTIONS.c},
+                alias=STR,
+            ).insert(),
+            [
+                {
+                    "id": i,
+                    "user_id": user_id,
+                    "broker_type": b,
+                    "alias": b,
+                    "paper_trading": True,
+                    "status": "active",
+                    "created_at": t0,
+                    "updated_at": t0,
+                }
+                for i, b in ((kite_id, "zerodha"), (alpaca_id, "alpaca"))
+            ],
+        )
+
+    def paper() -> dict[str, bool]:
+        with fresh_engine.connect() as conn:
+            rows = conn.execute(
+                text("SELECT broker_type, paper_trading FROM user_broker_connections")
+            )
+            return {b: bool(p) for b, p in rows}
+
+    migrations.upgrade("0006", fresh_engine)
+    assert paper() == {"zerodha": False, "alpaca": True}
+    with pytest.raises(sa.exc.IntegrityError), fresh_engine.begin() as conn:
+        conn.execute(text("UPDATE user_broker_connections SET paper_trading = true"))
+    migrations.downgrade("0004_integrity", fresh_engine)
+    assert paper() == {"zerodha": True, "alpaca": True}
+    migrations.upgrade("head", fresh_engine)
+    assert paper() == {"zerodha": False, "alpaca": True}

@@ -133,3 +133,43 @@ def test_config_errors_name_the_option(tmp_path: Path) -> None:
     missing = CsvSource({"path": tmp_path / "nope"})  # construction does no I/O
     with pytest.raises(SourceConfigError, match="does not exist"):
         missing.fetch_daily_bars([r("ACME")])
+
+
+# --- never guess a date format (issue 10) -----------------------------------------------------
+
+DMY_CSV = """Date,Open,High,Low,Close,Volume
+02-01-2024,10,11,9,10.5,100
+03-01-2024,10.5,11,10,10.8,120
+"""
+
+
+def test_day_month_dates_are_refused_naming_the_value(tmp_path: Path) -> None:
+    (tmp_path / "INFY.csv").write_text(DMY_CSV)
+    result = get_source("csv", {"path": str(tmp_path)}).fetch_daily_bars([r("INFY", "NSE")])
+    assert len(result.bars) == 0
+    assert "'02-01-2024' is not ISO" in result.failures["INFY"]
+    assert "date_format" in result.failures["INFY"]
+
+
+def test_a_declared_date_format_reads_the_right_days(tmp_path: Path) -> None:
+    (tmp_path / "INFY.csv").write_text(DMY_CSV)
+    source = get_source("csv", {"path": str(tmp_path), "date_format": "%d-%m-%Y"})
+    result = source.fetch_daily_bars([r("INFY", "NSE")])
+    assert list(result.bars["price_date"]) == [date(2024, 1, 2), date(2024, 1, 3)]
+
+
+def test_a_date_format_without_codes_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(SourceConfigError, match="date_format"):
+        get_source("csv", {"path": str(tmp_path), "date_format": "dd-mm-yyyy"})
+
+
+def test_an_out_of_range_price_rejects_its_row_only(tmp_path: Path) -> None:
+    (tmp_path / "BIG.csv").write_text(
+        "Date,Open,High,Low,Close,Volume\n"
+        "2024-03-01,10,11,9,10.5,100\n"
+        "2024-03-04,10,1e30,9,10.5,100\n"
+    )
+    result = get_source("csv", {"path": str(tmp_path)}).fetch_daily_bars([r("BIG")])
+    checked = validate_bars(result.bars, "NYSE", today=date(2024, 12, 31))
+    assert len(checked.valid) == 1
+    assert checked.reject_counts()["out_of_range"] == 1

@@ -33,11 +33,13 @@ def test_each_reason_is_counted_once_in_priority_order() -> None:
         ("BBB", date(2024, 7, 2), 10.0, 11.0, 9.0, 10.5, 100.0),  # valid (first)
         ("BBB", date(2024, 7, 2), 10.1, 11.0, 9.0, 10.5, 100.0),  # duplicate
         ("BBB", date(2024, 7, 3), -5.0, NAN, 9.0, 10.5, 100.0),  # nan wins over non_positive
+        ("BBB", date(2024, 7, 5), 10.0, 1e30, 9.0, 10.5, 100.0),  # out_of_range (numeric(20,6))
     ]
     result = validate_bars(frame(rows), "NYSE", today=TODAY)
     counts = result.reject_counts()
     assert counts == {
         "nan": 2,
+        "out_of_range": 1,
         "non_positive_price": 1,
         "high_below_low": 1,
         "open_outside_range": 1,

@@ -204,7 +204,9 @@ def _point_settings_at(
 ) -> Iterator[Engine]:
     monkeypatch.setenv("SARAS_DATA_DIR", str(data_dir))
     monkeypatch.setenv("SARAS_SECRET_KEYS", generate_key())
-    monkeypatch.delenv("SARAS_LIVE_TRADING", raising=False)
+    # Kite has no paper environment: the fake Kite connections are live, so trading through
+    # them needs the live flag (the fake Alpaca connections stay paper)
+    monkeypatch.setenv("SARAS_LIVE_TRADING", "true")
     if url is None:
         monkeypatch.delenv("SARAS_DATABASE_URL", raising=False)
     else:

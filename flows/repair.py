@@ -1,0 +1,61 @@
+"""Repair a run that ended partially completed (or failed for money reasons): bounded, approved."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow
+from prefect.states import Completed, State
+
+from saras.errors import SarasError
+from tasks.orchestration import finish
+from tasks.repair import repair_and_execute
+
+PATH = "flows/repair.py:repair_run"
+
+
+@flow(name="repair-run")
+def repair_run(
+    run_id: str,
+    require_approval: bool | None = None,
+    wait_for_approval: bool = True,
+    approval_timeout_seconds: int = 3600,
+    approval_poll_seconds: int = 10,
+    execution: dict[str, Any] | None = None,
+) -> State:
+    """Plan the legs of ``run_id``'s investment still off target as a ``repair`` run; execute it.
+
+    At most ``SARAS_REPAIR_MAX_ATTEMPTS`` repair runs per original run. The plan pauses for an
+    analyst's approval of its exact hash, as a rebalance does, unless ``require_approval`` is
+    false or, when it is not given, the policy flag ``SARAS_REPAIR_AUTO_APPROVE`` is on.
+    ``run_id`` may name the original run or a repair run of it awaiting approval.
+    """
+    began = time.monotonic()
+    try:
+        result = repair_and_execute(
+            run_id,
+            require_approval=require_approval,
+            wait_for_approval=wait_for_approval,
+            approval_timeout_seconds=approval_timeout_seconds,
+            approval_poll_seconds=approval_poll_seconds,
+            execution=execution,
+        )
+    except SarasError as exc:
+        return finish("flow.repair_run", began, None, [], message=str(exc), failed=True, path=PATH)
+    outcome = result.plan.as_outcome()
+    state = finish(
+        "flow.repair_run",
+        began,
+        outcome,
+        result.results,
+        message=(result.message or None) if not result.results else None,
+        failed=result.failed,
+        path=PATH,
+    )
+    if state.is_completed() and not result.results and result.plan.repair_run_id:
+        # planned, waiting for approval: done for now, and say so
+        return Completed(
+            name="Awaiting Approval", message=result.message, data={"plan": outcome, "results": []}
+        )
+    return state

@@ -1,0 +1,128 @@
+"""Flows refuse bad parameters naming them, and no market-data secret is ever a parameter."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+from sqlalchemy import Engine, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from flows.position_snapshot import snapshot_positions
+from flows.price_history import ingest_price_history
+from models import PriceHistory
+from saras.errors import InvalidInputError
+from saras.secrets import generate_key, get_secret_box
+from saras.services import admin
+from saras.settings import get_settings
+
+KEY = "PKMARKETDATA0042KEY"
+SECRET = "market-data-secret-do-not-store-9f3a"
+FAKES = Path(__file__).resolve().parents[1] / "marketdata" / "fakes.py"
+
+
+def _fakes() -> ModuleType:
+    name = "saras_test_marketdata_fakes"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, FAKES)
+        assert spec and spec.loader
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "culprit"),
+    [
+        ({"batch_size": -1}, "batch_size '-1'"),
+        ({"batch_size": 0}, "batch_size '0'"),
+        ({"start": date(2024, 2, 1), "end": date(2024, 1, 1)}, "start 2024-02-01 is after end"),
+        ({"end": date(2100, 1, 1)}, "end '2100-01-01': in the future"),
+        ({"exchanges": ["LSE"]}, "exchanges.0 'LSE'"),
+        ({"source_options": {"api_key": "PK-SHOULD-NOT-BE-HERE"}}, "source_options 'api_key'"),
+        ({"source_options": {"access_token": "x"}}, "source_options 'access_token'"),
+        ({"source_options": {"connection": "no-slash"}}, "source_options 'connection'"),
+    ],
+)
+def test_price_flow_refuses_bad_parameters_naming_them(
+    flow_db: Engine, parameters: dict[str, Any], culprit: str
+) -> None:
+    with pytest.raises(InvalidInputError) as caught:
+        ingest_price_history(**parameters)
+    assert culprit in str(caught.value)
+    assert "PK-SHOULD-NOT-BE-HERE" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("parameters", "culprit"),
+    [
+        ({"snapshot_date": date(2100, 1, 1)}, "snapshot_date '2100-01-01': in the future"),
+        ({"batch_size": -1}, "batch_size '-1'"),
+    ],
+)
+def test_snapshot_flow_refuses_bad_parameters_naming_them(
+    flow_db: Engine, parameters: dict[str, Any], culprit: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=culprit):
+        snapshot_positions(**parameters)
+
+
+@pytest.fixture
+def alpaca_data() -> Iterator[Any]:
+    with _fakes().FakeAlpacaData(key=KEY, secret=SECRET) as server:
+        server.add_bars(
+            "ACME",
+            [
+                ("2024-01-02", 50.0, 51.0, 49.0, 50.5, 100_000),
+                ("2024-01-03", 50.5, 52.0, 50.0, 51.5, 120_000),
+            ],
+        )
+        yield server
+
+
+def test_market_data_credentials_come_from_a_connection_and_never_reach_prefect(
+    pg_flow_db: Engine, alpaca_data: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SARAS_SECRET_KEYS", generate_key())
+    get_settings.cache_clear()
+    with Session(pg_flow_db) as session, session.begin():
+        user = admin.add_user(session, "md@example.com")
+        admin.add_connection(
+            session,
+            get_secret_box(),
+            user,
+            "alpaca",
+            alias="md",
+            api_key=KEY,
+            api_secret=SECRET,
+            metadata={"data_url": alpaca_data.url},
+        )
+        admin.add_asset(session, "ACME", "NASDAQ", "USD")
+
+    state = ingest_price_history(
+        symbols=["ACME"],
+        start=date(2024, 1, 1),
+        end=date(2024, 1, 5),
+        source="alpaca",
+        source_options={"connection": "md@example.com/md"},
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    with Session(pg_flow_db) as session:
+        assert session.scalar(select(func.count()).select_from(PriceHistory)) == 2
+
+    # Prefect's own database (the test harness's SQLite file) holds neither the key nor secret
+    database = make_url(PREFECT_API_DATABASE_CONNECTION_URL.value()).database
+    assert database and Path(database).is_file()
+    stored = b"".join(p.read_bytes() for p in Path(database).parent.glob(Path(database).name + "*"))
+    assert b"md@example.com/md" in stored  # the parameters are there ...
+    assert KEY.encode() not in stored and SECRET.encode() not in stored  # ... the secrets not

@@ -1,0 +1,324 @@
+"""Every class of bad input, through the public interface, on PostgreSQL and the embedded SQLite.
+
+Each case asserts the exit code (2: bad input), exactly one line on stderr naming the culprit,
+no traceback, and every table unchanged (row counts and checksums).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from models import Base
+from saras import db as saras_db
+from saras import migrations
+from saras.cli import app
+from saras.services import admin
+from saras.settings import get_settings
+
+runner = CliRunner()
+EMAIL = "owner@example.com"
+
+
+@dataclass
+class Target:
+    """A database the CLI is pointed at, seeded with one small platform."""
+
+    engine: Engine
+    dir: Path
+
+
+def _seed(engine: Engine) -> None:
+    with Session(engine) as session, session.begin():
+        user = admin.add_user(session, EMAIL)
+        admin.add_asset(session, "AAPL", "NASDAQ", "USD")
+        admin.add_asset(session, "MSFT", "NASDAQ", "USD")
+        admin.add_asset(session, "INFY", "NSE", "INR")
+        admin.add_asset(session, "INFY", "BSE", "INR")
+        admin.add_portfolio(session, user, "main", "USD", Decimal(1000))
+        admin.add_smallcase(
+            session,
+            "Existing",
+            [admin.ConstituentInput("AAPL", Decimal(100))],
+        )
+
+
+@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
+def target(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    """The CLI's database: a fresh PostgreSQL database or an embedded default data dir."""
+    mp = pytest.MonkeyPatch()
+    data_dir = tmp_path_factory.mktemp(f"bad-input-{request.param}")
+    mp.setenv("SARAS_DATA_DIR", str(data_dir / "data"))
+    mp.delenv("SARAS_SECRET_KEYS", raising=False)
+    url = None
+    if request.param == "postgresql":
+        server = request.getfixturevalue("pg_server")
+        url = server.create_database("saras_bad_input")
+        mp.setenv("SARAS_DATABASE_URL", url)
+    else:
+        mp.delenv("SARAS_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    saras_db._engine_for.cache_clear()
+    engine = saras_db.get_engine()
+    migrations.upgrade("head", engine)
+    _seed(engine)
+    try:
+        yield Target(engine, data_dir)
+    finally:
+        engine.dispose()
+        saras_db._engine_for.cache_clear()
+        get_settings.cache_clear()
+        mp.undo()
+        if url is not None:
+            request.getfixturevalue("pg_server").drop_database(url)
+
+
+def fingerprint(engine: Engine) -> dict[str, tuple[int, str]]:
+    """Row count and a checksum of every row of every table."""
+    out = {}
+    with engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            rows = conn.execute(select(table)).all()
+            digest = hashlib.sha256(
+                "\n".join(sorted(repr(tuple(r)) for r in rows)).encode()
+            ).hexdigest()
+            count = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            out[table.name] = (int(count), digest)
+    return out
+
+
+def _csv(target: Target, name: str, text: str | bytes) -> str:
+    path = target.dir / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return str(path)
+
+
+LONG = "x" * 300
+#: (case, argv (with {csv:<text>} for a constituents file), text the one line must contain)
+CASES: list[tuple[str, list[str], str]] = [
+    ("e-mail with two @", ["users", "add", "a@b@c"], "email 'a@b@c'"),
+    ("e-mail with a newline", ["users", "add", "x@y.com\nz"], "email 'x@y.com\\nz'"),
+    ("e-mail without a domain", ["users", "add", "nobody"], "email 'nobody'"),
+    ("e-mail taken", ["users", "add", EMAIL.upper()], "already exists"),
+    ("first name too long", ["users", "add", "n@example.com", "--first-name", LONG], "first_name"),
+    (
+        "currency that is not one",
+        ["assets", "add", "TSLA", "--exchange", "NASDAQ", "--currency", "DOLLARS"],
+        "currency 'DOLLARS'",
+    ),
+    (
+        "currency not the exchange's",
+        ["assets", "add", "TCS", "--exchange", "NSE", "--currency", "USD"],
+        "NSE trades in INR",
+    ),
+    (
+        "exchange US",
+        ["assets", "add", "TSLA", "--exchange", "US", "--currency", "USD"],
+        "exchange 'US'",
+    ),
+    (
+        "unknown exchange",
+        ["assets", "add", "VOD", "--exchange", "LSE", "--currency", "USD"],
+        "exchange 'LSE'",
+    ),
+    (
+        "symbol too long",
+        ["assets", "add", "S" * 51, "--exchange", "NASDAQ", "--currency", "USD"],
+        "symbol 'SSSS",
+    ),
+    (
+        "asset name too long",
+        ["assets", "add", "TSLA", "--exchange", "NASDAQ", "--currency", "USD", "--name", LONG],
+        "name 'xxx",
+    ),
+    (
+        "asset twice",
+        ["assets", "add", "AAPL", "--exchange", "NASDAQ", "--currency", "USD"],
+        "AAPL on NASDAQ already exists",
+    ),
+    (
+        "cash not a number",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "abc"],
+        "cash 'abc'",
+    ),
+    (
+        "cash 1e30",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "1e30"],
+        "cash '1e30'",
+    ),
+    (
+        "cash NaN",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "NaN"],
+        "cash 'NaN'",
+    ),
+    (
+        "cash negative",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "-5"],
+        "cash '-5'",
+    ),
+    (
+        "cash with 5 decimals",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "1.00001"],
+        "cash '1.00001'",
+    ),
+    ("portfolio currency", ["portfolios", "add", EMAIL, "p", "--currency", "DOLLARS"], "currency"),
+    ("portfolio name too long", ["portfolios", "add", EMAIL, LONG, "--currency", "USD"], "name"),
+    (
+        "portfolio of nobody",
+        ["portfolios", "add", "ghost@example.com", "p", "--currency", "USD"],
+        "ghost@example.com",
+    ),
+    ("zerodha without --live", ["connections", "add", EMAIL, "zerodha"], "paper_trading"),
+    ("unknown broker", ["connections", "add", EMAIL, "robinhood"], "broker_type 'robinhood'"),
+    (
+        "alias with spaces",
+        ["connections", "add", EMAIL, "paper", "--alias", "my alias"],
+        "alias 'my alias'",
+    ),
+    (
+        "metadata not JSON",
+        ["connections", "add", EMAIL, "paper", "--metadata", "{nope"],
+        "--metadata",
+    ),
+    (
+        "metadata not an object",
+        ["connections", "add", EMAIL, "paper", "--metadata", "[1]"],
+        "--metadata",
+    ),
+    (
+        "constituents without a header",
+        ["smallcases", "add", "S", "{csv:AAPL,NASDAQ,60,core\nMSFT,NASDAQ,40,x\n}"],
+        "header",
+    ),
+    ("constituents empty", ["smallcases", "add", "S", "{csv:}"], "empty"),
+    (
+        "weight fifty",
+        ["smallcases", "add", "S", "{csv:symbol,exchange,weight\nAAPL,NASDAQ,fifty\n}"],
+        "weight 'fifty'",
+    ),
+    (
+        "weight NaN",
+        ["smallcases", "add", "S", "{csv:symbol,exchange,weight\nAAPL,NASDAQ,NaN\n}"],
+        "weight 'NaN'",
+    ),
+    (
+        "weight above 100",
+        ["smallcases", "add", "S", "{csv:symbol,weight\nAAPL,150\n}"],
+        "above 100",
+    ),
+    (
+        "weights not 100",
+        ["smallcases", "add", "S", "{csv:symbol,weight\nAAPL,60\nMSFT,30\n}"],
+        "weights sum to 90",
+    ),
+    (
+        "unknown symbol",
+        ["smallcases", "add", "S", "{csv:symbol,weight\nAAPL,60\nNOPE,40\n}"],
+        "unknown symbol 'NOPE'",
+    ),
+    (
+        "symbol on two exchanges",
+        ["smallcases", "add", "S", "{csv:symbol,weight\nINFY,100\n}"],
+        "INFY",
+    ),
+    (
+        "symbol twice",
+        [
+            "smallcases",
+            "add",
+            "S",
+            "{csv:symbol,exchange,weight\nAAPL,NASDAQ,50\naapl,NASDAQ,50\n}",
+        ],
+        "appears twice",
+    ),
+    (
+        "currencies mixed",
+        ["smallcases", "add", "S", "{csv:symbol,exchange,weight\nAAPL,NASDAQ,50\nINFY,NSE,50\n}"],
+        "mix currencies",
+    ),
+    (
+        "unknown column",
+        ["smallcases", "add", "S", "{csv:symbol,weight,colour\nAAPL,100,red\n}"],
+        "colour",
+    ),
+    (
+        "smallcase name taken",
+        ["smallcases", "add", "Existing", "{csv:symbol,weight\nAAPL,100\n}"],
+        "already exists",
+    ),
+    (
+        "smallcase name too long",
+        ["smallcases", "add", LONG, "{csv:symbol,weight\nAAPL,100\n}"],
+        "name",
+    ),
+    (
+        "min investment",
+        ["smallcases", "add", "S", "{csv:symbol,weight\nAAPL,100\n}", "--min-investment", "lots"],
+        "min_investment 'lots'",
+    ),
+    (
+        "risk level",
+        ["smallcases", "add", "S", "{csv:symbol,weight\nAAPL,100\n}", "--risk-level", "yolo"],
+        "risk_level 'yolo'",
+    ),
+    (
+        "constituents file missing",
+        ["smallcases", "add", "S", "--constituents", "/nonexistent/c.csv"],
+        "--constituents",
+    ),
+]
+
+
+def _argv(target: Target, case: str, argv: list[str]) -> list[str]:
+    out = []
+    for arg in argv:
+        if arg.startswith("{csv:") and arg.endswith("}"):
+            out += ["--constituents", _csv(target, f"{abs(hash(case))}.csv", arg[5:-1])]
+        else:
+            out.append(arg)
+    return out
+
+
+@pytest.mark.parametrize(("case", "argv", "culprit"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(
+    target: Target, case: str, argv: list[str], culprit: str
+) -> None:
+    before = fingerprint(target.engine)
+    result = runner.invoke(app, _argv(target, case, argv))
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and culprit in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert fingerprint(target.engine) == before
+
+
+def test_debug_shows_the_traceback(target: Target) -> None:
+    result = runner.invoke(app, ["--debug", "users", "add", "a@b@c"])
+    assert result.exit_code != 0
+    assert result.exception is not None and "email 'a@b@c'" in str(result.exception)
+
+
+def test_a_spreadsheet_bom_and_a_blank_exchange_are_accepted(target: Target) -> None:
+    path = _csv(
+        target,
+        "bom.csv",
+        "\ufeffsymbol,exchange,weight,rationale\r\nAAPL,,60,core\r\nMSFT,NASDAQ,40,\r\n".encode(),
+    )
+    result = runner.invoke(app, ["smallcases", "add", "From Excel", "--constituents", path])
+    assert result.exit_code == 0, result.output
+    with Session(target.engine) as session:
+        assert admin.get_smallcase(session, "From Excel").name == "From Excel"
