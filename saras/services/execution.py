@@ -603,9 +603,8 @@ def _finish_run(
         return RunOutcome(str(run_id), RunStatus.EXECUTING.value, counts, f"orders in doubt: {exc}")
     if fatal and outcome is RunStatus.COMPLETED:
         outcome = RunStatus.FAILED
-    if reason is None:
-        skipped = [o.fill.status_reason for o in orders if o.status is OrderStatus.CANCELLED]
-        reason = next((r for r in skipped if r and r.startswith("skipped: ")), None)
+    # (a buy skipped for want of cash keeps its reason on the order: the run's own
+    # outcome_reason is for a failed connection, which repair reads as "not repairable")
     return _end_run(engine, run_id, finish_event(outcome), counts, reason)
 
 
