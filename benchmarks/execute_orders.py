@@ -314,7 +314,13 @@ def add_account(platform: Platform, fake: FakeAlpaca, runs: int, orders_per_run:
             )
         )
         conn.execute(
-            insert(Portfolio).values(id=portfolio_id, user_id=user_id, name="bench", currency="USD")
+            insert(Portfolio).values(
+                id=portfolio_id,
+                user_id=user_id,
+                name="bench",
+                currency="USD",
+                cash_balance=Decimal(10) ** 9,  # buys are sized on the cash there is
+            )
         )
         conn.execute(
             insert(UserSmallcaseInvestment),

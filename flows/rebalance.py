@@ -53,7 +53,9 @@ def rebalance_smallcase(
         return finish(EVENT, began, None, [], message=str(exc), failed=True, path=PATH)
     markdown = publish_plan(plan, key="rebalance-plan")
     if dry_run:
-        return finish(EVENT, began, plan, [], message="dry run: nothing written", path=PATH)
+        return finish(
+            EVENT, began, plan, [], message="dry run: nothing written", preview=True, path=PATH
+        )
     if not plan.runs and (plan.composition is None or not require_approval):
         message = "nothing to trade" + (
             "; the new composition is the smallcase's" if plan.composition is not None else ""

@@ -13,7 +13,7 @@ from saras.brokers.errors import BrokerError
 from saras.db import get_engine
 from saras.errors import SarasError
 from saras.services.brokers import open_broker
-from saras.services.execution import ExecutionSettings, execute_run
+from saras.services.execution import ExecutionSettings, execute_run, live_trading_refusal
 
 
 def _settings(overrides: dict[str, Any] | None) -> ExecutionSettings:
@@ -39,12 +39,16 @@ def execute_connection_runs(
             assert connection is not None
             session.expunge(connection)
         broker = None
+        options = _settings(settings)
+        # a connection that may not trade live opens no broker: execute_run ends its runs
+        refused = live_trading_refusal(connection) is not None
+        timeout = {"timeout": options.request_timeout} if options.request_timeout else {}
         for run_id in run_ids:
             try:
-                if broker is None:
-                    broker = open_broker(engine, connection, for_trading=True)
+                if broker is None and not refused:
+                    broker = open_broker(engine, connection, for_trading=True, **timeout)
                 outcome = execute_run(
-                    engine, uuid.UUID(run_id), broker=broker, settings=_settings(settings)
+                    engine, uuid.UUID(run_id), broker=broker, settings=options
                 ).as_dict()
             except (SarasError, BrokerError) as exc:
                 outcome = {

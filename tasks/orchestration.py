@@ -156,12 +156,15 @@ def finish(
     *,
     message: str | None = None,
     failed: bool = False,
+    preview: bool = False,
     user_id: str | None = None,
     path: str,
 ) -> State:
     """Publish the execution results, write the audit row and return the flow's final state.
 
-    A failed state carries its reason as its message and no data.
+    A failed state carries its reason as its message and no data. A ``preview`` (dry run)
+    with skipped investments ends ``Partially Completed`` with the plan as its data: nothing
+    was meant to trade, so nothing failed.
     """
     logger = get_run_logger()
     if results:
@@ -189,7 +192,7 @@ def finish(
         # investments skipped because their broker connection is unusable are not a success
         message = "; ".join([*problems, *([message] if message else [])])
         not_done = not_done or ["connection_unusable"]
-        failed = failed or not results
+        failed = failed or (not results and not preview)
     data = {"plan": plan.report() if plan is not None else None, "results": results}
     success = not failed and not not_done
     record_audit(

@@ -24,12 +24,12 @@ Decisions:
 * ``time_in_force`` is ``day`` for every order. Alpaca requires it for fractional and notional
   orders, and for whole shares it means an unfilled order ends with the session instead of
   lingering: a smallcase execution run is one session's work.
-* Alpaca reports fills cumulatively (``filled_qty``, ``filled_avg_price``), not per execution.
-  ``BrokerOrder.fills`` therefore holds at most one synthetic ``Fill`` summing every execution so
-  far: ``fill_id`` is ``"<broker order id>:<filled qty>"``, so it is deterministic and changes when
-  more shares fill. A consumer must treat it as replacing any earlier Alpaca fill of the same
-  order, never add it to them. Its price is the average fill price, its fees Alpaca's
-  ``commission`` when present (US equities trade commission-free: usually 0).
+* An order entity reports fills cumulatively (``filled_qty``, and ``filled_avg_price``, an
+  average the ledger must not price fills from). Each execution's own price and quantity are in
+  the account's FILL activities (``GET /v2/account/activities/FILL``; alpaca-py's
+  ``TradingClient`` has no method for it, so its generic ``get`` is used): a filled order is
+  returned with ``fills`` read from there (``fill_id`` is the activity id), possibly fewer than
+  ``filled_qty`` while activities lag.
 * Responses are taken raw (``raw_data=True``) so that money and quantities are parsed from
   Alpaca's own strings with ``Decimal``; alpaca-py's models would go through ``float``. SDK objects
   never leave this module.
@@ -45,7 +45,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -64,8 +64,10 @@ from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketO
 from pydantic import SecretStr
 
 from saras.brokers.base import (
+    REQUEST_TIMEOUT_KEY,
     AccountInfo,
     BrokerAsset,
+    BrokerCapabilities,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -74,6 +76,7 @@ from saras.brokers.base import (
     Fill,
     MarketClock,
     OrderRequest,
+    metadata_seconds,
 )
 from saras.brokers.errors import (
     AmbiguousOrderError,
@@ -102,10 +105,15 @@ PAGE_SIZE = 500  # Alpaca's maximum for GET /v2/orders
 MAX_CLIENT_ORDER_ID = 48
 MAX_DECIMALS = 9  # Alpaca takes quantities and notionals to 9 decimal places
 MIN_BUY_VALUE = Decimal("1")
+DEFAULT_TIMEOUT = 10.0
+#: Alpaca's paper endpoint; every other alpaca.markets trading host moves real money
+PAPER_HOST = "paper-api.alpaca.markets"
+ALPACA_DOMAIN = "alpaca.markets"
 CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
 CODE_INSUFFICIENT = 40310000  # 403: insufficient buying power / quantity / cost basis
 DEFAULT_REQUESTS_PER_MINUTE = 200
 MAX_PAGES = 2_000
+ACTIVITY_PAGE_SIZE = 100  # Alpaca's maximum for GET /v2/account/activities
 
 T = TypeVar("T")
 _TRANSPORT_ERRORS = (APIError, requests.RequestException)
@@ -263,7 +271,7 @@ class AlpacaBroker:
         config: ConnectionConfig,
         credentials: BrokerCredentials,
         *,
-        timeout: float = 10.0,
+        timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
         max_attempts: int = 3,
@@ -283,6 +291,8 @@ class AlpacaBroker:
                 f"alpaca connection {config.connection_id}: an api key and secret are required",
                 broker=BROKER,
             )
+        if timeout is None:
+            timeout = metadata_seconds(config, REQUEST_TIMEOUT_KEY) or DEFAULT_TIMEOUT
         if timeout <= 0 or max_attempts < 1 or lookup_attempts < 1:
             raise ValueError("timeout > 0, max_attempts >= 1 and lookup_attempts >= 1")
         self.connection_id = config.connection_id
@@ -308,6 +318,21 @@ class AlpacaBroker:
         self.rate_limiter = rate_limiter
         self._sdk: TradingClient | None = None
         self._sdk_lock = threading.Lock()
+
+    @classmethod
+    def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
+        """Return Alpaca's capabilities; live whenever the endpoint is not Alpaca's paper one."""
+        return BrokerCapabilities(
+            real_money=reaches_real_money(config),
+            fractional=True,
+            quantity_decimals=MAX_DECIMALS,
+            min_order_value=MIN_BUY_VALUE,
+        )
+
+    @property
+    def request_timeout(self) -> float:
+        """Return the HTTP timeout of every request, in seconds."""
+        return self._timeout
 
     def __repr__(self) -> str:
         mode = "paper" if self.paper else "live"
@@ -336,7 +361,7 @@ class AlpacaBroker:
         what = f"get order {broker_order_id}"
         order_id = _order_uuid(broker_order_id, what)
         raw = self._read(what, lambda client: client.get_order_by_id(order_id))
-        return self._parsed(what, raw, _parse_order)
+        return self._with_fills(self._parsed(what, raw, _parse_order))
 
     def list_orders(self, since: datetime) -> list[BrokerOrder]:
         """List the account's orders submitted since ``since`` (aware), oldest first.
@@ -426,7 +451,18 @@ class AlpacaBroker:
         log.info(
             "alpaca order %s placed as %s (%s)", client_id, order.broker_order_id, order.status
         )
-        return order
+        if order.filled_quantity <= 0:
+            return order
+        try:
+            return self._with_fills(order)
+        except BrokerError as exc:  # placed: report it working; a poll reads its fills
+            log.warning("alpaca order %s placed; its fills not readable yet: %s", client_id, exc)
+            return replace(
+                order,
+                status=BrokerOrderStatus.PENDING,
+                filled_quantity=Decimal(0),
+                average_fill_price=None,
+            )
 
     def _sdk_order_request(self, request: OrderRequest) -> MarketOrderRequest | LimitOrderRequest:
         """Check an order against Alpaca's rules locally and build the SDK's request."""
@@ -649,7 +685,31 @@ class AlpacaBroker:
             )
         except OrderNotFoundError:
             return None
-        return self._parsed(what, raw, _parse_order)
+        return self._with_fills(self._parsed(what, raw, _parse_order))
+
+    def _with_fills(self, order: BrokerOrder) -> BrokerOrder:
+        """Attach the order's executions, from the account's FILL activities (per-fill prices).
+
+        Reads activities from just before the order's submission onwards, oldest first, page by
+        page, until the executions found add up to the order's filled quantity (activities may
+        lag the order: then what was found so far).
+        """
+        if order.filled_quantity <= 0:
+            return order
+        what = f"get fill activities of order {order.broker_order_id}"
+        params: dict[str, str | int] = {"direction": "asc", "page_size": ACTIVITY_PAGE_SIZE}
+        if order.submitted_at is not None:
+            params["after"] = (order.submitted_at - timedelta(seconds=1)).isoformat()
+        fills: list[Fill] = []
+        for _ in range(MAX_PAGES):
+            raw = self._read(what, _get_fill_activities(dict(params)))
+            page = self._parsed(what, raw, _parse_fill_activities)
+            fills.extend(f for order_id, f in page if order_id == order.broker_order_id)
+            done = sum((f.quantity for f in fills), Decimal(0)) >= order.filled_quantity
+            if done or len(page) < ACTIVITY_PAGE_SIZE:
+                break
+            params["page_token"] = page[-1][1].fill_id
+        return replace(order, fills=tuple(fills), fills_reported=True)
 
     def _pause(self, failure: _Failure, attempt: int) -> None:
         backoff = self._retry_backoff * 2 ** (attempt - 1)
@@ -757,6 +817,30 @@ class AlpacaBroker:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def reaches_real_money(config: ConnectionConfig) -> bool:
+    """Tell whether orders through this connection can reach a live Alpaca account.
+
+    A live row does. So does a "paper" row whose ``base_url`` names an Alpaca host other than
+    the paper endpoint (``api.alpaca.markets`` is the live one): the URL decides where orders
+    go, not the flag. An unreadable ``base_url`` counts as live. Other hosts (a local fake, a
+    sandbox proxy) follow the row's flag.
+    """
+    if not config.paper_trading:
+        return True
+    override = config.metadata.get("base_url")
+    if override is None or override == "":
+        return False
+    if not isinstance(override, str):
+        return True
+    try:
+        host = (urlsplit(override.strip()).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return True
+    if not host:
+        return True
+    return (host == ALPACA_DOMAIN or host.endswith("." + ALPACA_DOMAIN)) and host != PAPER_HOST
 
 
 def _base_url(config: ConnectionConfig) -> str:
@@ -1019,20 +1103,8 @@ def _parse_order(raw: Any) -> BrokerOrder:
     updated_at = _time(raw.get("updated_at"), "updated_at")
     filled_at = _time(raw.get("filled_at"), "filled_at")
     fees = _optional_decimal(raw, "commission") or Decimal("0")
-    fills: tuple[Fill, ...] = ()
-    if filled > 0 and average is not None:
-        fill_time = filled_at or updated_at or submitted_at
-        if fill_time is None:
-            raise _BadPayload("a filled order carries no time")
-        fills = (
-            Fill(
-                fill_id=f"{order_id}:{_plain(filled)}",
-                quantity=filled,
-                price=average,
-                fees=fees,
-                filled_at=fill_time,
-            ),
-        )
+    if filled > 0 and average is not None and (filled_at or updated_at or submitted_at) is None:
+        raise _BadPayload("a filled order carries no time")
     reason: str | None = None
     match status_text:
         case "rejected":
@@ -1055,8 +1127,35 @@ def _parse_order(raw: Any) -> BrokerOrder:
         updated_at=updated_at,
         reason=reason,
         fees=fees,
-        fills=fills,
     )
+
+
+def _get_fill_activities(query: dict[str, str | int]) -> Callable[[TradingClient], Any]:
+    return lambda client: client.get("/account/activities/FILL", query)
+
+
+def _parse_fill_activities(raw: Any) -> list[tuple[str, Fill]]:
+    """Translate a page of FILL activities into (order id, Fill) pairs, in the page's order."""
+    if not isinstance(raw, list):
+        raise _BadPayload(f"activities must be a list, not {type(raw).__name__}")
+    out = []
+    for row in raw:
+        if not isinstance(row, Mapping):
+            raise _BadPayload("an activity must be an object")
+        if row.get("activity_type", "FILL") != "FILL":
+            continue
+        at = _time(row.get("transaction_time"), "transaction_time")
+        if at is None:
+            raise _BadPayload("a FILL activity carries no transaction_time")
+        fill = Fill(
+            fill_id=_text(row, "id"),
+            quantity=_decimal(_field(row, "qty"), "qty"),
+            price=_decimal(_field(row, "price"), "price"),
+            fees=Decimal(0),  # US equities: commission-free; Alpaca reports fees as activities
+            filled_at=at,
+        )
+        out.append((_text(row, "order_id"), fill))
+    return out
 
 
 def _parse_order_page(raw: Any) -> list[tuple[BrokerOrder, datetime]]:

@@ -60,6 +60,58 @@ class ConnectionConfig:
 
 
 @dataclass(frozen=True)
+class BrokerCapabilities:
+    """What a connection's broker can do, as data, so services never branch on broker_type.
+
+    ``real_money``: an order sent through this connection can reach a real broker account (live
+    money), so it needs ``SARAS_LIVE_TRADING``. ``fractional`` and ``quantity_decimals`` say how
+    quantities may be sized (whole shares when not fractional). ``min_order_value`` is the
+    smallest buy the broker takes, in the account's currency. ``remote``: the adapter talks to a
+    broker over HTTP (so a request timeout and a lookup horizon apply).
+    """
+
+    real_money: bool
+    fractional: bool
+    quantity_decimals: int
+    min_order_value: Decimal = Decimal(0)
+    remote: bool = True
+    orders_outside_hours: bool = False  # queued for the next open (Kite AMO): no clock check
+    marks_connection_on_fatal: bool = False  # the adapter marks its own connection (Kite)
+
+    def quantity_step(self, fractionable_asset: bool) -> Decimal:
+        """Return the smallest quantity step for an asset (1 when only whole shares trade)."""
+        if self.fractional and fractionable_asset:
+            return Decimal(1).scaleb(-self.quantity_decimals)
+        return Decimal(1)
+
+
+#: ``connection_metadata`` keys for patience: the HTTP request timeout and the lookup horizon
+REQUEST_TIMEOUT_KEY = "request_timeout"
+LOOKUP_HORIZON_KEY = "lookup_horizon"
+DEFAULT_LOOKUP_HORIZON = 30.0
+
+
+def metadata_seconds(config: ConnectionConfig, key: str) -> float | None:
+    """Return a positive number of seconds from a connection's metadata, None when unset."""
+    value = config.metadata.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        seconds = float(str(value))
+    except ValueError:
+        raise ValueError(
+            f"connection {config.connection_id}: connection_metadata.{key} must be a number of "
+            f"seconds, not {value!r}"
+        ) from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(
+            f"connection {config.connection_id}: connection_metadata.{key} must be positive "
+            f"and finite, not {value!r}"
+        )
+    return seconds
+
+
+@dataclass(frozen=True)
 class AccountInfo:
     """Cash and buying power of a broker account."""
 
@@ -139,6 +191,9 @@ class BrokerOrder:
     reason: str | None = None  # the broker's rejection / cancellation reason
     fees: Decimal = Decimal("0")
     fills: tuple[Fill, ...] = ()
+    #: ``fills`` is the broker's own per-fill record (possibly still behind ``filled_quantity``);
+    #: when False the broker gave cumulative figures only
+    fills_reported: bool = False
 
     @property
     def is_terminal(self) -> bool:
@@ -198,7 +253,9 @@ class Broker(Protocol):
         adapter first looks the order up by our id and returns it if found. An ambiguous answer
         (timeout or lost response after sending) is resolved by looking the order up before
         anything is sent again; if it still cannot be told, ``AmbiguousOrderError`` is raised and
-        a later ``place_order(..., resume=True)`` resolves it. No caller can place it twice.
+        a later ``place_order(..., resume=True)`` resolves it. No caller can place it twice: an
+        order is concluded absent only once the connection's lookup horizon (longer than its
+        request timeout) has passed since it was sent.
         """
         ...
 

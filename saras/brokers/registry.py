@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
-from saras.brokers.base import Broker, BrokerCredentials, ConnectionConfig
+from saras.brokers.base import Broker, BrokerCapabilities, BrokerCredentials, ConnectionConfig
 
 BrokerFactory = Callable[..., Broker]
 
@@ -52,6 +53,33 @@ def factory_for(broker_type: str) -> BrokerFactory:
     factory: BrokerFactory = getattr(importlib.import_module(module), attr)
     _registered[broker_type] = factory
     return factory
+
+
+def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
+    """Return what a connection's broker can do (see ``BrokerCapabilities``).
+
+    An adapter declares them with a ``capabilities(config)`` classmethod. One that does not (the
+    built-in paper broker, third-party adapters) never reaches real money only when its row says
+    ``paper_trading``; its sizing follows the ``paper_fractional`` setting of the connection.
+    """
+    declared = getattr(factory_for(config.broker_type), "capabilities", None)
+    if callable(declared):
+        result = declared(config)
+        if not isinstance(result, BrokerCapabilities):
+            raise TypeError(f"{config.broker_type}.capabilities must return BrokerCapabilities")
+        return result
+    fractional = str(config.metadata.get("paper_fractional", "true")).lower() not in (
+        "false",
+        "0",
+        "no",
+    )
+    return BrokerCapabilities(
+        real_money=not config.paper_trading,
+        fractional=fractional,
+        quantity_decimals=9,
+        min_order_value=Decimal(0),
+        remote=not config.paper_trading,
+    )
 
 
 def create_broker(

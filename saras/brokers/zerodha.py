@@ -26,7 +26,13 @@ connection refused / connect timeout   RetryableBrokerError        RetryableBrok
 =====================================  ==========================  ==============================
 
 An ambiguous placement whose order cannot be found raises :class:`AmbiguousOrderError`; the caller
-resolves it later with ``place_order(request, resume=True)``, which looks the tag up again first.
+resolves it later with ``place_order(request, resume=True)``, which looks the tag up again first
+and, when this adapter sent the tag less than ``lookup_horizon`` seconds ago (default 30 s, or
+``connection_metadata["lookup_horizon"]``; always longer than the request timeout), raises
+``AmbiguousOrderError`` again instead of sending: Kite may list an order seconds after the request
+timed out, and an early "absent" would place it twice. Across processes the executor applies the
+same horizon from the send time it stores with the order. ``timeout`` defaults to
+``connection_metadata["request_timeout"]``, else 7 s.
 
 Caveat: Kite's order book holds *today's* orders only. A resume on a later trading day cannot see
 yesterday's order and would place it again: callers must resolve ambiguous Kite orders the same
@@ -53,8 +59,12 @@ import requests
 import urllib3.exceptions
 
 from saras.brokers.base import (
+    DEFAULT_LOOKUP_HORIZON,
+    LOOKUP_HORIZON_KEY,
+    REQUEST_TIMEOUT_KEY,
     AccountInfo,
     BrokerAsset,
+    BrokerCapabilities,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -63,6 +73,7 @@ from saras.brokers.base import (
     Fill,
     MarketClock,
     OrderRequest,
+    metadata_seconds,
 )
 from saras.brokers.errors import (
     AmbiguousOrderError,
@@ -97,6 +108,7 @@ _EXCHANGES = frozenset({"NSE", "BSE"})
 _SUFFIXES = {".NS": "NSE", ".BO": "BSE"}
 _NSE_OPEN = dtime(9, 15)
 _NSE_CLOSE = dtime(15, 30)
+DEFAULT_TIMEOUT = 7.0
 _T = TypeVar("_T")
 
 
@@ -492,12 +504,24 @@ class ZerodhaBroker:
     broker_type = BROKER
     currency = "INR"
 
+    @classmethod
+    def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
+        """Return Kite's capabilities: always real money (Kite has no paper environment)."""
+        return BrokerCapabilities(
+            real_money=True,
+            fractional=False,
+            quantity_decimals=0,
+            orders_outside_hours=True,
+            marks_connection_on_fatal=True,
+        )
+
     def __init__(
         self,
         config: ConnectionConfig,
         credentials: BrokerCredentials,
         *,
-        timeout: float = 7.0,
+        timeout: float | None = None,
+        lookup_horizon: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] = _utc_now,
         monotonic: Callable[[], float] | None = None,
@@ -508,7 +532,19 @@ class ZerodhaBroker:
     ):
         self._config = config
         self._credentials = credentials
-        self._timeout = timeout
+        self._timeout = timeout or metadata_seconds(config, REQUEST_TIMEOUT_KEY) or DEFAULT_TIMEOUT
+        horizon = (
+            lookup_horizon
+            or metadata_seconds(config, LOOKUP_HORIZON_KEY)
+            or max(DEFAULT_LOOKUP_HORIZON, 2 * self._timeout)
+        )
+        if horizon <= self._timeout:
+            raise ValueError(
+                f"Kite connection {config.connection_id}: the lookup horizon ({horizon:g} s) must "
+                f"be longer than the request timeout ({self._timeout:g} s)"
+            )
+        self._lookup_horizon = horizon
+        self._monotonic = monotonic or time.monotonic
         self._confirm_placement = confirm_placement
         self._sleep = sleep
         self._clock = clock
@@ -525,7 +561,18 @@ class ZerodhaBroker:
         self._lock = threading.Lock()
         self._sdk: KiteConnect | None = None
         self._fatal: str | None = None
-        self._sent_tags: set[str] = set()
+        # tag -> when this adapter last sent it (monotonic): not re-sent inside the horizon
+        self._sent_tags: dict[str, float] = {}
+
+    @property
+    def request_timeout(self) -> float:
+        """Return the HTTP timeout of every request, in seconds."""
+        return self._timeout
+
+    @property
+    def lookup_horizon(self) -> float:
+        """Return how long an order sent without a clear answer may take to show in the book."""
+        return self._lookup_horizon
 
     def __repr__(self) -> str:
         return f"ZerodhaBroker(connection_id={self._config.connection_id!r})"
@@ -611,17 +658,27 @@ class ZerodhaBroker:
         """
         spec = self._spec(request)
         with self._lock:
-            already_sent = spec.tag in self._sent_tags
-        if resume or already_sent:
+            sent_at = self._sent_tags.get(spec.tag)
+        if resume or sent_at is not None:
             found = self._find(spec)
             if found is not None:
                 return found
+            waited = None if sent_at is None else self._monotonic() - sent_at
+            if waited is not None and waited < self._lookup_horizon:
+                # Kite may still be processing it: "absent" only after the horizon
+                raise AmbiguousOrderError(
+                    f"order {spec.client_order_id} (tag {spec.tag}) is not in Kite's book "
+                    f"{waited:.1f} s after it was sent; not sending it again before "
+                    f"{self._lookup_horizon:g} s",
+                    client_order_id=spec.client_order_id,
+                    broker=BROKER,
+                )
         variety = "regular" if self.get_clock().is_open else "amo"
         params = spec.params(variety)
         kite = self._kite()
         self._limiter.orders.acquire()
         with self._lock:
-            self._sent_tags.add(spec.tag)
+            self._sent_tags[spec.tag] = self._monotonic()
         try:
             order_id = kite.place_order(**params)
         except _sdk_errors() as exc:
@@ -676,7 +733,10 @@ class ZerodhaBroker:
         by_order: dict[str, list[Fill]] = {}
         for t in trades:
             by_order.setdefault(str(t.get("order_id")), []).append(_fill(t))
-        return [replace(o, fills=tuple(by_order.get(o.broker_order_id, ()))) for o in mapped]
+        return [
+            replace(o, fills=tuple(by_order.get(o.broker_order_id, ())), fills_reported=True)
+            for o in mapped
+        ]
 
     def cancel_order(self, broker_order_id: str) -> None:
         """Cancel a working order (regular or AMO); a finished order is left alone."""
@@ -783,11 +843,11 @@ class ZerodhaBroker:
         match outcome.kind:
             case _Kind.FATAL | _Kind.CONFIG:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise self._fatal_error(outcome)
             case _Kind.RATE_LIMITED:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise RateLimitedError(
                     f"order {cid}: Kite throttled the placement ({outcome.message}); not placed",
                     broker=BROKER,
@@ -796,13 +856,13 @@ class ZerodhaBroker:
                 )
             case _Kind.NOT_SENT:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise RetryableBrokerError(
                     f"order {cid}: {outcome.message}; nothing was sent", broker=BROKER
                 )
             case _Kind.REJECTED:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise OrderRejectedError(
                     f"order {cid}: Kite rejected it: {outcome.message}",
                     reason=outcome.message,
@@ -833,7 +893,7 @@ class ZerodhaBroker:
             lookup_error = None
             if outcome.kind is _Kind.REJECTED_5XX:
                 with self._lock:
-                    self._sent_tags.discard(spec.tag)
+                    self._sent_tags.pop(spec.tag, None)
                 raise OrderRejectedError(
                     f"order {cid}: Kite rejected it: {outcome.message}",
                     reason=outcome.message,
@@ -1040,7 +1100,7 @@ class ZerodhaBroker:
         if order.filled_quantity <= 0:
             return order
         trades = self._read("order_trades", lambda k: k.order_trades(order.broker_order_id)) or []
-        return replace(order, fills=tuple(_fill(t) for t in trades))
+        return replace(order, fills=tuple(_fill(t) for t in trades), fills_reported=True)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -34,6 +34,8 @@ or superseded by a newer run. An ``approved`` run that was never started is ``ex
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from itertools import zip_longest
@@ -70,6 +72,7 @@ class OrderEvent(StrEnum):
     RESOLVED_REJECTED = "resolved_rejected"
     RESOLVED_EXPIRED = "resolved_expired"
     RESOLVED_ABSENT = "resolved_absent"  # lookup proved the broker never got it: send again
+    SIZED = "sized"  # a buy re-sized to the cash its run's sells freed, before it is sent
 
 
 _O = OrderStatus
@@ -81,6 +84,7 @@ ORDER_TRANSITIONS: Mapping[tuple[OrderStatus, OrderEvent], OrderStatus] = {
     (_O.PLANNED, _E.SUBMIT_STARTED): _O.SUBMITTING,
     (_O.PLANNED, _E.CANCEL): _O.CANCELLED,
     (_O.PLANNED, _E.REJECT): _O.REJECTED,  # refused by our own pre-submit check
+    (_O.PLANNED, _E.SIZED): _O.PLANNED,  # re-sized to the cash there is (never above approved)
     # submitting: the request is (or may be) in flight
     (_O.SUBMITTING, _E.ACCEPTED): _O.SUBMITTED,
     (_O.SUBMITTING, _E.PARTIAL_FILL): _O.PARTIALLY_FILLED,
@@ -280,3 +284,136 @@ def summarize_run_outcome(
         for s, q in zip(statuses, fills, strict=True)
     )
     return _R.PARTIALLY_COMPLETED if some_fill else _R.FAILED
+
+
+# --- what an order has filled: one typed record instead of loose JSON keys ----------------------
+
+
+def _dec(value: object) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    return Decimal(str(value))
+
+
+def _stamp(value: object) -> datetime | None:
+    if value is None or value == "":
+        return None
+    parsed = datetime.fromisoformat(str(value))
+    if parsed.tzinfo is None:
+        raise ValueError(f"order time {value!r} is not timezone-aware")
+    return parsed
+
+
+#: the ``order_metadata`` keys FillState owns (other keys are kept untouched)
+FILL_STATE_KEYS: frozenset[str] = frozenset(
+    {
+        "filled_quantity",
+        "fill_notional",
+        "average_fill_price",
+        "fees",
+        "filled_at",
+        "fill_ids",
+        "position_quantity",
+        "position_average_price",
+        "sized_quantity",
+        "send_started_at",
+        "broker_status",
+        "status_reason",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FillState:
+    """What one of our orders has filled, and how it is being sent, as stored with the order.
+
+    ``notional`` is the exact sum of quantity x price over the broker's own fills (no rounding),
+    so the ledger's cash equals the broker's. ``fill_ids`` are the broker fills already recorded
+    (Kite trade ids, Alpaca FILL activity ids); an adapter that reports no per-fill data is
+    recorded from its cumulative figures instead. ``sized_quantity`` is what is sent when a buy
+    was re-sized to the cash its run's sells really freed (never above the approved quantity).
+    ``send_started_at`` is when the last send began, moved to when its answer proved ambiguous
+    (the later, so the conservative, instant): an order in doubt is never concluded absent at
+    the broker before the lookup horizon has passed since then.
+    """
+
+    filled_quantity: Decimal = Decimal(0)
+    notional: Decimal = Decimal(0)
+    fees: Decimal = Decimal(0)
+    filled_at: datetime | None = None
+    fill_ids: tuple[str, ...] = ()
+    position_quantity: Decimal | None = None
+    position_average_price: Decimal | None = None
+    sized_quantity: Decimal | None = None
+    send_started_at: datetime | None = None
+    broker_status: str | None = None
+    status_reason: str | None = None
+
+    @property
+    def average_fill_price(self) -> Decimal | None:
+        """Return the average fill price (6 decimals, for display), None before any fill."""
+        if self.filled_quantity <= 0:
+            return None
+        return (self.notional / self.filled_quantity).quantize(Decimal("0.000001"))
+
+    @property
+    def net_proceeds(self) -> Decimal:
+        """Return the cash a sell freed (or a buy spent): gross fills less fees."""
+        return self.notional - self.fees
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, object] | None) -> FillState:
+        """Read the state from an order's ``order_metadata`` (older rows included)."""
+        m = metadata or {}
+        filled = _dec(m.get("filled_quantity")) or Decimal(0)
+        notional = _dec(m.get("fill_notional"))
+        if notional is None:  # rows written before per-fill recording: from the average
+            notional = filled * (_dec(m.get("average_fill_price")) or Decimal(0))
+        ids = m.get("fill_ids") or ()
+        reason = m.get("status_reason")
+        broker_status = m.get("broker_status")
+        return cls(
+            filled_quantity=filled,
+            notional=notional,
+            fees=_dec(m.get("fees")) or Decimal(0),
+            filled_at=_stamp(m.get("filled_at")),
+            fill_ids=tuple(str(i) for i in ids) if isinstance(ids, list | tuple) else (),
+            position_quantity=_dec(m.get("position_quantity")),
+            position_average_price=_dec(m.get("position_average_price")),
+            sized_quantity=_dec(m.get("sized_quantity")),
+            send_started_at=_stamp(m.get("send_started_at")),
+            broker_status=None if broker_status is None else str(broker_status),
+            status_reason=None if reason is None else str(reason),
+        )
+
+    def to_metadata(self, base: Mapping[str, object] | None = None) -> dict[str, object]:
+        """Return ``order_metadata`` holding this state (keys other than ours kept from base)."""
+        out: dict[str, object] = {k: v for k, v in (base or {}).items() if k not in FILL_STATE_KEYS}
+        if self.filled_quantity > 0 or self.fill_ids:
+            average = self.average_fill_price
+            out.update(
+                filled_quantity=f"{self.filled_quantity.quantize(Decimal('1E-9')):f}",
+                fill_notional=f"{self.notional:f}",
+                average_fill_price=None if average is None else f"{average:f}",
+                fees=f"{self.fees:f}",
+                fill_ids=list(self.fill_ids),
+            )
+        if self.filled_at is not None:
+            out["filled_at"] = self.filled_at.isoformat()
+        if self.position_quantity is not None:
+            out["position_quantity"] = f"{self.position_quantity.quantize(Decimal('1E-9')):f}"
+        if self.position_average_price is not None:
+            out["position_average_price"] = f"{self.position_average_price:f}"
+        if self.sized_quantity is not None:
+            out["sized_quantity"] = f"{self.sized_quantity.quantize(Decimal('1E-9')):f}"
+        if self.send_started_at is not None:
+            out["send_started_at"] = self.send_started_at.isoformat()
+        if self.broker_status is not None:
+            out["broker_status"] = self.broker_status
+        if self.status_reason is not None:
+            out["status_reason"] = self.status_reason[:1000]
+        return out
+
+    def with_reason(self, reason: str | None) -> FillState:
+        """Return this state carrying a new status reason (unchanged when None)."""
+        return self if reason is None else replace(self, status_reason=reason[:1000])

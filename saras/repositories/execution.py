@@ -1,15 +1,16 @@
 """Execution runs and orders: loading a run, recording order status and fills in the ledger.
 
-Fills are recorded from the broker's cumulative view of an order (filled quantity, average
-price, fees): each new report adds only the difference to what is already recorded, so a
-report seen twice, or a process killed between two writes, never counts a share twice. One
-order update (status, ledger rows, holdings, cash, position) is one transaction.
+Fills are recorded from the broker's own fills (each at its price and quantity, once by its
+id), or, for a broker without per-fill data, from its cumulative view (the difference to what is
+already recorded), so a report seen twice, or a process killed between two writes, never counts
+a share twice. One order update (status, ledger rows, holdings, cash, position) is one
+transaction, and every status change goes through the state tables with ``WHERE status = <old>``.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -25,9 +26,18 @@ from models import (
     SmallcaseExecutionRun,
     TradingTransaction,
 )
+from models.base import utcnow
 from saras.brokers.base import BrokerOrder
-from saras.domain.enums import OrderSide, OrderStatus
+from saras.domain.enums import OrderSide, OrderStatus, RunStatus
+from saras.domain.orders import (
+    FillState,
+    OrderEvent,
+    RunEvent,
+    transition,
+    transition_run,
+)
 from saras.domain.plan_hash import order_line, run_orders_hash
+from saras.errors import SarasError
 
 PRICE_Q = Decimal("0.000001")
 MONEY_Q = Decimal("0.0001")
@@ -39,9 +49,17 @@ def qty_text(value: Decimal) -> str:
     return f"{Decimal(value).quantize(QTY_Q):f}"
 
 
+class StaleStatusError(SarasError):
+    """A status write lost a race: the row was no longer in the status it was read in."""
+
+
 @dataclass
 class OrderRow:
-    """An execution order with what the executor needs about its asset."""
+    """An execution order with what the executor needs about its asset.
+
+    ``fill`` is the typed state stored in ``order_metadata``; ``extra`` keeps any other keys of
+    that column untouched. Status and fill state change only through :func:`apply_order_event`.
+    """
 
     id: uuid.UUID
     asset_id: uuid.UUID
@@ -54,12 +72,23 @@ class OrderRow:
     order_type: str
     status: OrderStatus
     broker_order_id: str | None
-    metadata: dict[str, Any]
+    fill: FillState = field(default_factory=FillState)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def filled_quantity(self) -> Decimal:
         """Return what is already recorded as filled."""
-        return Decimal(str(self.metadata.get("filled_quantity", "0")))
+        return self.fill.filled_quantity
+
+    @property
+    def send_quantity(self) -> Decimal:
+        """Return the quantity to send: the approved one, or less once re-sized to the cash."""
+        return self.quantity if self.fill.sized_quantity is None else self.fill.sized_quantity
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Return the ``order_metadata`` as stored (read-only view)."""
+        return self.fill.to_metadata(self.extra)
 
 
 def load_orders(conn: Connection, run_id: uuid.UUID) -> list[OrderRow]:
@@ -96,7 +125,8 @@ def load_orders(conn: Connection, run_id: uuid.UUID) -> list[OrderRow]:
             order_type=r.order_type,
             status=OrderStatus(r.status),
             broker_order_id=r.broker_order_id,
-            metadata=dict(r.order_metadata or {}),
+            fill=FillState.from_metadata(r.order_metadata),
+            extra=dict(r.order_metadata or {}),
         )
         for r in rows
     ]
@@ -117,32 +147,67 @@ def current_orders_hash(conn: Connection, run_id: uuid.UUID) -> str:
     )
 
 
-def set_order_status(
+def apply_order_event(
     conn: Connection,
     order: OrderRow,
-    status: OrderStatus,
+    event: OrderEvent,
     *,
-    broker_order_id: str | None = None,
     reason: str | None = None,
-    extra: dict[str, Any] | None = None,
-) -> None:
-    """Persist an order's new status (and broker id, reason) in the caller's transaction."""
-    metadata = dict(order.metadata)
-    if reason:
-        metadata["status_reason"] = reason[:1000]
-    if extra:
-        metadata.update(extra)
-    values: dict[str, Any] = {"status": status.value, "order_metadata": metadata}
+    broker_order_id: str | None = None,
+    fill: FillState | None = None,
+) -> OrderStatus:
+    """Move an order through the state table, in the caller's transaction; return its status.
+
+    The write says ``WHERE status = <the status we read>``: if another executor changed the
+    row meanwhile, :class:`StaleStatusError` is raised and nothing is written.
+    """
+    old = order.status
+    new = transition(old, event)
+    state = (fill or order.fill).with_reason(reason)
+    values: dict[str, Any] = {
+        "status": new.value,
+        "order_metadata": state.to_metadata(order.extra),
+        "updated_at": utcnow(),
+    }
     if broker_order_id and broker_order_id != order.broker_order_id:
         values["broker_order_id"] = broker_order_id
-        order.broker_order_id = broker_order_id
-    conn.execute(
+    result = conn.execute(
         update(SmallcaseExecutionOrder)
-        .where(SmallcaseExecutionOrder.id == order.id)
+        .where(SmallcaseExecutionOrder.id == order.id, SmallcaseExecutionOrder.status == old.value)
         .values(**values)
     )
-    order.status = status
-    order.metadata = metadata
+    if result.rowcount != 1:
+        raise StaleStatusError(
+            f"order {order.id} ({order.side.value} {order.symbol}) is no longer {old.value}: "
+            f"another executor changed it; event {event.value} not applied"
+        )
+    order.status = new
+    order.fill = state
+    if "broker_order_id" in values:
+        order.broker_order_id = broker_order_id
+    return new
+
+
+def apply_run_event(
+    conn: Connection,
+    run_id: uuid.UUID,
+    current: RunStatus,
+    event: RunEvent,
+    **values: Any,
+) -> RunStatus:
+    """Move a run through the state table with ``WHERE status = <current>``; return its status."""
+    new = transition_run(current, event)
+    result = conn.execute(
+        update(SmallcaseExecutionRun)
+        .where(SmallcaseExecutionRun.id == run_id, SmallcaseExecutionRun.status == current.value)
+        .values(status=new.value, **values)
+    )
+    if result.rowcount != 1:
+        raise StaleStatusError(
+            f"run {run_id} is no longer {current.value}: another process changed it; "
+            f"event {event.value} not applied"
+        )
+    return new
 
 
 @dataclass(frozen=True)
@@ -152,6 +217,7 @@ class RunContext:
     run_id: uuid.UUID
     investment_id: uuid.UUID
     portfolio_id: uuid.UUID
+    currency: str = ""
 
 
 def investment_position(
@@ -172,39 +238,83 @@ def investment_position(
     quantity = Decimal(0)
     latest: tuple[datetime, Decimal] | None = None
     for side, metadata in orders:
-        metadata = metadata or {}
-        filled = Decimal(str(metadata.get("filled_quantity", "0")))
-        quantity += filled if side == OrderSide.BUY.value else -filled
-        if "position_average_price" in metadata and metadata.get("filled_at"):
-            stamp = datetime.fromisoformat(str(metadata["filled_at"]))  # compared as instants
-            if latest is None or stamp > latest[0]:
-                latest = (stamp, Decimal(str(metadata["position_average_price"])))
+        state = FillState.from_metadata(metadata)
+        quantity += state.filled_quantity if side == OrderSide.BUY.value else -state.filled_quantity
+        stamp, average = state.filled_at, state.position_average_price
+        if average is not None and stamp is not None and (latest is None or stamp > latest[0]):
+            latest = (stamp, average)  # compared as instants
     return quantity, (latest[1] if latest else None)
 
 
 def record_fills(
     conn: Connection, ctx: RunContext, order: OrderRow, report: BrokerOrder, now: datetime
-) -> Decimal:
-    """Record what the broker filled beyond what we already recorded; return the new quantity.
+) -> FillState:
+    """Record what the broker filled beyond what we recorded; return the order's new state.
 
-    Adds one ``trading_transactions`` row (idempotent by broker transaction id), moves the
-    portfolio's holding and cash, and stores the investment's position after the fill on the
-    order's metadata. Everything in the caller's transaction.
+    Each of the broker's own fills (``report.fills``: Kite trades, Alpaca FILL activities) is
+    recorded once, at its own price and quantity, so the ledger's cash is the broker's to the
+    cent. An adapter that reports no per-fill data is recorded from its cumulative figures
+    (filled quantity, average price), the difference to what is already recorded. Every fill is
+    one ``trading_transactions`` row (idempotent by broker transaction id) and moves the
+    portfolio's holding and cash. Nothing here writes the order row: the caller does, with its
+    status, through :func:`apply_order_event`. Everything in the caller's transaction.
     """
-    previous_qty = order.filled_quantity
-    new_qty = Decimal(report.filled_quantity).quantize(QTY_Q)
-    if new_qty <= previous_qty or report.average_fill_price is None:
-        return Decimal(0)
-    delta = new_qty - previous_qty
-    prev_avg = Decimal(str(order.metadata.get("average_fill_price", "0")))
-    cumulative_cost = Decimal(report.average_fill_price) * new_qty
-    price = ((cumulative_cost - prev_avg * previous_qty) / delta).quantize(PRICE_Q, ROUND_HALF_EVEN)
-    prev_fees = Decimal(str(order.metadata.get("fees", "0")))
-    fees = max(Decimal(report.fees) - prev_fees, Decimal(0)).quantize(MONEY_Q)
+    state = order.fill
     broker_order_id = report.broker_order_id or order.broker_order_id or str(order.id)
-    transaction_id = f"{broker_order_id}:{qty_text(new_qty)}"
-    filled_at = report.updated_at or now
+    per_fill = bool(report.fills) or report.fills_reported
+    if per_fill and not (state.filled_quantity > 0 and not state.fill_ids):
+        fresh = [f for f in report.fills if f.fill_id not in state.fill_ids and f.quantity > 0]
+        for fill in sorted(fresh, key=lambda f: (f.filled_at, f.fill_id)):
+            state = _record_fill(
+                conn,
+                ctx,
+                order,
+                state,
+                transaction_id=f"{broker_order_id}:{fill.fill_id}",
+                fill_id=fill.fill_id,
+                quantity=fill.quantity.quantize(QTY_Q),
+                price=fill.price,
+                fees=fill.fees.quantize(MONEY_Q),
+                filled_at=fill.filled_at,
+                now=now,
+            )
+        return state
+    new_qty = Decimal(report.filled_quantity).quantize(QTY_Q)
+    if new_qty <= state.filled_quantity or report.average_fill_price is None or state.fill_ids:
+        return state
+    delta = new_qty - state.filled_quantity
+    cumulative_cost = Decimal(report.average_fill_price) * new_qty
+    price = ((cumulative_cost - state.notional) / delta).quantize(PRICE_Q, ROUND_HALF_EVEN)
+    fees = max(Decimal(report.fees) - state.fees, Decimal(0)).quantize(MONEY_Q)
+    return _record_fill(
+        conn,
+        ctx,
+        order,
+        state,
+        transaction_id=f"{broker_order_id}:{qty_text(new_qty)}",
+        fill_id=None,
+        quantity=delta,
+        price=price,
+        fees=fees,
+        filled_at=report.updated_at or now,
+        now=now,
+    )
 
+
+def _record_fill(
+    conn: Connection,
+    ctx: RunContext,
+    order: OrderRow,
+    state: FillState,
+    *,
+    transaction_id: str,
+    fill_id: str | None,
+    quantity: Decimal,
+    price: Decimal,
+    fees: Decimal,
+    filled_at: datetime,
+    now: datetime,
+) -> FillState:
     exists = conn.execute(
         select(TradingTransaction.id).where(
             TradingTransaction.portfolio_id == ctx.portfolio_id,
@@ -218,7 +328,7 @@ def record_fills(
                 portfolio_id=ctx.portfolio_id,
                 asset_id=order.asset_id,
                 transaction_type=order.side.value,
-                quantity=delta,
+                quantity=quantity,
                 price=price,
                 fees=fees,
                 broker_transaction_id=transaction_id,
@@ -227,8 +337,8 @@ def record_fills(
                 updated_at=now,
             )
         )
-        _move_holding(conn, ctx.portfolio_id, order, delta, price, now)
-        gross = (delta * price).quantize(MONEY_Q, ROUND_HALF_EVEN)
+        _move_holding(conn, ctx.portfolio_id, order, quantity, price, now)
+        gross = (quantity * price).quantize(MONEY_Q, ROUND_HALF_EVEN)
         cash_change = -(gross + fees) if order.side is OrderSide.BUY else gross - fees
         conn.execute(
             update(Portfolio)
@@ -237,29 +347,27 @@ def record_fills(
         )
 
     position_qty, position_avg = investment_position(conn, ctx.investment_id, order.asset_id)
+    # investment_position reads the stored rows: add what this call recorded before the write
+    unstored = state.filled_quantity - order.fill.filled_quantity
+    position_qty += unstored if order.side is OrderSide.BUY else -unstored
+    if state.position_average_price is not None and unstored > 0:
+        position_avg = state.position_average_price
     if order.side is OrderSide.BUY:
         base = position_qty * (position_avg or Decimal(0))
-        position_qty += delta
-        position_avg = ((base + delta * price) / position_qty).quantize(PRICE_Q)
+        position_qty += quantity
+        position_avg = ((base + quantity * price) / position_qty).quantize(PRICE_Q)
     else:
-        position_qty -= delta
-    metadata = dict(order.metadata)
-    avg_fill = (cumulative_cost / new_qty).quantize(PRICE_Q, ROUND_HALF_EVEN)
-    metadata.update(
-        filled_quantity=qty_text(new_qty),
-        average_fill_price=f"{avg_fill:f}",
-        fees=f"{(prev_fees + fees):f}",
-        filled_at=filled_at.isoformat(),
-        position_quantity=qty_text(position_qty),
-        position_average_price=f"{(position_avg or Decimal(0)):f}",
+        position_qty -= quantity
+    return replace(
+        state,
+        filled_quantity=state.filled_quantity + quantity,
+        notional=state.notional + quantity * price,
+        fees=state.fees + fees,
+        filled_at=filled_at,
+        fill_ids=state.fill_ids + ((fill_id,) if fill_id is not None else ()),
+        position_quantity=position_qty,
+        position_average_price=position_avg or Decimal(0),
     )
-    conn.execute(
-        update(SmallcaseExecutionOrder)
-        .where(SmallcaseExecutionOrder.id == order.id)
-        .values(order_metadata=metadata)
-    )
-    order.metadata = metadata
-    return delta
 
 
 def _move_holding(

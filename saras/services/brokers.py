@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select, update
 from models import Asset, PriceHistory, UserBrokerConnection
 from models.base import utcnow
 from saras.brokers.base import Broker, BrokerCredentials, ConnectionConfig
-from saras.brokers.registry import create_broker
+from saras.brokers.registry import capabilities, create_broker
 from saras.domain.enums import BrokerType, ConnectionStatus
 from saras.secrets import SecretBox, get_secret_box
 from saras.settings import get_settings
@@ -110,11 +110,13 @@ def open_broker(
     **overrides: Any,
 ) -> Broker:
     """Build the adapter for a connection row; live orders need SARAS_LIVE_TRADING."""
-    if for_trading and not connection.paper_trading and not get_settings().live_trading:
+    real_money = capabilities(connection_config(connection)).real_money
+    if for_trading and real_money and not get_settings().live_trading:
         from saras.errors import ConnectionSelectionError
 
         raise ConnectionSelectionError(
-            f"connection {connection.alias!r} is a live account and SARAS_LIVE_TRADING is off"
+            f"connection {connection.alias!r} can reach a live account and SARAS_LIVE_TRADING "
+            "is off"
         )
     extras: dict[str, Any] = {}
     if connection.broker_type == BrokerType.PAPER.value:

@@ -3,8 +3,13 @@
 The pipeline per order: mark it ``submitting`` and commit; send it with the client order id
 derived from its row; record the answer. An answer that cannot be told (timeout, lost
 response) parks the order in ``unknown``, and nothing is sent again until a lookup at the
-broker by our id resolves it. Sells go first and are polled until done, then buys. Fills are
-recorded in the ledger from the broker's cumulative report (see ``repositories.execution``).
+broker by our id resolves it; the broker's silence counts as "absent" only once the lookup
+horizon (longer than the client's request timeout) has passed since the send began. Sells go
+first and are polled until done; then the buys are re-sized to the cash the sells really freed
+(plus the run's own cash), and a buy whose money is not there is cancelled with the reason,
+never sent. Fills are recorded in the ledger from the broker's own per-fill prices (see
+``repositories.execution``). Every status change goes through the state tables, written with
+``WHERE status = <old>``; connections that can reach real money need ``SARAS_LIVE_TRADING``.
 
 Only one executor works on a run at a time: on PostgreSQL a session advisory lock keyed on the
 run (held by the database for the executor's connection, released if the process dies); on
@@ -20,16 +25,31 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from sqlalchemy import Engine, select, text, update
 from sqlalchemy.orm import Session
 
-from models import SmallcaseExecutionRun, UserBrokerConnection, UserSmallcaseInvestment
+from models import (
+    Portfolio,
+    SmallcaseExecutionRun,
+    UserBrokerConnection,
+    UserSmallcaseInvestment,
+)
 from models.base import utcnow
-from saras.brokers.base import Broker, BrokerOrder, BrokerOrderStatus, OrderRequest
+from saras.brokers.base import (
+    DEFAULT_LOOKUP_HORIZON,
+    LOOKUP_HORIZON_KEY,
+    Broker,
+    BrokerCapabilities,
+    BrokerOrder,
+    BrokerOrderStatus,
+    OrderRequest,
+    metadata_seconds,
+)
 from saras.brokers.errors import (
     AmbiguousOrderError,
     FatalBrokerError,
@@ -38,9 +58,9 @@ from saras.brokers.errors import (
     RetryableBrokerError,
 )
 from saras.brokers.ids import client_order_id
+from saras.brokers.registry import capabilities
 from saras.domain.enums import (
     TERMINAL_ORDER_STATUSES,
-    BrokerType,
     ConnectionStatus,
     InvestmentStatus,
     OrderSide,
@@ -50,17 +70,16 @@ from saras.domain.enums import (
     RunType,
 )
 from saras.domain.orders import (
+    FillState,
     OrderEvent,
     RunEvent,
     UnresolvedOrders,
     finish_event,
     summarize_run_outcome,
-    transition,
-    transition_run,
 )
-from saras.errors import SarasError
+from saras.errors import InvalidInputError, SarasError
 from saras.repositories import execution as repo
-from saras.services.brokers import mark_connection, open_broker
+from saras.services.brokers import connection_config, mark_connection, open_broker
 from saras.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -76,7 +95,14 @@ class MarketClosedError(SarasError):
 
 @dataclass(frozen=True)
 class ExecutionSettings:
-    """How patient an execution is."""
+    """How patient an execution is (the flows' ``execution`` parameter, by field name).
+
+    ``request_timeout`` (seconds, the broker client's HTTP timeout) and ``lookup_horizon``
+    (seconds after a send began before an order the broker does not show may be concluded
+    absent and sent again) override the connection's ``connection_metadata`` values of the same
+    names; unset, the connection's, else the adapter's defaults (horizon 30 s). The horizon is
+    always longer than the request timeout.
+    """
 
     poll_interval: float = 1.0
     deadline_seconds: float = 600.0
@@ -84,6 +110,23 @@ class ExecutionSettings:
     retry_backoff: float = 1.0
     wait_for_open: bool = False
     cancel_unfilled_at_deadline: bool = True
+    request_timeout: float | None = None
+    lookup_horizon: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("request_timeout", "lookup_horizon"):
+            value = getattr(self, name)
+            if value is not None and not (0 < float(value) < float("inf")):
+                raise InvalidInputError(f"execution.{name} must be a positive number, not {value}")
+        if (
+            self.request_timeout is not None
+            and self.lookup_horizon is not None
+            and self.lookup_horizon <= self.request_timeout
+        ):
+            raise InvalidInputError(
+                f"execution.lookup_horizon ({self.lookup_horizon}) must be longer than "
+                f"execution.request_timeout ({self.request_timeout})"
+            )
 
 
 @dataclass
@@ -178,20 +221,62 @@ _DIRECT = {
     BrokerOrderStatus.REJECTED: OrderEvent.REJECT,
     BrokerOrderStatus.EXPIRED: OrderEvent.EXPIRE,
 }
+_IN_DOUBT = (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN)
+_WORKING = (
+    OrderStatus.SUBMITTING,
+    OrderStatus.SUBMITTED,
+    OrderStatus.PARTIALLY_FILLED,
+    OrderStatus.UNKNOWN,
+)
 
 
 def _event_for(current: OrderStatus, report: BrokerOrder) -> OrderEvent:
     status = report.status
     if status in (BrokerOrderStatus.PENDING, BrokerOrderStatus.OPEN) and report.filled_quantity > 0:
         status = BrokerOrderStatus.PARTIALLY_FILLED
-    if current in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTING) and status not in (
-        BrokerOrderStatus.PENDING,
-        BrokerOrderStatus.OPEN,
-    ):
-        return _RESOLVED[status]
-    if current is OrderStatus.UNKNOWN:
+    if current in _IN_DOUBT:
         return _RESOLVED[status]
     return _DIRECT[status]
+
+
+def _as_recorded(report: BrokerOrder, recorded: Decimal) -> BrokerOrder:
+    """Return the report as far as its fills are recorded.
+
+    A broker may list an order's fills a moment after it reports the quantity filled: the order
+    then stays working here (and is polled again) until every fill is in the ledger, so that an
+    order is never final with fewer shares recorded than the broker filled.
+    """
+    if recorded >= report.filled_quantity:
+        return report
+    status = BrokerOrderStatus.PARTIALLY_FILLED if recorded > 0 else BrokerOrderStatus.OPEN
+    return replace(report, status=status, filled_quantity=recorded)
+
+
+@dataclass(frozen=True)
+class BuySizing:
+    """The cash a run's buys may spend once its sells settled, in the run's currency."""
+
+    currency: str
+    planned_sells: Decimal
+    freed: Decimal  # what the sells really freed (net of fees)
+    own_cash: Decimal  # what the plan spent beyond its sells (the cash there was)
+    portfolio_cash: Decimal
+    planned_buys: Decimal
+
+    @property
+    def budget(self) -> Decimal:
+        """Return what the buys may spend: own cash plus what was freed, never above the cash."""
+        return max(min(self.own_cash + self.freed, self.portfolio_cash), Decimal(0))
+
+    def reason(self) -> str:
+        """Return the explanation recorded on a buy that was cut or skipped."""
+        c = self.currency
+        return (
+            f"not enough cash for the planned buys ({self.planned_buys:.2f} {c}): the sells "
+            f"freed {self.freed:.2f} {c} of {self.planned_sells:.2f} {c} planned, plus "
+            f"{self.own_cash:.2f} {c} of the run's own cash, leaving {self.budget:.2f} {c} "
+            f"(portfolio cash {self.portfolio_cash:.2f} {c})"
+        )
 
 
 class RunExecutor:
@@ -206,8 +291,11 @@ class RunExecutor:
         connection: UserBrokerConnection,
         ctx: repo.RunContext,
         settings: ExecutionSettings,
+        capabilities: BrokerCapabilities,
+        lookup_horizon: float,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], datetime] = utcnow,
         checkpoint: Checkpoint = _no_checkpoint,
     ):
         self.engine = engine
@@ -216,75 +304,97 @@ class RunExecutor:
         self.connection = connection
         self.ctx = ctx
         self.settings = settings
+        self.capabilities = capabilities
+        self.lookup_horizon = lookup_horizon
         self.sleep = sleep
         self.monotonic = monotonic
         self.checkpoint = checkpoint
+        self.wall = wall
         self.deadline = monotonic() + settings.deadline_seconds
 
-    # -- persistence ----------------------------------------------------------------------
+    def now(self) -> datetime:
+        """Return the wall time (aware), compared with the send times stored on orders."""
+        return self.wall()
 
-    def _apply(self, order: repo.OrderRow, report: BrokerOrder) -> None:
-        """Move an order to what the broker reports and record new fills, in one transaction."""
-        event = _event_for(order.status, report)
-        new_status = transition(order.status, event)
+    # -- persistence: one transaction per change, every status through the state table -----
+
+    def record(self, order: repo.OrderRow, report: BrokerOrder) -> None:
+        """Record an order's new fills and move it to what the broker reports, atomically."""
         with self.engine.begin() as conn:
-            repo.record_fills(conn, self.ctx, order, report, utcnow())
-            repo.set_order_status(
+            fill = repo.record_fills(conn, self.ctx, order, report, utcnow())
+            seen = _as_recorded(report, fill.filled_quantity)
+            event = _event_for(order.status, seen)
+            repo.apply_order_event(
                 conn,
                 order,
-                new_status,
-                broker_order_id=report.broker_order_id,
-                reason=report.reason,
-                extra={"broker_status": report.status.value},
+                event,
+                reason=seen.reason,
+                broker_order_id=seen.broker_order_id,
+                fill=replace(fill, broker_status=report.status.value),
             )
 
-    def _set(self, order: repo.OrderRow, event: OrderEvent, reason: str | None = None) -> None:
-        new_status = transition(order.status, event)
+    def change(
+        self,
+        order: repo.OrderRow,
+        event: OrderEvent,
+        reason: str | None = None,
+        fill: FillState | None = None,
+    ) -> None:
+        """Apply one event to an order in its own transaction."""
         with self.engine.begin() as conn:
-            repo.set_order_status(conn, order, new_status, reason=reason)
+            repo.apply_order_event(conn, order, event, reason=reason, fill=fill)
+
+    def cancel_unsent(self, orders: list[repo.OrderRow], reason: str) -> None:
+        """Cancel every order not sent yet (the run stops)."""
+        for order in orders:
+            if order.status is OrderStatus.PLANNED:
+                self.change(order, OrderEvent.CANCEL, reason=reason)
 
     # -- submitting -----------------------------------------------------------------------
 
     def _request(self, order: repo.OrderRow) -> OrderRequest:
+        quantity = order.send_quantity
         return OrderRequest(
             client_order_id=client_order_id(order.id),
             symbol=order.symbol,
             side=order.side,
-            quantity=order.quantity,
+            quantity=quantity,
             order_type=OrderType(order.order_type),
             limit_price=order.price if order.order_type == OrderType.LIMIT.value else None,
             exchange=order.exchange,
-            fractionable=order.fractionable and order.quantity != order.quantity.to_integral(),
+            fractionable=order.fractionable and quantity != quantity.to_integral(),
         )
 
     def submit(self, order: repo.OrderRow) -> None:
-        """Send one order exactly once, resolving any doubt by lookup before re-sending."""
-        resume = order.status in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN)
-        if order.status is OrderStatus.PLANNED:
-            self._set(order, OrderEvent.SUBMIT_STARTED)
-            self.checkpoint("marked_submitting")
-        elif not resume:
+        """Send a planned order once; an order in doubt is only looked up (see ``resolve``)."""
+        if order.status in _IN_DOUBT:
+            self.resolve(order)
             return
+        if order.status is not OrderStatus.PLANNED:
+            return
+        self.change(
+            order, OrderEvent.SUBMIT_STARTED, fill=replace(order.fill, send_started_at=self.now())
+        )
+        self.checkpoint("marked_submitting")
         request = self._request(order)
+        resume = False
         for attempt in range(self.settings.submit_attempts):
             try:
                 report = self.broker.place_order(request, resume=resume)
             except AmbiguousOrderError as exc:
+                # it may be at the broker: only lookups from here, until found or the horizon,
+                # which counts from now (the request left no earlier than this answer)
                 if order.status is not OrderStatus.UNKNOWN:
-                    self._set(order, OrderEvent.AMBIGUOUS, reason=str(exc))
-                resume = True
+                    doubt = replace(order.fill, send_started_at=self.now())
+                    self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc), fill=doubt)
+                return
             except NonRetryableBrokerError as exc:
-                event = (
-                    OrderEvent.RESOLVED_REJECTED
-                    if order.status is OrderStatus.UNKNOWN
-                    else OrderEvent.REJECT
-                )
-                self._set(order, event, reason=getattr(exc, "reason", str(exc)))
+                self.change(order, OrderEvent.REJECT, reason=getattr(exc, "reason", str(exc)))
                 return
             except FatalBrokerError as exc:
                 if not resume:
                     # refused at the door (credentials, expired token): nothing was placed
-                    self._set(order, OrderEvent.REJECT, reason=str(exc))
+                    self.change(order, OrderEvent.REJECT, reason=str(exc))
                 raise
             except RetryableBrokerError as exc:
                 # nothing reached the broker: try again after a pause, still looking up first
@@ -292,12 +402,10 @@ class RunExecutor:
                 resume = True
                 self.sleep(exc.retry_after or self.settings.retry_backoff * (2**attempt))
                 continue
-            else:
-                self.checkpoint("broker_answered")
-                self._apply(order, report)
-                self.checkpoint("answer_recorded")
-                return
-            self.sleep(self.settings.retry_backoff * (2**attempt))
+            self.checkpoint("broker_answered")
+            self.record(order, report)
+            self.checkpoint("answer_recorded")
+            return
         log.warning(
             "order %s still %s after %d attempts",
             order.id,
@@ -305,10 +413,50 @@ class RunExecutor:
             self.settings.submit_attempts,
         )
 
+    def resolve(self, order: repo.OrderRow) -> None:
+        """Look an order in doubt up at the broker; send it again only once proven absent.
+
+        "Absent" is concluded only when the broker does not show the order ``lookup_horizon``
+        seconds after its send began (a horizon longer than the client's request timeout): a
+        request the broker was still processing cannot become a second order. Until then the
+        order stays ``unknown`` and the run waits (or stays ``executing``, to be resumed).
+        """
+        try:
+            report = self.broker.get_order_by_client_id(client_order_id(order.id))
+        except OrderNotFoundError:
+            report = None
+        except RetryableBrokerError as exc:
+            log.info("order %s: lookup failed (%s); will look again", order.id, exc)
+            return
+        if report is not None:
+            self.record(order, report)
+            return
+        started = order.fill.send_started_at
+        if started is None:  # rows from before the horizon was recorded: start counting now
+            fill = replace(order.fill, send_started_at=self.now())
+            event = OrderEvent.AMBIGUOUS
+            self.change(order, event, reason="not found at the broker yet", fill=fill)
+            return
+        waited = (self.now() - started).total_seconds()
+        if waited < self.lookup_horizon:
+            if order.status is OrderStatus.SUBMITTING:
+                self.change(order, OrderEvent.AMBIGUOUS, reason="not found at the broker yet")
+            return
+        # the broker proves it never got it: back to planned, sent again under the same id
+        self.change(
+            order,
+            OrderEvent.RESOLVED_ABSENT,
+            reason=f"not at the broker {waited:.1f} s after it was sent: sending it again",
+        )
+        self.submit(order)
+
     # -- polling --------------------------------------------------------------------------
 
     def refresh(self, order: repo.OrderRow) -> None:
         """Ask the broker about an order we sent (or may have sent) and record the answer."""
+        if order.status in _IN_DOUBT:
+            self.resolve(order)
+            return
         try:
             if order.broker_order_id:
                 report: BrokerOrder | None = self.broker.get_order(order.broker_order_id)
@@ -319,13 +467,8 @@ class RunExecutor:
         except RetryableBrokerError as exc:
             log.info("order %s: refresh failed (%s); will poll again", order.id, exc)
             return
-        if report is None:
-            if order.status in (OrderStatus.UNKNOWN, OrderStatus.SUBMITTING):
-                # the broker proves it never got it: back to planned, sent again under the same id
-                self._set(order, OrderEvent.RESOLVED_ABSENT)
-                self.submit(order)
-            return
-        self._apply(order, report)
+        if report is not None:
+            self.record(order, report)
 
     def settle(self, orders: list[repo.OrderRow]) -> None:
         """Poll until every order is terminal or the deadline passes (then cancel the rest)."""
@@ -345,7 +488,7 @@ class RunExecutor:
 
     def _cancel(self, order: repo.OrderRow) -> None:
         if order.status is OrderStatus.PLANNED:
-            self._set(order, OrderEvent.CANCEL, reason="deadline passed before it was sent")
+            self.change(order, OrderEvent.CANCEL, reason="deadline passed before it was sent")
             return
         if (
             order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED)
@@ -357,24 +500,90 @@ class RunExecutor:
                 log.warning("order %s: cancel failed: %s", order.id, exc)
             self.refresh(order)
             if order.status in (OrderStatus.SUBMITTED, OrderStatus.PARTIALLY_FILLED):
-                self._set(order, OrderEvent.CANCEL, reason="cancelled at the execution deadline")
+                self.change(order, OrderEvent.CANCEL, reason="cancelled at the execution deadline")
+
+    # -- sizing the buys on what the sells freed ------------------------------------------
+
+    def size_buys(self, sells: list[repo.OrderRow], buys: list[repo.OrderRow]) -> None:
+        """Re-size the planned buys to the cash the sells really freed plus the run's own cash.
+
+        Done once, when no buy has been sized or sent yet (a resume keeps the first sizing). A
+        buy is never made larger than approved; one whose money is not there is cancelled with
+        the reason, never sent.
+        """
+        if not buys or any(
+            b.status is not OrderStatus.PLANNED or b.fill.sized_quantity is not None for b in buys
+        ):
+            return
+        with self.engine.begin() as conn:
+            cash = conn.execute(
+                select(Portfolio.cash_balance).where(Portfolio.id == self.ctx.portfolio_id)
+            ).scalar_one()
+            planned_sells = sum((o.quantity * (o.price or 0) for o in sells), Decimal(0))
+            planned_buys = sum((o.quantity * (o.price or 0) for o in buys), Decimal(0))
+            sizing = BuySizing(
+                currency=self.ctx.currency,
+                planned_sells=planned_sells,
+                freed=sum((o.fill.net_proceeds for o in sells), Decimal(0)),
+                own_cash=max(planned_buys - planned_sells, Decimal(0)),
+                portfolio_cash=Decimal(str(cash)),
+                planned_buys=planned_buys,
+            )
+            factor = Decimal(1)
+            if sizing.budget < planned_buys:
+                factor = sizing.budget / planned_buys if planned_buys > 0 else Decimal(0)
+                log.warning("run %s: %s", self.run_id, sizing.reason())
+            for order in buys:
+                if factor >= 1:
+                    quantity = order.quantity
+                elif order.price is None:
+                    quantity = Decimal(0)
+                else:
+                    step = self.capabilities.quantity_step(order.fractionable)
+                    quantity = (order.quantity * factor / step).to_integral_value(ROUND_DOWN) * step
+                value = quantity * (order.price or Decimal(0))
+                if quantity <= 0 or (
+                    order.price is not None and value < self.capabilities.min_order_value
+                ):
+                    repo.apply_order_event(
+                        conn, order, OrderEvent.CANCEL, reason="skipped: " + sizing.reason()
+                    )
+                    continue
+                note = None if quantity == order.quantity else f"re-sized to {quantity:f}: "
+                repo.apply_order_event(
+                    conn,
+                    order,
+                    OrderEvent.SIZED,
+                    reason=None if note is None else note + sizing.reason(),
+                    fill=replace(order.fill, sized_quantity=quantity),
+                )
 
     # -- the run --------------------------------------------------------------------------
 
     def execute(self, orders: list[repo.OrderRow]) -> None:
-        """Resolve orders in doubt, then sells, then buys."""
+        """Resolve orders in doubt, then sells, then buys sized on what the sells freed."""
         for order in orders:
-            if order.status in (OrderStatus.SUBMITTING, OrderStatus.UNKNOWN):
-                self.submit(order)
+            if order.status in _IN_DOUBT:
+                self.resolve(order)
         sells = [o for o in orders if o.side is OrderSide.SELL]
         buys = [o for o in orders if o.side is OrderSide.BUY]
         for order in sells:
             self.submit(order)
         self.settle(sells)
         self.checkpoint("sells_settled")
+        if any(o.status in _IN_DOUBT for o in sells):
+            return  # what the sells freed is not known yet: the run stays open, buys wait
+        self.size_buys(sells, buys)
         for order in buys:
             self.submit(order)
         self.settle(buys)
+
+
+def _counts(orders: list[repo.OrderRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in orders:
+        counts[o.status.value] = counts.get(o.status.value, 0) + 1
+    return counts
 
 
 def _finish_run(
@@ -385,9 +594,7 @@ def _finish_run(
     reason: str | None,
     fatal: bool,
 ) -> RunOutcome:
-    counts: dict[str, int] = {}
-    for o in orders:
-        counts[o.status.value] = counts.get(o.status.value, 0) + 1
+    counts = _counts(orders)
     try:
         outcome = summarize_run_outcome(
             [o.status for o in orders], filled_quantities=[o.filled_quantity for o in orders]
@@ -396,19 +603,33 @@ def _finish_run(
         return RunOutcome(str(run_id), RunStatus.EXECUTING.value, counts, f"orders in doubt: {exc}")
     if fatal and outcome is RunStatus.COMPLETED:
         outcome = RunStatus.FAILED
+    # (a buy skipped for want of cash keeps its reason on the order: the run's own
+    # outcome_reason is for a failed connection, which repair reads as "not repairable")
+    return _end_run(engine, run_id, finish_event(outcome), counts, reason)
+
+
+def _end_run(
+    engine: Engine,
+    run_id: uuid.UUID,
+    event: RunEvent,
+    counts: dict[str, int],
+    reason: str | None,
+) -> RunOutcome:
     with Session(engine) as session, session.begin():
         conn = session.connection()
         run = session.get_one(SmallcaseExecutionRun, run_id)
-        new_status = transition_run(run.status, finish_event(outcome))
         plan = dict(run.execution_plan or {})
         if reason:
             plan["outcome_reason"] = reason
         plan["outcome_orders"] = counts
         now = utcnow()
-        conn.execute(
-            update(SmallcaseExecutionRun)
-            .where(SmallcaseExecutionRun.id == run_id)
-            .values(status=new_status.value, completed_at=now, execution_plan=plan)
+        new_status = repo.apply_run_event(
+            conn,
+            run_id,
+            RunStatus(run.status),
+            event,
+            completed_at=now,
+            execution_plan=plan,
         )
         _update_investment(conn, run, new_status, now)
     return RunOutcome(str(run_id), new_status.value, counts, reason)
@@ -432,12 +653,71 @@ def _update_investment(
         )
     elif run.run_type == RunType.EXIT.value and status is RunStatus.COMPLETED:
         values = {"status": InvestmentStatus.CLOSED.value, "closed_at": now}
+    elif (
+        run.run_type == RunType.EXIT.value
+        and status is RunStatus.CANCELLED
+        and investment.status == InvestmentStatus.EXITING.value
+    ):
+        values = {"status": InvestmentStatus.ACTIVE.value}  # nothing sold: exit again later
     if values:
-        conn.execute(
+        result = conn.execute(
             update(UserSmallcaseInvestment)
-            .where(UserSmallcaseInvestment.id == investment.id)
+            .where(
+                UserSmallcaseInvestment.id == investment.id,
+                UserSmallcaseInvestment.status == investment.status,
+            )
             .values(**values)
         )
+        if result.rowcount != 1:
+            raise repo.StaleStatusError(
+                f"investment {investment.id} is no longer {investment.status}: not updated"
+            )
+
+
+def live_trading_refusal(connection: UserBrokerConnection) -> str | None:
+    """Return why orders through a connection may not be sent now, None when they may.
+
+    Every connection that can reach a real broker (the broker's capability, not the row's
+    ``paper_trading`` flag alone) needs ``SARAS_LIVE_TRADING=true``.
+    """
+    if not capabilities(connection_config(connection)).real_money:
+        return None
+    if get_settings().live_trading:
+        return None
+    return (
+        f"connection {connection.alias!r} ({connection.broker_type}) can reach a real broker "
+        "account and SARAS_LIVE_TRADING is off: nothing was sent"
+    )
+
+
+def _refuse_live(engine: Engine, run_id: uuid.UUID, status: RunStatus, reason: str) -> RunOutcome:
+    """End an approved run that may not trade live, leaving nothing behind."""
+    if status is not RunStatus.APPROVED:
+        # an executing run may have orders at the broker: nothing may be concluded here
+        raise RunRefused(reason + f" (run {run_id} is {status.value}; resume it once allowed)")
+    with engine.begin() as conn:
+        orders = repo.load_orders(conn, run_id)
+        for order in orders:
+            if order.status is OrderStatus.PLANNED:
+                repo.apply_order_event(conn, order, OrderEvent.CANCEL, reason=reason)
+    return _end_run(engine, run_id, RunEvent.CANCEL, _counts(orders), reason)
+
+
+def _lookup_horizon(
+    broker: Broker, connection: UserBrokerConnection, settings: ExecutionSettings
+) -> float:
+    try:
+        configured = metadata_seconds(connection_config(connection), LOOKUP_HORIZON_KEY)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    horizon = settings.lookup_horizon or configured or DEFAULT_LOOKUP_HORIZON
+    timeout = getattr(broker, "request_timeout", None)
+    if isinstance(timeout, int | float) and horizon <= timeout:
+        raise InvalidInputError(
+            f"the lookup horizon ({horizon:g} s) must be longer than the request timeout of "
+            f"connection {connection.alias!r} ({timeout:g} s)"
+        )
+    return horizon
 
 
 def execute_run(
@@ -448,6 +728,7 @@ def execute_run(
     settings: ExecutionSettings | None = None,
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    wall: Callable[[], datetime] = utcnow,
     checkpoint: Checkpoint = _no_checkpoint,
 ) -> RunOutcome:
     """Execute an approved run (or resume an executing one) and return how it ended.
@@ -455,6 +736,10 @@ def execute_run(
     Re-running a finished run changes nothing and returns its outcome. Raises ``RunRefused``
     when another executor holds the run, when it is not approved, or when its orders differ
     from the approved plan; ``MarketClosedError`` when the market is closed and waiting is off.
+    ``sleep``/``monotonic`` pace polling and the deadline; ``wall`` is the time the lookup
+    horizon is measured in (stored with each send, so a resume counts on). An approved run
+    whose connection can reach real money while ``SARAS_LIVE_TRADING`` is off
+    ends ``cancelled`` with the reason, its orders cancelled unsent.
     """
     run_id = uuid.UUID(str(run_id))
     settings = settings or ExecutionSettings()
@@ -469,13 +754,10 @@ def execute_run(
             status = RunStatus(run.status)
             if status in (RunStatus.COMPLETED, RunStatus.PARTIALLY_COMPLETED, RunStatus.FAILED):
                 orders = repo.load_orders(conn, run_id)
-                counts: dict[str, int] = {}
-                for o in orders:
-                    counts[o.status.value] = counts.get(o.status.value, 0) + 1
                 return RunOutcome(
                     str(run_id),
                     status.value,
-                    counts,
+                    _counts(orders),
                     (run.execution_plan or {}).get("outcome_reason"),
                 )
             if status not in (RunStatus.APPROVED, RunStatus.EXECUTING):
@@ -498,22 +780,30 @@ def execute_run(
                     UserSmallcaseInvestment.id == run.investment_id
                 )
             ).one()
+            currency = session.scalars(
+                select(Portfolio.currency).where(Portfolio.id == investment.portfolio_id)
+            ).one()
+        refusal = live_trading_refusal(connection)
+        if refusal is not None:
+            return _refuse_live(engine, run_id, status, refusal)
         if connection.status != ConnectionStatus.ACTIVE.value:
-            raise RunRefused(f"connection {connection.alias} is {connection.status}, not active")
-        broker = broker or open_broker(engine, connection, for_trading=True)
-        ctx = repo.RunContext(run_id, investment.id, investment.portfolio_id)
+            raise RunRefused(f"connection {connection.alias!r} is {connection.status}, not active")
+        caps = capabilities(connection_config(connection))
+        if broker is None:
+            overrides: dict[str, Any] = {}
+            if caps.remote and settings.request_timeout is not None:
+                overrides["timeout"] = settings.request_timeout
+            broker = open_broker(engine, connection, for_trading=True, **overrides)
+        horizon = _lookup_horizon(broker, connection, settings)
+        ctx = repo.RunContext(run_id, investment.id, investment.portfolio_id, currency)
         if status is RunStatus.APPROVED:
-            _check_market(broker, connection, settings, sleep, monotonic)
+            _check_market(broker, connection, caps, settings, sleep, monotonic)
         with engine.begin() as conn:
             event = RunEvent.START if status is RunStatus.APPROVED else RunEvent.RESUME
-            values: dict[str, Any] = {"status": transition_run(status, event).value}
+            values: dict[str, Any] = {}
             if status is RunStatus.APPROVED:
                 values["started_at"] = utcnow()
-            conn.execute(
-                update(SmallcaseExecutionRun)
-                .where(SmallcaseExecutionRun.id == run_id)
-                .values(**values)
-            )
+            repo.apply_run_event(conn, run_id, status, event, **values)
         checkpoint("run_started")
         with engine.connect() as conn:
             orders = repo.load_orders(conn, run_id)
@@ -524,40 +814,28 @@ def execute_run(
             connection=connection,
             ctx=ctx,
             settings=settings,
+            capabilities=caps,
+            lookup_horizon=horizon,
             sleep=sleep,
             monotonic=monotonic,
+            wall=wall,
             checkpoint=checkpoint,
         )
         try:
             executor.execute(orders)
         except FatalBrokerError as exc:
             reason = f"the {connection.broker_type} connection {connection.alias!r} failed: {exc}"
-            if connection.broker_type != BrokerType.ZERODHA.value:  # Kite marks itself expired
+            if not caps.marks_connection_on_fatal:
                 mark_connection(engine, connection.id, ConnectionStatus.ERROR.value, str(exc))
-            for order in orders:
-                if order.status is OrderStatus.PLANNED:
-                    executor._set(order, OrderEvent.CANCEL, reason="run stopped: " + str(exc))
-            working = [
-                o
-                for o in orders
-                if o.status
-                in (
-                    OrderStatus.SUBMITTING,
-                    OrderStatus.SUBMITTED,
-                    OrderStatus.PARTIALLY_FILLED,
-                    OrderStatus.UNKNOWN,
-                )
-            ]
+            executor.cancel_unsent(orders, "run stopped: " + str(exc))
+            working = [o for o in orders if o.status in _WORKING]
             if working:
                 # orders still live at the broker: keep the run open so that a resume, once
                 # the connection works again, records their fills
-                counts: dict[str, int] = {}
-                for o in orders:
-                    counts[o.status.value] = counts.get(o.status.value, 0) + 1
                 return RunOutcome(
                     str(run_id),
                     RunStatus.EXECUTING.value,
-                    counts,
+                    _counts(orders),
                     reason + f"; {len(working)} order(s) still working: resume after fixing it",
                 )
             return _finish_run(engine, run_id, orders, reason=reason, fatal=True)
@@ -567,12 +845,13 @@ def execute_run(
 def _check_market(
     broker: Broker,
     connection: UserBrokerConnection,
+    caps: BrokerCapabilities,
     settings: ExecutionSettings,
     sleep: Callable[[float], None],
     monotonic: Callable[[], float],
 ) -> None:
-    if connection.broker_type == BrokerType.ZERODHA.value:
-        return  # outside market hours the Kite adapter places after-market (AMO) orders
+    if caps.orders_outside_hours:
+        return  # outside market hours the broker queues the orders for the open (Kite AMO)
     clock = broker.get_clock()
     if clock.is_open:
         return
@@ -588,11 +867,13 @@ def _check_market(
 
 
 __all__ = [
+    "BuySizing",
     "ExecutionSettings",
     "MarketClosedError",
     "RunExecutor",
     "RunOutcome",
     "RunRefused",
     "execute_run",
+    "live_trading_refusal",
     "run_lock",
 ]

@@ -24,7 +24,11 @@ What it serves (bodies shaped like Alpaca's, numbers as strings, times ISO 8601 
 * ``GET /v2/orders`` (``status`` open/closed/all, ``after``/``until`` exclusive on
   ``submitted_at``, ``limit`` default 50 max 500, ``direction`` default desc, ``symbols``,
   ``side``), ``GET /v2/orders/{id}``, ``GET /v2/orders:by_client_order_id?client_order_id=``,
-  ``DELETE /v2/orders/{id}`` (204; 422 when not cancelable; 404), ``DELETE /v2/orders``.
+  ``DELETE /v2/orders/{id}`` (204; 422 when not cancelable; 404), ``DELETE /v2/orders``;
+* ``GET /v2/account/activities/FILL`` (and ``/v2/account/activities?activity_types=FILL``): one
+  TradeActivity per execution (``price``, ``qty``, ``cum_qty``, ``leaves_qty``, ``order_id``,
+  ``type`` fill/partial_fill, ``transaction_time``), ``after``/``until``, ``direction`` (default
+  desc), ``page_size`` (max 100), ``page_token``.
 
 Authentication: ``APCA-API-KEY-ID`` / ``APCA-API-SECRET-KEY`` must match the configured keys, else
 401 ``{"code":40110000,"message":"request is not authorized"}``. Every authenticated answer
@@ -433,6 +437,7 @@ class FakeAlpaca:
         self._positions: dict[str, _Position] = {}
         self._orders: dict[str, _Order] = {}
         self._client_ids: dict[str, str] = {}  # every client_order_id ever used -> order id
+        self._activities: list[dict[str, Any]] = []  # FILL activities, oldest first
         self._fill_rules: dict[str, FillRule] = {}
         self._faults: list[tuple[Fault, str | None, str | None, int | None]] = []
         self._requests: list[RecordedRequest] = []
@@ -671,6 +676,7 @@ class FakeAlpaca:
                 order.filled_notional = order.filled_qty * price
                 if status == "filled":
                     order.filled_at = stamp
+                self._record_fill_activity(order, order.filled_qty, price, stamp)
             self._orders[order.id] = order
             self._client_ids[order.client_order_id] = order.id
             return self._order_json(order)
@@ -936,6 +942,11 @@ class FakeAlpaca:
             case "DELETE", _ if path.startswith("/v2/orders/"):
                 self._cancel(path.removeprefix("/v2/orders/"))
                 return 204, None
+            case "GET", "/v2/account/activities/FILL":
+                return 200, self._fill_activities(query)
+            case "GET", "/v2/account/activities":
+                types = {t.strip() for t in (query.get("activity_types") or [""])[0].split(",")}
+                return 200, self._fill_activities(query) if types & {"FILL", ""} else []
         raise _ApiError(404, {"code": 40410000, "message": "endpoint not found"})
 
     # ------------------------------------------------------------------ book internals
@@ -1174,6 +1185,32 @@ class FakeAlpaca:
             order.filled_at = stamp
         else:
             order.status = "partially_filled"
+        self._record_fill_activity(order, qty, price, stamp)
+
+    def _record_fill_activity(
+        self, order: _Order, qty: Decimal, price: Decimal, stamp: datetime
+    ) -> None:
+        """Append the FILL activity of one execution (Alpaca's per-fill record)."""
+        leaves = (order.qty - order.filled_qty) if order.qty is not None else Decimal(0)
+        done = order.status == "filled"
+        self._activities.append(
+            {
+                "id": f"{stamp:%Y%m%d%H%M%S%f}"[:17] + f"::{uuid.uuid4()}",
+                "activity_type": "FILL",
+                "transaction_time": _ts(stamp),
+                "type": "fill" if done else "partial_fill",
+                "price": _fmt(price),
+                "qty": _fmt(qty),
+                "side": order.side,
+                "symbol": order.symbol,
+                "leaves_qty": _fmt(max(leaves, Decimal(0))),
+                "order_id": order.id,
+                "cum_qty": _fmt(order.filled_qty),
+                "order_status": order.status,
+                "_at": stamp,
+                "_seq": len(self._activities),
+            }
+        )
 
     def _read_order(self, order_id: str | None) -> dict[str, Any]:
         with self._lock:
@@ -1221,6 +1258,39 @@ class FakeAlpaca:
             for order in page:
                 self._advance(order, read=True)
             return [self._order_json(o) for o in page]
+
+    def _fill_activities(self, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Serve FILL activities like Alpaca: newest first unless ``direction=asc``, paged.
+
+        ``after``/``until`` are exclusive bounds on ``transaction_time``; ``page_size`` (default
+        and maximum 100) and ``page_token`` (the id of the last entry of the previous page).
+        """
+
+        def one(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        direction = one("direction") or "desc"
+        if direction not in ("asc", "desc"):
+            raise _invalid("invalid direction", status=400)
+        try:
+            page_size = min(int(one("page_size") or 100), 100)
+        except ValueError:
+            raise _invalid("invalid page_size", status=400) from None
+        after = _parse_time_param(one("after"), "after")
+        until = _parse_time_param(one("until"), "until")
+        token = one("page_token")
+        with self._lock:
+            rows = [
+                a
+                for a in self._activities
+                if (after is None or a["_at"] > after) and (until is None or a["_at"] < until)
+            ]
+        rows.sort(key=lambda a: (a["_at"], a["_seq"]), reverse=direction == "desc")
+        if token:
+            ids = [a["id"] for a in rows]
+            rows = rows[ids.index(token) + 1 :] if token in ids else []
+        return [{k: v for k, v in a.items() if not k.startswith("_")} for a in rows[:page_size]]
 
     def _cancel(self, order_id: str) -> None:
         with self._lock:

@@ -409,12 +409,13 @@ def test_partial_fill_then_complete(broker: AlpacaBroker, fake: FakeAlpaca) -> N
     assert placed.status is S.PARTIALLY_FILLED
     assert placed.filled_quantity == Decimal(4)
     assert not placed.is_terminal
-    (fill,) = placed.fills
-    assert (fill.fill_id, fill.quantity) == (f"{placed.broker_order_id}:4", Decimal(4))
+    (fill,) = placed.fills  # each execution is its own FILL activity
+    assert fill.quantity == Decimal(4)
     done = broker.get_order(placed.broker_order_id)
     assert done.status is S.FILLED
     assert done.filled_quantity == Decimal(10)
-    assert done.fills[0].fill_id == f"{placed.broker_order_id}:10"
+    assert [f.quantity for f in done.fills] == [Decimal(4), Decimal(6)]
+    assert done.fills[0].fill_id == fill.fill_id
     assert fake.positions == {"AAPL": Decimal(10)}
     assert fake.cash == Decimal(99000)
 

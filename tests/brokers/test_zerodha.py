@@ -349,8 +349,9 @@ def test_timeout_after_kite_accepted_yields_exactly_one_order(
 
 
 def test_timeout_before_kite_accepted_is_ambiguous_then_resume_places_once(
-    fake: FakeKite, broker: ZerodhaBroker, ftime: FakeTime
+    fake: FakeKite, make_broker: Callable[..., ZerodhaBroker], ftime: FakeTime
 ) -> None:
+    broker = make_broker(monotonic=ftime.monotonic, lookup_horizon=2.0)
     fake.inject("timeout_before_accept", delay=5.0)
 
     with pytest.raises(AmbiguousOrderError) as info:
@@ -362,6 +363,12 @@ def test_timeout_before_kite_accepted_is_ambiguous_then_resume_places_once(
     assert ftime.sleeps == [0.5, 1.0]
     assert fake.orders() == []
 
+    # 1.5 s after the send: inside the lookup horizon, Kite may still be processing it
+    with pytest.raises(AmbiguousOrderError, match="not sending it again"):
+        broker.place_order(buy(), resume=True)
+    assert len(fake.placement_requests(kite_tag("saras-order-1"))) == 1
+
+    ftime.sleep(1.0)  # past the horizon: absent, sent again under the same tag
     order = broker.place_order(buy(), resume=True)
 
     tag = kite_tag("saras-order-1")
@@ -389,16 +396,21 @@ def test_lost_or_failed_answer_after_placing_is_resolved_from_the_book(
     "fault", ["drop_before_accept", "http_500_not_placed", "http_503_not_placed", "http_502_html"]
 )
 def test_failed_answer_without_an_order_is_ambiguous_until_resumed(
-    fake: FakeKite, broker: ZerodhaBroker, fault: str
+    fake: FakeKite, make_broker: Callable[..., ZerodhaBroker], ftime: FakeTime, fault: str
 ) -> None:
+    broker = make_broker(monotonic=ftime.monotonic, lookup_horizon=5.0)
     fake.inject(fault)
 
     with pytest.raises(AmbiguousOrderError):
         broker.place_order(buy())
     assert fake.orders() == []
+    with pytest.raises(AmbiguousOrderError):  # not absent before the horizon
+        broker.place_order(buy(), resume=True)
 
+    ftime.sleep(5.0)
     broker.place_order(buy(), resume=True)
     assert len(fake.orders_with_tag(kite_tag("saras-order-1"))) == 1
+    assert len(fake.placement_requests(kite_tag("saras-order-1"))) == 2
 
 
 def test_html_502_after_placing_is_found(fake: FakeKite, broker: ZerodhaBroker) -> None:

@@ -73,7 +73,10 @@ from saras.testing.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMEN
 from saras.testing.fake_alpaca import FakeClock as _FakeClock
 from saras.testing.fake_kite import FakeKite
 
-FAST = ExecutionSettings(poll_interval=0.01, deadline_seconds=5, retry_backoff=0.01)
+# the adapters get a 0.5 s request timeout: an order in doubt may be concluded absent after 1 s
+FAST = ExecutionSettings(
+    poll_interval=0.01, deadline_seconds=5, retry_backoff=0.01, lookup_horizon=1.0
+)
 MONEY_Q = Decimal("0.0001")
 QTY_Q = Decimal("0.000000001")
 IST = ZoneInfo("Asia/Kolkata")
@@ -341,7 +344,7 @@ class Platform:
             limiter = AlpacaRateLimiter(100_000, clock=self.clock)
             options.update(clock=self.clock, rate_limiter=limiter)
         else:
-            options.update(monotonic=self.clock, clock=kite_market_time)
+            options.update(monotonic=self.clock, clock=kite_market_time, lookup_horizon=1.0)
         options.update(overrides)
         return open_broker(self.engine, self.connection(), for_trading=True, **options)
 
@@ -364,6 +367,7 @@ class Platform:
             settings=settings,
             sleep=self.clock.sleep,
             monotonic=self.clock,
+            wall=lambda: datetime.fromtimestamp(self.clock(), UTC),
             **kwargs,
         )
 
@@ -623,9 +627,18 @@ def alpaca(pg_flow_db: Engine, alpaca_fake: FakeAlpaca, clock: Clock) -> Platfor
 
 
 @pytest.fixture
-def kite(pg_flow_db: Engine, kite_fake: FakeKite, clock: Clock) -> Platform:
-    """A Kite platform on PostgreSQL."""
+def kite(
+    pg_flow_db: Engine, kite_fake: FakeKite, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> Platform:
+    """A Kite platform on PostgreSQL (Kite is live by nature: live trading is switched on)."""
+    allow_live_trading(monkeypatch)
     return build_platform(pg_flow_db, "kite", kite_fake, clock)
+
+
+def allow_live_trading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set SARAS_LIVE_TRADING=true for this test (a Kite connection always reaches real money)."""
+    monkeypatch.setenv("SARAS_LIVE_TRADING", "true")
+    get_settings.cache_clear()
 
 
 # --- the invariants ---------------------------------------------------------------------------

@@ -51,7 +51,9 @@ def main(argv: list[str]) -> int:
         engine,
         run_id,
         broker=broker,
-        settings=ExecutionSettings(poll_interval=0.01, deadline_seconds=5, retry_backoff=0.01),
+        settings=ExecutionSettings(
+            poll_interval=0.01, deadline_seconds=8, retry_backoff=0.01, lookup_horizon=3.0
+        ),
         checkpoint=hook,
     )
     print(json.dumps({"outcome": outcome.as_dict(), "checkpoints": dict(seen)}))

@@ -25,7 +25,9 @@ from tests.reliability.conftest import (
 
 ORDERS = "/v2/orders"
 FILLED = OrderStatus.FILLED
-SLOW_POLLS = ExecutionSettings(poll_interval=0.1, deadline_seconds=5, retry_backoff=0.01)
+SLOW_POLLS = ExecutionSettings(
+    poll_interval=0.1, deadline_seconds=5, retry_backoff=0.01, lookup_horizon=1.0
+)
 
 
 @pytest.fixture
@@ -211,7 +213,9 @@ def test_429_storm_on_polling_reads_with_partial_fills(alpaca: Platform) -> None
     run_id = p.plan()
     p.fake.inject(Fault.http_429(reset_in=0.5), method="GET", path=ORDERS + "/*", times=6)
     # every 429 makes the adapter wait for its reset (about a second each): a longer deadline
-    outcome = p.execute(run_id, settings=ExecutionSettings(0.01, 60, retry_backoff=0.01))
+    outcome = p.execute(
+        run_id, settings=ExecutionSettings(0.01, 60, retry_backoff=0.01, lookup_horizon=1.0)
+    )
     assert outcome.status == "completed", outcome
     assert sum(1 for r in p.fake.requests if r.status == 429) == 6
     assert len(p.transactions()) == 8  # a partial fill and the rest, per order
@@ -284,7 +288,9 @@ def test_orders_that_never_fill_are_cancelled_and_the_run_fails(alpaca: Platform
     p = alpaca
     p.fake.auto_fill = False
     run_id = p.plan()
-    outcome = p.execute(run_id, settings=ExecutionSettings(0.05, 2, retry_backoff=0.01))
+    outcome = p.execute(
+        run_id, settings=ExecutionSettings(0.05, 2, retry_backoff=0.01, lookup_horizon=1.0)
+    )
     assert outcome.status == "failed", outcome
     assert set(statuses(p, run_id).values()) == {OrderStatus.CANCELLED}
     assert {b.status for b in p.book()} == {"canceled"}

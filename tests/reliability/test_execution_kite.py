@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from models import UserBrokerConnection
 from saras.domain.enums import ConnectionStatus, OrderStatus, RunStatus
-from saras.services.execution import ExecutionSettings
+from saras.services.execution import ExecutionSettings, execute_run
 from saras.testing.fake_kite import FillPolicy
 from tests.reliability.conftest import (
     Checkpoints,
@@ -26,7 +26,9 @@ from tests.reliability.conftest import (
 )
 
 FILLED = OrderStatus.FILLED
-SLOW_POLLS = ExecutionSettings(poll_interval=0.1, deadline_seconds=5, retry_backoff=0.01)
+SLOW_POLLS = ExecutionSettings(
+    poll_interval=0.1, deadline_seconds=5, retry_backoff=0.01, lookup_horizon=1.0
+)
 
 
 def statuses(p: Platform, run_id: object) -> dict[str, OrderStatus]:
@@ -145,6 +147,29 @@ def test_a_slow_placement_landing_after_the_client_gave_up_is_not_duplicated(
     assert_invariants(p)
 
 
+def test_a_placement_landing_after_the_old_three_seconds_of_lookups_is_not_placed_twice(
+    kite: Platform,
+) -> None:
+    """Kite lists the order 4 s after it was sent; the client gave up at 0.3 s (issue 8).
+
+    The adapter's own lookups (0, 1, 2 s apart) end before it shows. Concluding "absent" then
+    (and sending again) made two orders; within the lookup horizon (8 s here) the order stays
+    ``unknown`` and is looked up until it shows. Real time throughout.
+    """
+    p = kite
+    run_id = p.plan()
+    p.fake.inject("latency", delay=4.0, times=1)
+    p.fake.enforce_rate_limits = False
+    broker = p.broker(sleep=time.sleep, monotonic=time.monotonic, timeout=0.3, lookup_horizon=8.0)
+    settings = ExecutionSettings(
+        poll_interval=0.1, deadline_seconds=15, retry_backoff=0.01, lookup_horizon=8.0
+    )
+    outcome = execute_run(p.engine, run_id, broker=broker, settings=settings)
+    assert outcome.status == "completed", outcome
+    assert_each_tag_sent_once(p)
+    assert_invariants(p)
+
+
 # --- connection refused -------------------------------------------------------------------------
 
 
@@ -193,7 +218,9 @@ def test_429_storm_on_placements_places_each_tag_once(kite: Platform) -> None:
     run_id = p.plan()
     p.fake.inject("http_429", times=6)
     # each 429 asks for a one-second pause: give the run the time
-    outcome = p.execute(run_id, settings=ExecutionSettings(0.01, 60, retry_backoff=0.01))
+    outcome = p.execute(
+        run_id, settings=ExecutionSettings(0.01, 60, retry_backoff=0.01, lookup_horizon=1.0)
+    )
     assert outcome.status == "completed", outcome
     orders = p.orders(run_id)
     assert sum(p.placements(o) for o in orders) == 4 + 6  # every throttled one was sent again

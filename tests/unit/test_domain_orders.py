@@ -114,7 +114,7 @@ def test_submitting_found_at_resume_resolves_directly() -> None:
 
 
 def test_allowed_events_match_the_table() -> None:
-    assert allowed_order_events(S.PLANNED) == {E.SUBMIT_STARTED, E.CANCEL, E.REJECT}
+    assert allowed_order_events(S.PLANNED) == {E.SUBMIT_STARTED, E.CANCEL, E.REJECT, E.SIZED}
     assert E.SUBMIT_STARTED not in allowed_order_events(S.UNKNOWN)
     assert allowed_run_events(R.EXECUTING) == {
         RE.RESUME,
