@@ -513,7 +513,7 @@ def run_ours(engine: Engine, smallcase_id: str, phases: Phases | None) -> Ours:
         original(conn, draft, **kwargs)
 
     timing = phases if phases is not None else Phases()
-    service.write_plan = write_and_keep  # type: ignore[assignment]
+    service.write_plan = write_and_keep
     try:
         with instrumented(timing):  # wraps write_and_keep as "write total"
             began = time.perf_counter()

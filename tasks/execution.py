@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from sqlalchemy.orm import Session
 
 from models import UserBrokerConnection
@@ -20,13 +21,13 @@ def _settings(overrides: dict[str, Any] | None) -> ExecutionSettings:
     return ExecutionSettings(**(overrides or {}))
 
 
-@task(cache_policy=None, task_run_name="execute-run-{run_id}")
+@task(cache_policy=NO_CACHE, task_run_name="execute-run-{run_id}")
 def execute_one_run(run_id: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Execute (or resume) one run."""
     return execute_run(get_engine(), uuid.UUID(run_id), settings=_settings(settings)).as_dict()
 
 
-@task(cache_policy=None, task_run_name="execute-connections-{label}")
+@task(cache_policy=NO_CACHE, task_run_name="execute-connections-{label}")
 def execute_connection_runs(
     runs_by_connection: dict[str, list[str]], label: str, settings: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -42,7 +43,9 @@ def execute_connection_runs(
         options = _settings(settings)
         # a connection that may not trade live opens no broker: execute_run ends its runs
         refused = live_trading_refusal(connection) is not None
-        timeout = {"timeout": options.request_timeout} if options.request_timeout else {}
+        timeout: dict[str, Any] = (
+            {"timeout": options.request_timeout} if options.request_timeout else {}
+        )
         for run_id in run_ids:
             try:
                 if broker is None and not refused:

@@ -18,6 +18,7 @@ Downgrade drops the constraints and indexes; no data is touched.
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -252,7 +253,7 @@ INDEXES: tuple[tuple[str, str, list[str], bool, str | None], ...] = (
 
 def _create_indexes() -> None:
     for name, table, columns, unique, where in INDEXES:
-        predicate = (
+        predicate: dict[str, Any] = (
             {}
             if where is None
             else {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}

@@ -50,7 +50,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -613,7 +613,7 @@ class AlpacaBroker:
         rows = self._read("assets", lambda c: c.get_all_assets(request)) or []
         out = []
         for row in rows:
-            raw = row if isinstance(row, dict) else dict(row)
+            raw: dict[str, Any] = row if isinstance(row, dict) else dict(cast(Any, row))
             venue = str(raw.get("exchange") or "").upper()
             if exchange and venue != exchange.upper():
                 continue
@@ -847,7 +847,7 @@ def _base_url(config: ConnectionConfig) -> str:
     """Pick the endpoint: ``metadata["base_url"]`` if given, else paper or live."""
     override = config.metadata.get("base_url")
     if override is None or override == "":
-        return (BaseURL.TRADING_PAPER if config.paper_trading else BaseURL.TRADING_LIVE).value
+        return str((BaseURL.TRADING_PAPER if config.paper_trading else BaseURL.TRADING_LIVE).value)
     if not isinstance(override, str) or not override.startswith(("http://", "https://")):
         raise FatalBrokerError(
             f"alpaca connection {config.connection_id}: base_url must be an http(s) URL",

@@ -158,9 +158,10 @@ class _UTCDateTime(sa.types.TypeDecorator[datetime]):
         """Return a stored timestamp as an aware UTC datetime."""
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        stamp: datetime = value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC)
 
 
 def _quantity_type() -> _Dec:

@@ -483,6 +483,11 @@ class _Spec:
         )
 
 
+def _instruments(kite: KiteConnect, venue: str) -> Any:
+    """Return Kite's instruments dump of one exchange."""
+    return kite.instruments(venue)
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -947,7 +952,7 @@ class ZerodhaBroker:
         exchanges = [exchange.upper()] if exchange else ["NSE", "BSE"]
         out = []
         for venue in exchanges:
-            rows = self._read("instruments", lambda k, v=venue: k.instruments(v)) or []
+            rows = self._read("instruments", functools.partial(_instruments, venue=venue)) or []
             for row in rows:
                 if str(row.get("instrument_type", "EQ")) != "EQ" or str(row.get("segment")) not in {
                     venue,

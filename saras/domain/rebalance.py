@@ -420,7 +420,7 @@ class InvestmentPlan:
 def _to_units(quantity: Decimal | int, decimals: int) -> int:
     """Return ``quantity`` in integer units of 10**-decimals, rounded down."""
     if isinstance(quantity, int) and not isinstance(quantity, bool):
-        return quantity * 10**decimals
+        return int(quantity * 10**decimals)
     if not isinstance(quantity, Decimal) or not quantity.is_finite():
         raise InvalidState(f"quantities must be finite Decimals, got {quantity!r}")
     return int(quantity.scaleb(decimals).to_integral_value(rounding=ROUND_FLOOR))
@@ -1006,7 +1006,8 @@ def _distance(
     """Return each row's distance to its targets over the eligible legs (see the docstring)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(elig, (short - steps * value[None, :]) ** 2 / target, 0.0)
-    return terms.sum(1)
+    total: FloatArray = terms.sum(1)
+    return total
 
 
 def _allocate(

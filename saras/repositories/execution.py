@@ -13,9 +13,9 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Table, select, update
 from uuid_utils.compat import uuid7
 
 from models import (
@@ -323,7 +323,9 @@ def _record_fill(
     ).first()
     if exists is None:
         conn.execute(
-            TradingTransaction.__table__.insert().values(
+            cast(Table, TradingTransaction.__table__)
+            .insert()
+            .values(
                 id=_uuid7(),
                 portfolio_id=ctx.portfolio_id,
                 asset_id=order.asset_id,
@@ -392,7 +394,9 @@ def _move_holding(
                 f"sell fill of {order.symbol} for a portfolio that holds none (order {order.id})"
             )
         conn.execute(
-            PortfolioHolding.__table__.insert().values(
+            cast(Table, PortfolioHolding.__table__)
+            .insert()
+            .values(
                 id=_uuid7(),
                 portfolio_id=portfolio_id,
                 asset_id=order.asset_id,
