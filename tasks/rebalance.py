@@ -36,7 +36,7 @@ def plan_runs(
         constituents=constituents,
         investment_ids=[uuid.UUID(i) for i in investment_ids] if investment_ids else None,
         amounts={uuid.UUID(k): Decimal(v) for k, v in (amounts or {}).items()},
-        policy=service.parse_policy(policy),
+        policy=None if policy is None else service.parse_policy(policy),
         dry_run=dry_run,
         require_approval=require_approval,
         max_price_age_sessions=max_price_age_sessions,

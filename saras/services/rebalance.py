@@ -73,6 +73,7 @@ from saras.domain.plan import (
     SkippedLeg,
 )
 from saras.domain.plan_hash import combined_plan_hash, order_line, run_orders_hash
+from saras.domain.policy import METADATA_KEY
 from saras.domain.rebalance import (
     SKIP_REASONS,
     BatchPlan,
@@ -88,6 +89,7 @@ from saras.repositories import corporate_actions as ca_repo
 from saras.repositories import runs as runs_repo
 from saras.repositories.execution import orders_hash, qty_text
 from saras.services import admin
+from saras.services import policy as policy_service
 from saras.services.brokers import mark_connection, open_broker
 
 US_EXCHANGES = {"NYSE", "NASDAQ", "ARCA", "AMEX", "US", "BATS"}
@@ -118,6 +120,21 @@ def broker_can_trade(broker_type: str, exchange: str) -> bool:
             return exchange in US_EXCHANGES
         case BrokerType.PAPER:
             return True
+
+
+def stored_planning_policy(
+    conn: Connection, smallcase: Smallcase, composition: tuple[Constituent, ...] | None
+) -> PlanningPolicy | None:
+    """Return the planner's policy from the smallcase's stored policy (None: none is stored).
+
+    ``saras smallcases policy set`` stores it; a run's own ``policy`` parameter replaces it.
+    Its minimum trade value is the one for the smallcase's currency.
+    """
+    if METADATA_KEY not in (smallcase.metadata_ or {}):
+        return None
+    stored = policy_service.stored_policy(smallcase)
+    currency = composition[0].currency if composition else smallcase_currency(conn, smallcase.id)
+    return stored.planning_policy(currency or "USD")
 
 
 def smallcase_currency(conn: Connection, smallcase_id: uuid.UUID) -> str | None:
@@ -1044,6 +1061,8 @@ def plan_and_write(
         composition = (
             None if constituents is None else validate_composition(session, smallcase, constituents)
         )
+        if policy is None:
+            policy = stored_planning_policy(session.connection(), smallcase, composition)
         investments = (
             load_investments(session.connection(), smallcase_id, investment_ids)
             if check_brokers
