@@ -39,8 +39,9 @@ def maintain(
     """Resume interrupted runs, start or expire approved ones, repair, purge; report stuck work.
 
     Safe to run twice at once: execution locks decide who resumes or starts a run, expiry is
-    written under the lock and ``WHERE status = 'approved'``, repair planning is locked per
-    original run, and purges delete only what has expired.
+    written under the lock and ``WHERE status = 'approved'``, repair planning takes the
+    planner's lock on the investment (and checks again under it), and purges delete only what
+    has expired.
     """
     began = time.monotonic()
     logger = get_run_logger()

@@ -45,19 +45,20 @@ def repair_run(
         )
     except SarasError as exc:
         return finish("flow.repair_run", began, None, [], message=str(exc), failed=True, path=PATH)
-    outcome = result.plan.as_outcome()
     state = finish(
         "flow.repair_run",
         began,
-        outcome,
+        result.plan.plan,
         result.results,
         message=(result.message or None) if not result.results else None,
         failed=result.failed,
         path=PATH,
     )
-    if state.is_completed() and not result.results and result.plan.repair_run_id:
+    if not state.is_completed():
+        return state
+    report = result.plan.plan.report() if result.plan.plan is not None else None
+    data = {"plan": report, "repair": result.plan.summary(), "results": result.results}
+    if not result.results and result.plan.repair_run_id:
         # planned, waiting for approval: done for now, and say so
-        return Completed(
-            name="Awaiting Approval", message=result.message, data={"plan": outcome, "results": []}
-        )
-    return state
+        return Completed(name="Awaiting Approval", message=result.message, data=data)
+    return Completed(name=state.name, message=state.message, data=data)

@@ -45,6 +45,12 @@ def publish_repair(plan: service.RepairPlan, *, key: str = "repair-plan") -> str
         f"- {plan.message}",
         f"- plan hash: `{plan.plan_hash}`" if plan.plan_hash else "- nothing planned",
     ]
+    if plan.plan is not None and plan.plan.currency:
+        summary = plan.plan.summary()
+        lines.append(
+            f"- estimated buys {summary['est_buy_value']} {plan.plan.currency}, "
+            f"sells {summary['est_sell_value']} {plan.plan.currency}"
+        )
     lines.extend(f"- problem: {p}" for p in plan.problems)
     markdown = "\n".join(lines)
     create_table_artifact(
@@ -85,8 +91,7 @@ def repair_and_execute(
         require_approval = not get_settings().repair_auto_approve
     plan = plan_repair(run_id, require_approval)
     markdown = publish_repair(plan)
-    outcome = plan.as_outcome()
-    if plan.repair_run_id is None:
+    if plan.plan is None or not plan.plan.runs:
         return RepairResult(plan, message=plan.message)
     if plan.status == RunStatus.AWAITING_APPROVAL.value:
         if not wait_for_approval:
@@ -96,7 +101,7 @@ def repair_and_execute(
                 "to review and approve it",
             )
         approved, why = approve_or_reject(
-            outcome,
+            plan.plan,
             markdown,
             timeout_seconds=approval_timeout_seconds,
             poll_seconds=approval_poll_seconds,
@@ -105,7 +110,7 @@ def repair_and_execute(
             return RepairResult(plan, message=why, failed=True)
     elif plan.status not in (RunStatus.APPROVED.value, RunStatus.EXECUTING.value):
         return RepairResult(plan, message=plan.message)
-    return RepairResult(plan, execute_planned(outcome, execution), plan.message)
+    return RepairResult(plan, execute_planned(plan.plan, execution), plan.message)
 
 
 __all__ = ["RepairResult", "plan_repair", "publish_repair", "repair_and_execute"]

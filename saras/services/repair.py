@@ -19,18 +19,23 @@ case it is planned ``approved`` (``approval: auto``) and executed at once. Auto-
 default: a repair places new orders at new prices, and the original approval covered the old
 ones.
 
-Two planners of one original never race: planning takes a lock keyed on the original run (the
-same advisory-lock mechanism as execution), re-reads the investment's runs under it, and the
-database's one-unfinished-run-per-investment index is the last word.
+Two planners of one original (or a repair and a rebalance of the same investment) never race:
+the repair is planned in one transaction that first takes the planner's lock on the investment
+(``repositories.runs.lock_planning``), then checks again, under it, that the run may still be
+repaired, plans, writes the run through the run state table and stamps its ``repair_of`` and
+``repair_attempt``: a repair run never exists without them. The slow broker check of the
+connection happens before, outside the lock, as for any plan.
 
 All coupling to the planner (``saras.services.rebalance``) is in the section "planner adapter"
-below, so that a change of the planner's interface is adapted in one place.
+below, so that a change of the planner's interface is adapted in one place. Approval and
+execution take the repair as the planner's typed :class:`~saras.domain.plan.Plan`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -54,12 +59,12 @@ from saras.domain.enums import (
     RunStatus,
     RunType,
 )
+from saras.domain.plan import AssetRef, AssetTotal, Plan, PlannedRun
+from saras.domain.plan_hash import combined_plan_hash
 from saras.errors import SarasError
-from saras.services.execution import RunRefused, run_lock
+from saras.repositories import runs as runs_repo
 from saras.settings import get_settings
 
-#: namespace of the lock ids that serialise repair planning per original run
-_REPAIR_LOCK_NAMESPACE = uuid.UUID("5a7a5e11-0000-4000-8000-00000000e9a1")
 #: words in a broker's refusal that mean "not enough money" (Alpaca, Kite, paper)
 _MONEY_WORDS = ("insufficient", "buying power", "funds", "margin", "cash")
 
@@ -81,7 +86,11 @@ class RepairOrder:
 
 @dataclass(frozen=True)
 class RepairPlan:
-    """What a repair planned (or found already planned) for one original run."""
+    """What a repair planned (or found already planned) for one original run.
+
+    ``plan`` is the repair run as the planner's typed plan (its one run), which approval and
+    execution take; None when nothing was planned.
+    """
 
     original_run_id: str
     smallcase: str
@@ -93,30 +102,26 @@ class RepairPlan:
     orders: tuple[RepairOrder, ...] = ()
     message: str = ""
     problems: tuple[str, ...] = ()
+    plan: Plan | None = None
 
     @property
     def run_ids(self) -> list[str]:
         """Return the repair run's id as a list (empty when nothing was planned)."""
         return [self.repair_run_id] if self.repair_run_id else []
 
-    def as_outcome(self) -> dict[str, Any]:
-        """Return the plan in the shape the shared approve-execute tasks take."""
+    def summary(self) -> dict[str, Any]:
+        """Return the repair's headline (JSON values): what it repairs, which attempt, why."""
         return {
-            "summary": {
-                "smallcase": self.smallcase,
-                "run_type": RunType.REPAIR.value,
-                "repair_of": self.original_run_id,
-                "attempt": self.attempt,
-                "orders": len(self.orders),
-                "plan_hash": self.plan_hash,
-                "problems": list(self.problems),
-                "message": self.message,
-            },
-            "run_ids": self.run_ids,
+            "smallcase": self.smallcase,
+            "run_type": RunType.REPAIR.value,
+            "repair_of": self.original_run_id,
+            "repair_run_id": self.repair_run_id,
+            "attempt": self.attempt,
+            "status": self.status,
+            "orders": len(self.orders),
             "plan_hash": self.plan_hash,
-            "runs_by_connection": (
-                {self.connection_id: self.run_ids} if self.repair_run_id else {}
-            ),
+            "problems": list(self.problems),
+            "message": self.message,
         }
 
 
@@ -140,59 +145,141 @@ class _Chain:
     unfinished: SmallcaseExecutionRun | None = None
 
 
+@dataclass(frozen=True)
+class _Eligible:
+    """A run that may be repaired now, read as plain values."""
+
+    original_id: uuid.UUID
+    latest_id: uuid.UUID
+    investment_id: uuid.UUID
+    smallcase_id: uuid.UUID
+    smallcase: str
+    connection_id: uuid.UUID
+    attempts: int
+    kind: str
+
+
 # --- planner adapter: the only place that calls saras.services.rebalance ----------------------
 
 
-@dataclass(frozen=True)
-class _Planned:
-    """The planner's answer for one investment, opaque outside this adapter."""
+def _unusable_connections(
+    engine: Engine, smallcase_id: uuid.UUID, investment_id: uuid.UUID
+) -> dict[uuid.UUID, str]:
+    """Ask the investment's broker whether its connection works (slow: call outside the lock)."""
+    from saras.services import rebalance
 
-    run_id: uuid.UUID | None
-    skipped: dict[str, list[str]]
-    problems: list[str]
-    plan: Any
-    writes: Any
+    with engine.connect() as conn:
+        investments = rebalance.load_investments(conn, smallcase_id, [investment_id])
+    return rebalance.check_connections(engine, investments)
 
 
-def _plan_investment(engine: Engine, smallcase: Smallcase, investment_id: uuid.UUID) -> _Planned:
-    """Plan one investment with the planner's ``repair`` rules (nothing written).
+def _plan_and_write(
+    conn: Connection,
+    eligible: _Eligible,
+    *,
+    unusable: Mapping[uuid.UUID, str],
+    auto_approve: bool,
+) -> Plan:
+    """Plan the investment with the planner's ``repair`` rules and write its run, if any.
 
-    Raises the planner's own errors (stale prices: ``StalePricesError``, a ``SarasError``).
+    Runs in the caller's planning transaction, after ``lock_planning``. Raises the planner's
+    own errors (stale prices: ``StalePricesError``, a ``SarasError``).
     """
     from saras.services import rebalance
 
-    plan, writes = rebalance.plan_smallcase(
-        engine, smallcase, run_type=RunType.REPAIR, investment_ids=[investment_id]
+    draft = rebalance.plan_smallcase(
+        conn,
+        eligible.smallcase_id,
+        eligible.smallcase,
+        run_type=RunType.REPAIR,
+        investment_ids=[eligible.investment_id],
+        unusable=unusable,
     )
-    run_id = plan.runs[0].run_id if plan.runs else None
-    return _Planned(run_id, dict(plan.skipped), list(plan.problems), plan, writes)
+    if draft.supersedes:
+        # the eligibility check under the lock found no unfinished run: a repair never replaces
+        # another plan (raising rolls the transaction back: nothing is written)
+        raise RepairRefused(
+            f"run {eligible.original_id} is not repaired: its investment has waiting runs "
+            f"{', '.join(sorted(str(r) for r in draft.supersedes))}"
+        )
+    rebalance.write_plan(conn, draft, auto_approve=auto_approve)
+    return draft.plan
 
 
-def _write_planned(conn: Connection, planned: _Planned, status: RunStatus) -> None:
-    """Write a planned repair run and its orders in the caller's transaction."""
+def _plan_of_run(conn: Connection, run: SmallcaseExecutionRun, smallcase: Smallcase) -> Plan:
+    """Return a repair run already written as the planner's typed plan (for approval)."""
     from saras.services import rebalance
 
-    rebalance.write_plan(conn, planned.plan, planned.writes, status=status)
+    body = run.execution_plan or {}
+    investment = conn.execute(
+        select(UserSmallcaseInvestment.user_id).where(
+            UserSmallcaseInvestment.id == run.investment_id
+        )
+    ).scalar_one()
+    rows = conn.execute(
+        select(
+            Asset.symbol,
+            Asset.exchange,
+            SmallcaseExecutionOrder.side,
+            SmallcaseExecutionOrder.quantity,
+            SmallcaseExecutionOrder.price,
+        )
+        .join(Asset, Asset.id == SmallcaseExecutionOrder.asset_id)
+        .where(SmallcaseExecutionOrder.execution_run_id == run.id)
+    ).all()
+    value: dict[str, Decimal] = defaultdict(Decimal)
+    per_asset: dict[tuple[AssetRef, str], list[Decimal]] = {}
+    for symbol, exchange, side, quantity, price in rows:
+        qty = Decimal(str(quantity))
+        est = qty * Decimal(str(price)) if price is not None else Decimal(0)
+        value[side] += est
+        total = per_asset.setdefault((AssetRef(symbol, exchange), side), [Decimal(0)] * 3)
+        total[0] += qty
+        total[1] += est
+        total[2] += 1
+    # the hash the run was planned with: approval compares the orders as they are now with it
+    run_hash = body.get("plan_hash") or rebalance.current_run_hashes(conn, [run.id])[run.id]
+    planned = PlannedRun(
+        run_id=run.id,
+        investment_id=run.investment_id,
+        connection_id=run.broker_connection_id,
+        user_id=uuid.UUID(str(investment)),
+        order_count=len(rows),
+        est_buy=value["buy"],
+        est_sell=value["sell"],
+        plan_hash=str(run_hash),
+    )
+    return Plan(
+        smallcase_id=smallcase.id,
+        smallcase_name=smallcase.name,
+        run_type=RunType.REPAIR,
+        currency=rebalance.smallcase_currency(conn, smallcase.id),
+        runs=(planned,),
+        totals=tuple(
+            AssetTotal(ref, side, int(v[2]), v[0], v[1]) for (ref, side), v in per_asset.items()
+        ),
+        skipped={},
+        order_count=len(rows),
+        plan_hash=combined_plan_hash([planned.plan_hash]),
+    )
 
 
 def stale_price_problem(engine: Engine, run_id: uuid.UUID, now: datetime) -> str | None:
     """Return why a run's prices are too old to trade on now, or None when they are fresh."""
     from saras.services import rebalance
 
-    with Session(engine) as session:
-        assets = list(
-            session.scalars(
-                select(Asset)
-                .join(SmallcaseExecutionOrder, SmallcaseExecutionOrder.asset_id == Asset.id)
-                .where(SmallcaseExecutionOrder.execution_run_id == run_id)
-                .distinct()
-            )
-        )
-        prices = rebalance.latest_prices(session.connection(), [a.id for a in assets])
+    with engine.connect() as conn:
+        asset_ids = conn.execute(
+            select(SmallcaseExecutionOrder.asset_id)
+            .where(SmallcaseExecutionOrder.execution_run_id == run_id)
+            .distinct()
+        ).scalars()
+        assets = rebalance.load_assets(conn, [uuid.UUID(str(a)) for a in asset_ids])
+        prices = rebalance.latest_prices(conn, assets)
     try:
-        rebalance.check_prices(assets, prices, now, 1)
+        rebalance.check_prices(list(assets.values()), prices, now, 1)
     except rebalance.StalePricesError as exc:
-        return str(exc).replace("nothing was planned: ", "")
+        return str(exc).replace("stale or missing prices, nothing was planned: ", "")
     return None
 
 
@@ -264,11 +351,12 @@ def _load_chain(session: Session, run_id: uuid.UUID) -> _Chain:
     )
 
 
-def _existing(session: Session, chain: _Chain, engine: Engine, sc: Smallcase) -> RepairPlan:
+def _existing(session: Session, chain: _Chain, sc: Smallcase) -> RepairPlan:
     """Describe a repair run of this original that is already planned and not finished."""
     run = chain.unfinished
     assert run is not None
-    rows = session.execute(
+    conn = session.connection()
+    rows = conn.execute(
         select(
             Asset.symbol,
             Asset.exchange,
@@ -280,6 +368,7 @@ def _existing(session: Session, chain: _Chain, engine: Engine, sc: Smallcase) ->
         .where(SmallcaseExecutionOrder.execution_run_id == run.id)
         .order_by(SmallcaseExecutionOrder.side.desc(), Asset.symbol)
     ).all()
+    plan = _plan_of_run(conn, run, sc)
     return RepairPlan(
         original_run_id=str(chain.original.id),
         smallcase=sc.name,
@@ -287,17 +376,71 @@ def _existing(session: Session, chain: _Chain, engine: Engine, sc: Smallcase) ->
         repair_run_id=str(run.id),
         attempt=int((run.execution_plan or {}).get("repair_attempt", len(chain.repairs))),
         status=run.status,
-        plan_hash=plan_hash_of(engine, [run.id]),
+        plan_hash=plan.plan_hash,
         orders=tuple(
             RepairOrder(s, e, side, _text(q), "" if p is None else _text(p))
             for s, e, side, q, p in rows
         ),
         message=f"repair run {run.id} (attempt of run {chain.original.id}) is already {run.status}",
+        plan=plan,
     )
 
 
 def _text(value: Any) -> str:
     return f"{Decimal(str(value)).normalize():f}"
+
+
+def _eligible(session: Session, run_id: uuid.UUID, limit: int) -> _Eligible | RepairPlan:
+    """Return what repairing the run takes, or the repair already waiting; raise RepairRefused."""
+    chain = _load_chain(session, run_id)
+    original = chain.original
+    investment = session.get_one(UserSmallcaseInvestment, original.investment_id)
+    sc = session.get_one(Smallcase, investment.smallcase_id)
+    if chain.unfinished is not None:
+        if _repair_of(chain.unfinished) == original.id:
+            return _existing(session, chain, sc)
+        raise RepairRefused(
+            f"run {original.id} is not repaired: its investment has an unfinished "
+            f"{chain.unfinished.run_type} run {chain.unfinished.id} ({chain.unfinished.status})"
+        )
+    latest = chain.latest
+    assert latest is not None
+    if latest.id != original.id and _repair_of(latest) != original.id:
+        raise RepairRefused(
+            f"run {original.id} is not repaired: a later {latest.run_type} run {latest.id} "
+            "replaced it"
+        )
+    if original.run_type == RunType.EXIT.value:
+        raise RepairRefused(
+            f"run {original.id} is an exit: run the exit again to sell what is left"
+        )
+    if investment.status != InvestmentStatus.ACTIVE.value:
+        raise RepairRefused(
+            f"run {original.id} is not repaired: its investment is {investment.status}"
+        )
+    kind = failure_kind(session, latest)
+    if kind is None:
+        why = (latest.execution_plan or {}).get("outcome_reason")
+        raise RepairRefused(
+            f"run {latest.id} ended {latest.status}{f' ({why})' if why else ''}: "
+            "nothing a repair can finish (only unfilled orders and money refusals are)"
+        )
+    attempts = len(chain.repairs)
+    if attempts >= limit:
+        raise RepairRefused(
+            f"run {original.id} has had {attempts} repair run(s), the most allowed "
+            f"(SARAS_REPAIR_MAX_ATTEMPTS={limit})"
+        )
+    return _Eligible(
+        original_id=original.id,
+        latest_id=latest.id,
+        investment_id=investment.id,
+        smallcase_id=sc.id,
+        smallcase=sc.name,
+        connection_id=investment.broker_connection_id,
+        attempts=attempts,
+        kind=kind,
+    )
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -317,121 +460,90 @@ def plan_repair(
     """
     run_id = uuid.UUID(str(run_id))
     limit = get_settings().repair_max_attempts if max_attempts is None else max_attempts
+    # first without any lock: refuse early, and know whose connection to check
     with Session(engine) as session:
-        first = _load_chain(session, run_id)
-    lock_id = uuid.uuid5(_REPAIR_LOCK_NAMESPACE, str(first.original.id))
-    try:
-        with run_lock(engine, lock_id):
-            return _plan_locked(engine, run_id, require_approval=require_approval, limit=limit)
-    except RunRefused:
-        raise RepairRefused(
-            f"a repair of run {first.original.id} is being planned by another process"
-        ) from None
-
-
-def _plan_locked(
-    engine: Engine, run_id: uuid.UUID, *, require_approval: bool, limit: int
-) -> RepairPlan:
-    with Session(engine, expire_on_commit=False) as session:
-        chain = _load_chain(session, run_id)
-        original = chain.original
-        investment = session.get_one(UserSmallcaseInvestment, original.investment_id)
-        sc = session.get_one(Smallcase, investment.smallcase_id)
-        if chain.unfinished is not None:
-            if _repair_of(chain.unfinished) == original.id:
-                return _existing(session, chain, engine, sc)
-            raise RepairRefused(
-                f"run {original.id} is not repaired: its investment has an unfinished "
-                f"{chain.unfinished.run_type} run {chain.unfinished.id} ({chain.unfinished.status})"
-            )
-        latest = chain.latest
-        assert latest is not None
-        if latest.id != original.id and _repair_of(latest) != original.id:
-            raise RepairRefused(
-                f"run {original.id} is not repaired: a later {latest.run_type} run {latest.id} "
-                "replaced it"
-            )
-        if original.run_type == RunType.EXIT.value:
-            raise RepairRefused(
-                f"run {original.id} is an exit: run the exit again to sell what is left"
-            )
-        if investment.status != InvestmentStatus.ACTIVE.value:
-            raise RepairRefused(
-                f"run {original.id} is not repaired: its investment is {investment.status}"
-            )
-        kind = failure_kind(session, latest)
-        if kind is None:
-            why = (latest.execution_plan or {}).get("outcome_reason")
-            raise RepairRefused(
-                f"run {latest.id} ended {latest.status}{f' ({why})' if why else ''}: "
-                "nothing a repair can finish (only unfilled orders and money refusals are)"
-            )
-        attempts = len(chain.repairs)
-        if attempts >= limit:
-            raise RepairRefused(
-                f"run {original.id} has had {attempts} repair run(s), the most allowed "
-                f"(SARAS_REPAIR_MAX_ATTEMPTS={limit})"
-            )
-        connection_id = str(investment.broker_connection_id)
-    attempt = attempts + 1
-    status = RunStatus.AWAITING_APPROVAL if require_approval else RunStatus.APPROVED
-    planned = _plan_investment(engine, sc, investment.id)
-    problems = planned.problems
-    new_id = planned.run_id
-    if new_id is None:
-        reasons = ", ".join(sorted(planned.skipped)) or "no order needed"
-        return RepairPlan(
-            original_run_id=str(original.id),
-            smallcase=sc.name,
-            connection_id=connection_id,
-            attempt=attempts,
-            message=f"nothing to repair for run {original.id}: every leg is on target "
-            f"or cannot be traded ({reasons})",
-            problems=tuple(problems),
-        )
+        first = _eligible(session, run_id, limit)
+    if isinstance(first, RepairPlan):
+        return first
+    unusable = _unusable_connections(engine, first.smallcase_id, first.investment_id)
     with engine.begin() as conn:
-        _write_planned(conn, planned, status)
-        body = dict(
-            conn.execute(
-                select(SmallcaseExecutionRun.execution_plan).where(
-                    SmallcaseExecutionRun.id == new_id
-                )
-            ).scalar_one()
-            or {}
+        runs_repo.lock_planning(conn, first.smallcase_id, [first.investment_id])
+        # under the lock: another planner (a repair, a rebalance) may have come first
+        with Session(bind=conn) as session:
+            eligible = _eligible(session, run_id, limit)
+            if isinstance(eligible, RepairPlan):
+                return eligible
+        plan = _write_repair(conn, eligible, unusable, require_approval=require_approval)
+    if not plan.runs:
+        reasons = ", ".join(sorted(plan.skipped)) or "no order needed"
+        return RepairPlan(
+            original_run_id=str(eligible.original_id),
+            smallcase=eligible.smallcase,
+            connection_id=str(eligible.connection_id),
+            attempt=eligible.attempts,
+            message=f"nothing to repair for run {eligible.original_id}: every leg is on target "
+            f"or cannot be traded ({reasons})",
+            problems=plan.problems,
         )
-        body.update(
-            repair_of=str(original.id),
-            repair_attempt=attempt,
-            repair_reason=kind,
-            repair_after=str(latest.id),
-        )
-        if not require_approval:
-            body.update(
-                approval_policy="SARAS_REPAIR_AUTO_APPROVE", approved_at=utcnow().isoformat()
-            )
-        result = conn.execute(
-            update(SmallcaseExecutionRun)
-            .where(SmallcaseExecutionRun.id == new_id, SmallcaseExecutionRun.status == status.value)
-            .values(execution_plan=body)
-        )
-        if result.rowcount != 1:
-            raise RepairRefused(f"repair run {new_id} changed while it was being written")
     with Session(engine) as session:
-        chain = _load_chain(session, new_id)
-        plan = _existing(session, chain, engine, sc)
+        chain = _load_chain(session, plan.runs[0].run_id)
+        sc = session.get_one(Smallcase, eligible.smallcase_id)
+        written = _existing(session, chain, sc)
+    attempt = eligible.attempts + 1
     return RepairPlan(
-        original_run_id=plan.original_run_id,
-        smallcase=plan.smallcase,
-        connection_id=plan.connection_id,
-        repair_run_id=plan.repair_run_id,
+        original_run_id=written.original_run_id,
+        smallcase=written.smallcase,
+        connection_id=written.connection_id,
+        repair_run_id=written.repair_run_id,
         attempt=attempt,
-        status=status.value,
+        status=written.status,
         plan_hash=plan.plan_hash,
-        orders=plan.orders,
-        message=f"repair {attempt} of {limit} for run {original.id}: run {new_id}, "
-        f"{len(plan.orders)} order(s), {status.value}",
-        problems=tuple(problems),
+        orders=written.orders,
+        message=f"repair {attempt} of {limit} for run {eligible.original_id}: run "
+        f"{written.repair_run_id}, {len(written.orders)} order(s), {written.status}",
+        problems=plan.problems,
+        plan=plan,
     )
+
+
+def _write_repair(
+    conn: Connection,
+    eligible: _Eligible,
+    unusable: Mapping[uuid.UUID, str],
+    *,
+    require_approval: bool,
+) -> Plan:
+    """Plan and write the repair run with its links, in the planning transaction.
+
+    Returns the plan (without runs when nothing needed repairing: nothing is written then).
+    """
+    plan = _plan_and_write(conn, eligible, unusable=unusable, auto_approve=not require_approval)
+    if not plan.runs:
+        return plan
+    new_id = plan.runs[0].run_id
+    status = runs_repo.born_status(auto_approve=not require_approval)
+    body = dict(
+        conn.execute(
+            select(SmallcaseExecutionRun.execution_plan).where(SmallcaseExecutionRun.id == new_id)
+        ).scalar_one()
+        or {}
+    )
+    body.update(
+        repair_of=str(eligible.original_id),
+        repair_attempt=eligible.attempts + 1,
+        repair_reason=eligible.kind,
+        repair_after=str(eligible.latest_id),
+    )
+    if not require_approval:
+        body.update(approval_policy="SARAS_REPAIR_AUTO_APPROVE", approved_at=utcnow().isoformat())
+    result = conn.execute(
+        update(SmallcaseExecutionRun)
+        .where(SmallcaseExecutionRun.id == new_id, SmallcaseExecutionRun.status == status.value)
+        .values(execution_plan=body)
+    )
+    if result.rowcount != 1:
+        raise RepairRefused(f"repair run {new_id} changed while it was being written")
+    return plan
 
 
 # --- what maintenance repairs -----------------------------------------------------------------

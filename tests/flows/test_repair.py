@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -14,10 +15,13 @@ from sqlalchemy import Engine, update
 from flows.maintenance import maintain
 from flows.repair import repair_run
 from models import SmallcaseExecutionRun
+from saras.services import rebalance
+from saras.services import repair as repair_service
 from tests.flows.test_maintenance import (
     ASHA,
     FAST,
     SHORT,
+    US,
     assert_ledger_is_the_book,
     only_run,
     order_statuses,
@@ -151,3 +155,29 @@ def test_the_repair_flow_shows_the_repair_maintenance_left_waiting(
     repaired = only_run(platform, run_type="repair")  # the same run, approved and executed
     assert repaired.id == waiting.id and repaired.status == "completed"
     assert_ledger_is_the_book(platform, ASHA)
+
+
+def test_a_plan_made_while_the_repair_waited_for_the_planning_lock_is_not_replaced(
+    platform: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = partially_completed_invest(platform)
+    check_connection = repair_service._unusable_connections
+
+    def a_rebalance_plans_first(
+        engine: Engine, smallcase_id: uuid.UUID, investment_id: uuid.UUID
+    ) -> dict[uuid.UUID, str]:
+        # between the repair's first look and its planning lock, an analyst plans a rebalance
+        plan = rebalance.plan_and_write(
+            engine,
+            US,
+            policy=rebalance.parse_policy({"drift_band_pct": "0", "min_weight_change_pct": "0"}),
+            require_approval=True,
+        )
+        assert plan.runs, plan.skipped
+        return check_connection(engine, smallcase_id, investment_id)
+
+    monkeypatch.setattr(repair_service, "_unusable_connections", a_rebalance_plans_first)
+    with pytest.raises(repair_service.RepairRefused, match="unfinished rebalance run"):
+        repair_service.plan_repair(platform, original.id, require_approval=False)
+    assert only_run(platform, run_type="rebalance").status == "awaiting_approval"
+    assert runs(platform, run_type="repair") == []
