@@ -1,4 +1,4 @@
-"""A smallcase's stored rebalance policy is what its rebalances plan with, unless a run overrides it."""
+"""A smallcase's stored rebalance policy plans its rebalances, unless a run overrides it."""
 
 from __future__ import annotations
 
