@@ -6,10 +6,15 @@ at a dedicated migrated database and empty every table after each test.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prefect.client.orchestration import get_client
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import Engine, text
 
@@ -111,3 +116,30 @@ def pg_flow_db(
         engine.dispose()
         saras_db._engine_for.cache_clear()
         get_settings.cache_clear()
+
+
+def when_paused(action: Callable[[uuid.UUID], None], *, within: float = 60) -> threading.Thread:
+    """Call ``action(flow_run_id)`` once a flow run started after this call is paused.
+
+    The harness's server is shared by the whole session: a run an earlier test left paused
+    must not be the one answered, so only runs created from now on count.
+    """
+    since = datetime.now(UTC) - timedelta(seconds=1)
+
+    def run() -> None:
+        deadline = time.monotonic() + within
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline:
+                paused = [
+                    r
+                    for r in client.read_flow_runs()
+                    if r.state and r.state.is_paused() and r.created and r.created >= since
+                ]
+                if paused:
+                    action(paused[0].id)
+                    return
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

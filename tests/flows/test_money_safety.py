@@ -14,7 +14,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
@@ -43,6 +42,7 @@ from saras.testing.fake_alpaca import (
     Fault,
     RecordedRequest,
 )
+from tests.flows.conftest import when_paused
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
@@ -90,21 +90,8 @@ def _audits(engine: Engine, event_type: str) -> list[AuditLog]:
 
 
 def _when_paused(action: Any) -> threading.Thread:
-    """Call ``action(flow_run_id)`` once a flow run is paused (within 60 s)."""
-
-    def run() -> None:
-        deadline = time.monotonic() + 60
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
-                if paused:
-                    action(paused[0].id)
-                    return
-                time.sleep(0.2)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    """Call ``action(flow_run_id)`` once a flow run started from now on is paused (60 s)."""
+    return when_paused(action)
 
 
 # --- item 1: two triggers of one rebalance ------------------------------------------------------

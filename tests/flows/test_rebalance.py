@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
@@ -34,6 +32,7 @@ from saras.secrets import get_secret_box
 from saras.services import prices
 from saras.services.brokers import open_broker
 from saras.services.demo import seed_demo
+from tests.flows.conftest import when_paused
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
@@ -216,23 +215,15 @@ def test_stale_prices_stop_the_plan(platform: Engine) -> None:
 def _resume_when_paused(answer: dict[str, Any] | None) -> threading.Thread:
     """Answer the first paused flow run's form with ``answer`` (None: let it time out).
 
-    Fields left out keep the form's initial data, as when an analyst just clicks approve.
+    Fields left out keep the form's initial data, as when an analyst just clicks approve. Only
+    a run that pauses from now on is answered.
     """
 
-    def run() -> None:
-        deadline = time.monotonic() + 60
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
-                if paused:
-                    if answer is not None:
-                        resume_flow_run(paused[0].id, run_input=answer)
-                    return
-                time.sleep(0.2)
+    def answer_it(run_id: uuid.UUID) -> None:
+        if answer is not None:
+            resume_flow_run(run_id, run_input=answer)
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    return when_paused(answer_it)
 
 
 @pytest.mark.parametrize("decision", ["approve", "wrong_hash", "reject", "timeout"])

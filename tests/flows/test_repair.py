@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
 from prefect.flow_runs import resume_flow_run
 from sqlalchemy import Engine, update
 
@@ -17,6 +15,7 @@ from flows.repair import repair_run
 from models import SmallcaseExecutionRun
 from saras.services import rebalance
 from saras.services import repair as repair_service
+from tests.flows.conftest import when_paused
 from tests.flows.test_maintenance import (
     ASHA,
     FAST,
@@ -37,21 +36,8 @@ __all__ = ["platform"]  # the fixture, shared with the maintenance tests
 
 
 def approve_when_paused(answer: dict[str, Any]) -> threading.Thread:
-    """Answer the first paused flow run's form as the analyst does in the UI."""
-
-    def run() -> None:
-        deadline = time.monotonic() + 60
-        with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                paused = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
-                if paused:
-                    resume_flow_run(paused[0].id, run_input=answer)
-                    return
-                time.sleep(0.2)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
+    """Answer the form of the next flow run to pause as the analyst does in the UI."""
+    return when_paused(lambda run_id: resume_flow_run(run_id, run_input=answer))
 
 
 def test_an_approved_repair_finishes_what_the_run_left_unfilled(platform: Engine) -> None:

@@ -13,7 +13,7 @@ NOW = datetime(2026, 11, 27, 22, tzinfo=UTC)
 
 
 def test_a_smallcase_without_a_known_calendar_is_reported_not_due(db: Session) -> None:
-    sc = factories.smallcase(db, {factories.asset(db, "ZZZ", exchange="BATS"): "100"})
+    sc = factories.smallcase(db, {factories.asset(db, "ZZZ", exchange="LSE"): "100"})
     evaluation = evaluate_smallcase(db.connection(), sc, NOW)
     assert not evaluation.due
     assert evaluation.decision.reasons[0].startswith("no trading calendar: unknown exchange")
