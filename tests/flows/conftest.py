@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -118,23 +118,37 @@ def pg_flow_db(
         get_settings.cache_clear()
 
 
+#: stop signals of the ``when_paused`` watchers still running; each test's end sets them
+_WATCHERS: list[threading.Event] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_pause_watchers() -> Iterator[None]:
+    """End the test's ``when_paused`` watchers with it, so none answers a later test's run."""
+    yield
+    while _WATCHERS:
+        _WATCHERS.pop().set()
+
+
 def when_paused(action: Callable[[uuid.UUID], None], *, within: float = 60) -> threading.Thread:
-    """Call ``action(flow_run_id)`` once a flow run started after this call is paused.
+    """Call ``action(flow_run_id)`` once a flow run is paused: the newest paused run.
 
     The harness's server is shared by the whole session: a run an earlier test left paused
-    must not be the one answered, so only runs created from now on count.
+    must not be the one answered, so the newest paused run is; and the watcher ends with its
+    test (a watcher whose run never paused must not answer the next test's run).
     """
-    since = datetime.now(UTC) - timedelta(seconds=1)
+    stop = threading.Event()
+    _WATCHERS.append(stop)
 
     def run() -> None:
         deadline = time.monotonic() + within
         with get_client(sync_client=True) as client:
-            while time.monotonic() < deadline:
-                paused = [
-                    r
-                    for r in client.read_flow_runs()
-                    if r.state and r.state.is_paused() and r.created and r.created >= since
-                ]
+            while time.monotonic() < deadline and not stop.is_set():
+                paused = sorted(
+                    (r for r in client.read_flow_runs() if r.state and r.state.is_paused()),
+                    key=lambda r: r.created or datetime.min.replace(tzinfo=UTC),
+                    reverse=True,
+                )
                 if paused:
                     action(paused[0].id)
                     return

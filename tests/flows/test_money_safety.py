@@ -90,7 +90,7 @@ def _audits(engine: Engine, event_type: str) -> list[AuditLog]:
 
 
 def _when_paused(action: Any) -> threading.Thread:
-    """Call ``action(flow_run_id)`` once a flow run started from now on is paused (60 s)."""
+    """Call ``action(flow_run_id)`` once a flow run is paused (the newest; within 60 s)."""
     return when_paused(action)
 
 
