@@ -333,6 +333,47 @@ def credit_cash(conn: Connection, portfolio_id: uuid.UUID, amount: Decimal, now:
     )
 
 
+def _credit_cash_row(
+    conn: Connection,
+    portfolio_id: uuid.UUID,
+    investment_id: uuid.UUID,
+    action: repo.ActionRow,
+    tx_kind: TransactionType,
+    adj_kind: AdjustmentKind,
+    *,
+    quantity: Decimal,
+    price: Decimal,
+    cash: Decimal,
+    reference: str,
+    when: datetime,
+    now: datetime,
+) -> None:
+    """Credit ``cash`` from an action to a portfolio: a ledger row, its adjustment, the cash."""
+    tx = write_transaction(
+        conn,
+        portfolio_id=portfolio_id,
+        asset_id=action.asset_id,
+        kind=tx_kind,
+        quantity=quantity,
+        price=price,
+        reference=reference,
+        when=when,
+        now=now,
+    )
+    write_adjustment(
+        conn,
+        investment_id=investment_id,
+        asset_id=action.asset_id,
+        action_id=action.id,
+        kind=adj_kind,
+        cash_delta=cash,
+        transaction_id=tx,
+        when=when,
+        now=now,
+    )
+    credit_cash(conn, portfolio_id, cash, now)
+
+
 def _apply(conn: Connection, action: repo.ActionRow, now: datetime) -> AppliedAction:
     """Apply one action to every holder's ledger, in the caller's transaction."""
     investments = _t(UserSmallcaseInvestment.__table__)
@@ -373,29 +414,20 @@ def _apply(conn: Connection, action: repo.ActionRow, now: datetime) -> AppliedAc
                 continue
             assert action.cash_amount is not None
             cash = (p.quantity * action.cash_amount).quantize(MONEY_Q, ROUND_HALF_UP)
-            tx = write_transaction(
+            _credit_cash_row(
                 conn,
-                portfolio_id=inv.portfolio_id,
-                asset_id=action.asset_id,
-                kind=TransactionType.DIVIDEND,
+                inv.portfolio_id,
+                p.investment_id,
+                action,
+                TransactionType.DIVIDEND,
+                AdjustmentKind.DIVIDEND,
                 quantity=p.quantity,
                 price=action.cash_amount,
+                cash=cash,
                 reference=f"div:{key}:{p.investment_id}",
                 when=cutoff,
                 now=now,
             )
-            write_adjustment(
-                conn,
-                investment_id=p.investment_id,
-                asset_id=action.asset_id,
-                action_id=action.id,
-                kind=AdjustmentKind.DIVIDEND,
-                cash_delta=cash,
-                transaction_id=tx,
-                when=cutoff,
-                now=now,
-            )
-            credit_cash(conn, inv.portfolio_id, cash, now)
             cash_total += cash
             continue
         kind = (
@@ -453,29 +485,20 @@ def _apply(conn: Connection, action: repo.ActionRow, now: datetime) -> AppliedAc
                     "needs a close, and there is none"
                 )
             cash = (remainder * price).quantize(MONEY_Q, ROUND_HALF_UP)
-            tx = write_transaction(
+            _credit_cash_row(
                 conn,
-                portfolio_id=inv.portfolio_id,
-                asset_id=action.asset_id,
-                kind=TransactionType.CASH_IN_LIEU,
+                inv.portfolio_id,
+                p.investment_id,
+                action,
+                TransactionType.CASH_IN_LIEU,
+                AdjustmentKind.CASH_IN_LIEU,
                 quantity=remainder.quantize(QUANTITY_Q),
                 price=price,
+                cash=cash,
                 reference=f"cil:{key}:{p.investment_id}",
                 when=cutoff,
                 now=now,
             )
-            write_adjustment(
-                conn,
-                investment_id=p.investment_id,
-                asset_id=action.asset_id,
-                action_id=action.id,
-                kind=AdjustmentKind.CASH_IN_LIEU,
-                cash_delta=cash,
-                transaction_id=tx,
-                when=cutoff,
-                now=now,
-            )
-            credit_cash(conn, inv.portfolio_id, cash, now)
             cash_total += cash
     repo.mark_applied(conn, action.id, now)
     return AppliedAction(
