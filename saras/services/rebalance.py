@@ -134,7 +134,12 @@ def stored_planning_policy(
         return None
     stored = policy_service.stored_policy(smallcase)
     currency = composition[0].currency if composition else smallcase_currency(conn, smallcase.id)
-    return stored.planning_policy(currency or "USD")
+    if currency is None:
+        raise InvalidInputError(
+            f"smallcase {smallcase.name!r} trades in no single currency: its stored policy's "
+            "minimum trade value cannot be chosen; nothing was planned"
+        )
+    return stored.planning_policy(currency)
 
 
 def smallcase_currency(conn: Connection, smallcase_id: uuid.UUID) -> str | None:
