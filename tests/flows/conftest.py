@@ -15,6 +15,13 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import Engine, text
 
@@ -144,8 +151,19 @@ def when_paused(action: Callable[[uuid.UUID], None], *, within: float = 60) -> t
         deadline = time.monotonic() + within
         with get_client(sync_client=True) as client:
             while time.monotonic() < deadline and not stop.is_set():
+                # filtered and sorted by the server: an unfiltered read returns one page of
+                # runs in id order, and a long session has more runs than a page holds
+                paused = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.PAUSED])
+                        )
+                    ),
+                    sort=FlowRunSort.START_TIME_DESC,
+                    limit=20,
+                )
                 paused = sorted(
-                    (r for r in client.read_flow_runs() if r.state and r.state.is_paused()),
+                    (r for r in paused if r.state and r.state.is_paused()),
                     key=lambda r: r.created or datetime.min.replace(tzinfo=UTC),
                     reverse=True,
                 )
