@@ -1,7 +1,7 @@
 """Benchmark: order execution rates against local fake brokers that answer in 50 ms.
 
 Everything runs through the production code path against the stateful fakes of
-``saras.testing`` (real HTTP on 127.0.0.1, the real SDKs, rate limits enforced by the fakes):
+``tests.fakes`` (real HTTP on 127.0.0.1, the real SDKs, rate limits enforced by the fakes):
 
 1. **Alpaca, one connection**: a ``FakeAlpaca`` with ``latency_ms=50`` and
    ``rate_limit_per_minute=200`` (429 beyond that, per rolling minute), and one Alpaca connection
@@ -90,8 +90,8 @@ from saras.brokers.zerodha import ZerodhaBroker  # noqa: E402
 from saras.db import make_engine  # noqa: E402
 from saras.domain.enums import OrderSide, OrderType, RunType  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
-from saras.testing.fake_alpaca import PROXY_ENVIRONMENT, FakeAlpaca  # noqa: E402
-from saras.testing.fake_kite import FakeKite  # noqa: E402
+from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT, FakeAlpaca  # noqa: E402
+from tests.fakes.fake_kite import FakeKite  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LATENCY_MS = 50.0

@@ -25,7 +25,7 @@ from saras.brokers.errors import (
     RateLimitedError,
 )
 from saras.domain.enums import OrderSide, OrderType
-from saras.testing.fake_alpaca import (
+from tests.fakes.fake_alpaca import (
     PROXY_ENVIRONMENT,
     FakeAlpaca,
     FakeClock,

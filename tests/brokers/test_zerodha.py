@@ -41,7 +41,7 @@ from saras.brokers.zerodha import (
     nse_market_clock,
 )
 from saras.domain.enums import OrderSide, OrderType
-from saras.testing.fake_kite import FakeKite, FillPolicy, at_ist
+from tests.fakes.fake_kite import FakeKite, FillPolicy, at_ist
 
 OPEN_TIME = at_ist(2026, 11, 25, 11, 0)  # a Wednesday session
 API_KEY = "kiteKEYsecret987"

@@ -29,7 +29,7 @@ from saras.brokers.errors import (
 )
 from saras.brokers.zerodha import KiteRateLimiter, ZerodhaBroker, map_kite_status
 from saras.domain.enums import OrderSide
-from saras.testing.fake_kite import FakeKite, at_ist, ist_datetime
+from tests.fakes.fake_kite import FakeKite, at_ist, ist_datetime
 
 REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
 KITE = REFERENCE / "wire" / "kite"

@@ -40,8 +40,8 @@ from saras.brokers.zerodha import ZerodhaBroker, nse_market_clock
 from saras.domain.enums import OrderSide, OrderStatus, RunStatus, RunType
 from saras.secrets import generate_key
 from saras.settings import get_settings
-from saras.testing.fake_alpaca import PROXY_ENVIRONMENT
-from saras.testing.fake_kite import FakeKite, FillPolicy
+from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT
+from tests.fakes.fake_kite import FakeKite, FillPolicy
 from tests.reliability.conftest import Clock, Platform, build_platform, kite_market_time
 
 # fast polling; a short request timeout and a lookup horizon longer than it

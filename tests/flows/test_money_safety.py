@@ -34,7 +34,7 @@ from models import (
 from saras.secrets import get_secret_box
 from saras.services import admin, prices
 from saras.services.demo import seed_demo
-from saras.testing.fake_alpaca import (
+from tests.fakes.fake_alpaca import (
     FAKE_KEY_ID,
     FAKE_SECRET,
     PROXY_ENVIRONMENT,

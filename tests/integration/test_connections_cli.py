@@ -18,8 +18,8 @@ from saras import migrations
 from saras.cli import app
 from saras.secrets import generate_key
 from saras.settings import get_settings
-from saras.testing.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
-from saras.testing.fake_kite import FakeKite
+from tests.fakes.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
+from tests.fakes.fake_kite import FakeKite
 
 runner = CliRunner()
 USER = "kiran@example.in"

@@ -69,9 +69,9 @@ from saras.services.execution import ExecutionSettings, RunOutcome, execute_run
 from saras.services.investments import open_investment
 from saras.services.rebalance import plan_and_write
 from saras.settings import get_settings
-from saras.testing.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
-from saras.testing.fake_alpaca import FakeClock as _FakeClock
-from saras.testing.fake_kite import FakeKite
+from tests.fakes.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
+from tests.fakes.fake_alpaca import FakeClock as _FakeClock
+from tests.fakes.fake_kite import FakeKite
 
 # the adapters get a 0.5 s request timeout: an order in doubt may be concluded absent after 1 s
 FAST = ExecutionSettings(

@@ -1,0 +1,10 @@
+"""The Alpaca kit: configuration, errors, parsing, execution, market data and capabilities."""
+
+from saras.brokers.alpaca.execution import (
+    AlpacaBroker,
+    AlpacaRateLimiter,
+    AlpacaResponseError,
+    map_order_status,
+)
+
+__all__ = ["AlpacaBroker", "AlpacaRateLimiter", "AlpacaResponseError", "map_order_status"]
