@@ -72,6 +72,7 @@ from saras.brokers.base import (
     OrderRequest,
 )
 from saras.brokers.errors import NonRetryableBrokerError, OrderNotFoundError, OrderRejectedError
+from saras.brokers.kit.clock import market_clock
 from saras.domain.enums import BrokerType, OrderSide, OrderType
 
 __all__ = [
@@ -840,7 +841,7 @@ class PaperBroker:
             case PaperMarketHours.NEVER:
                 return MarketClock(is_open=False, next_open=None, next_close=None)
             case PaperMarketHours.CALENDAR:
-                return _calendar_clock(self.settings.calendar, now)
+                return market_clock(self.settings.calendar, now)
 
     # ---- helpers for tests and the demo -----------------------------------------------------
 
@@ -1020,7 +1021,7 @@ class PaperBroker:
             case PaperMarketHours.NEVER:
                 return False
             case PaperMarketHours.CALENDAR:
-                return _calendar_clock(self.settings.calendar, now).is_open
+                return market_clock(self.settings.calendar, now).is_open
 
     def _lock_account(self, conn: Connection) -> None:
         """Lock the account row: every writer goes through it, so book changes serialize."""
@@ -1451,19 +1452,3 @@ def _insert_ignoring_conflict(conn: Connection, table: sa.Table, values: dict[st
                     conn.execute(sa.insert(table).values(**values))
             except sa_exc.IntegrityError:
                 pass
-
-
-def _calendar_clock(calendar_name: str, now: datetime) -> MarketClock:
-    """Return the market clock of an exchange calendar (e.g. XNYS, XNSE) at ``now``."""
-    import exchange_calendars
-    import pandas as pd
-
-    calendar = exchange_calendars.get_calendar(calendar_name)
-    minute = pd.Timestamp(now).floor("min")
-    try:
-        is_open = bool(calendar.is_open_on_minute(minute))
-        next_open = calendar.next_open(minute).to_pydatetime()
-        next_close = calendar.next_close(minute).to_pydatetime()
-    except ValueError as exc:  # outside the calendar's bounds
-        raise ValueError(f"{now.isoformat()} is outside calendar {calendar_name}") from exc
-    return MarketClock(is_open=is_open, next_open=next_open, next_close=next_close)

@@ -3,7 +3,6 @@
 from saras.brokers.zerodha.execution import (
     KiteMappingError,
     KiteRateLimiter,
-    SlidingWindowLimiter,
     ZerodhaBroker,
     map_kite_status,
     nse_market_clock,
@@ -12,7 +11,6 @@ from saras.brokers.zerodha.execution import (
 __all__ = [
     "KiteMappingError",
     "KiteRateLimiter",
-    "SlidingWindowLimiter",
     "ZerodhaBroker",
     "map_kite_status",
     "nse_market_clock",

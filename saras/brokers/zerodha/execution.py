@@ -45,10 +45,9 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -86,6 +85,9 @@ from saras.brokers.errors import (
     RetryableBrokerError,
 )
 from saras.brokers.ids import kite_tag
+from saras.brokers.kit.clock import RegularHours, market_clock
+from saras.brokers.kit.rate import Budget, RateLimiter, shared
+from saras.brokers.kit.resend import SendLog, place_once, resolve
 from saras.domain.enums import OrderSide, OrderType
 
 if TYPE_CHECKING:
@@ -94,7 +96,6 @@ if TYPE_CHECKING:
 __all__ = [
     "KiteMappingError",
     "KiteRateLimiter",
-    "SlidingWindowLimiter",
     "ZerodhaBroker",
     "map_kite_status",
     "nse_market_clock",
@@ -106,8 +107,8 @@ BROKER = "zerodha"
 IST = ZoneInfo("Asia/Kolkata")
 _EXCHANGES = frozenset({"NSE", "BSE"})
 _SUFFIXES = {".NS": "NSE", ".BO": "BSE"}
-_NSE_OPEN = dtime(9, 15)
-_NSE_CLOSE = dtime(15, 30)
+ORDERS_PER_MINUTE = 400
+ORDERS_PER_DAY = 5_000
 DEFAULT_TIMEOUT = 7.0
 _T = TypeVar("_T")
 
@@ -123,55 +124,17 @@ class KiteMappingError(BrokerError):
 # --------------------------------------------------------------------------- rate limiting
 
 
-class SlidingWindowLimiter:
-    """Allow at most ``n`` calls in any window of ``w`` seconds, for every ``(n, w)`` given.
-
-    A sliding window rather than a token bucket: a bucket of capacity N refilled at N/W lets 2N
-    calls through in some window of W seconds, which is exactly what Kite throttles. ``margin``
-    seconds are added to every window so that network jitter cannot make the server count N+1.
-    Thread-safe; ``clock`` (monotonic seconds) and ``sleep`` are injectable for tests.
-    """
-
-    def __init__(
-        self,
-        limits: Iterable[tuple[int, float]],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        margin: float = 0.05,
-    ):
-        self._limits = [(int(n), float(w) + margin) for n, w in limits]
-        if any(n <= 0 for n, _ in self._limits):
-            raise ValueError("rate limits need a positive number of calls")
-        self._events = [deque[float](maxlen=n) for n, _ in self._limits]
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-
-    def acquire(self) -> float:
-        """Wait until one more call fits every window, record it, and return the seconds waited."""
-        waited = 0.0
-        with self._lock:
-            while True:
-                now = self._clock()
-                wait = 0.0
-                for (n, window), events in zip(self._limits, self._events, strict=True):
-                    if len(events) == n:
-                        wait = max(wait, events[0] + window - now)
-                if wait <= 0:
-                    for events in self._events:
-                        events.append(now)
-                    return waited
-                self._sleep(wait)
-                waited += wait
-
-
 @dataclass(frozen=True)
 class KiteRateLimiter:
-    """Client-side limits of one Kite account: orders 10/s and 400/min, other calls 10/s."""
+    """Client-side limits of one Kite account: orders 10/s, 400/min and 5,000/day; reads 10/s.
 
-    orders: SlidingWindowLimiter
-    other: SlidingWindowLimiter
+    Built on the kit's one ``RateLimiter`` (sliding windows, as Kite counts). With an account key
+    the order limits are also declared as shared budgets ``broker:<connection id>:orders`` and
+    ``...:orders-day``, which every process honours when a shared backend is installed.
+    """
+
+    orders: RateLimiter
+    other: RateLimiter
 
     @classmethod
     def create(
@@ -180,90 +143,47 @@ class KiteRateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         margin: float = 0.05,
+        account_key: str | None = None,
     ) -> KiteRateLimiter:
         """Build the limiter pair with Kite's published limits."""
+        budgets = (
+            ()
+            if account_key is None
+            else (
+                Budget(f"broker:{account_key}:orders", ORDERS_PER_MINUTE, 60.0),
+                Budget(f"broker:{account_key}:orders-day", ORDERS_PER_DAY, 86_400.0),
+            )
+        )
         return cls(
-            orders=SlidingWindowLimiter(
-                [(10, 1.0), (400, 60.0)], clock=clock, sleep=sleep, margin=margin
+            orders=RateLimiter(
+                [(10, 1.0), (ORDERS_PER_MINUTE, 60.0), (ORDERS_PER_DAY, 86_400.0)],
+                clock=clock,
+                sleep=sleep,
+                margin=margin,
+                budgets=budgets,
             ),
-            other=SlidingWindowLimiter([(10, 1.0)], clock=clock, sleep=sleep, margin=margin),
+            other=RateLimiter([(10, 1.0)], clock=clock, sleep=sleep, margin=margin),
         )
 
     @classmethod
     def for_account(cls, account_key: str) -> KiteRateLimiter:
         """Return the process-wide limiter shared by every adapter of one account."""
-        with _SHARED_LOCK:
-            limiter = _SHARED_LIMITERS.get(account_key)
-            if limiter is None:
-                limiter = _SHARED_LIMITERS[account_key] = cls.create()
-            return limiter
-
-
-_SHARED_LIMITERS: dict[str, KiteRateLimiter] = {}
-_SHARED_LOCK = threading.Lock()
+        return shared(f"kite:{account_key}", lambda: cls.create(account_key=account_key))
 
 
 # --------------------------------------------------------------------------- market calendar
 
-
-@functools.lru_cache(maxsize=1)
-def _xbom_calendar() -> Any:
-    """Load the Indian (BSE, same holidays as NSE) calendar once, on first use."""
-    import exchange_calendars  # heavy import (pandas): only when a clock is first asked for
-
-    return exchange_calendars.get_calendar("XBOM", start="2018-01-01")
-
-
-def _weekday_clock(now: datetime) -> MarketClock:
-    """Tell open/closed from weekdays 09:15-15:30 IST only (beyond the calendar's known years)."""
-    local = now.astimezone(IST)
-
-    def session(day: date) -> tuple[datetime, datetime]:
-        return (
-            datetime.combine(day, _NSE_OPEN, tzinfo=IST),
-            datetime.combine(day, _NSE_CLOSE, tzinfo=IST),
-        )
-
-    day = local.date()
-    opens, closes = session(day)
-    is_open = day.weekday() < 5 and opens <= local < closes
-    if day.weekday() >= 5 or local >= opens:
-        day += timedelta(days=1)
-        while day.weekday() >= 5:
-            day += timedelta(days=1)
-    next_open, next_open_close = session(day)
-    return MarketClock(
-        is_open=is_open,
-        next_open=next_open.astimezone(UTC),
-        next_close=(closes if is_open else next_open_close).astimezone(UTC),
-    )
+#: NSE's regular hours: the clock's answer beyond the years the XBOM calendar records
+NSE_HOURS = RegularHours("Asia/Kolkata", dtime(9, 15), dtime(15, 30))
 
 
 def nse_market_clock(now: datetime) -> MarketClock:
     """Return whether the Indian equity market is open at ``now`` (aware) and its next open/close.
 
-    Uses exchange_calendars' XBOM calendar (NSE and BSE share sessions and holidays). Beyond the
-    years whose holidays the calendar records, it falls back to weekdays 09:15-15:30 IST.
-    Special sessions (Muhurat trading) are not modelled.
+    The kit's market clock on the NSE calendar (XBOM: NSE and BSE share sessions and holidays);
+    beyond its recorded years, weekdays 09:15-15:30 IST. Muhurat sessions are not modelled.
     """
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    import pandas as pd
-    from exchange_calendars.errors import MinuteOutOfBounds
-
-    cal = _xbom_calendar()
-    minute = pd.Timestamp(now).tz_convert(UTC).floor("min")
-    try:
-        is_open = bool(cal.is_open_on_minute(minute))
-        next_open = cal.next_open(minute).to_pydatetime()
-        next_close = cal.next_close(minute).to_pydatetime()
-    except (MinuteOutOfBounds, ValueError):
-        return _weekday_clock(now)
-    return MarketClock(
-        is_open=is_open,
-        next_open=next_open.astimezone(UTC),
-        next_close=next_close.astimezone(UTC),
-    )
+    return market_clock("NSE", now, fallback=NSE_HOURS)
 
 
 # --------------------------------------------------------------------------- mapping
@@ -567,7 +487,7 @@ class ZerodhaBroker:
         self._sdk: KiteConnect | None = None
         self._fatal: str | None = None
         # tag -> when this adapter last sent it (monotonic): not re-sent inside the horizon
-        self._sent_tags: dict[str, float] = {}
+        self._sent = SendLog(self._monotonic)
 
     @property
     def request_timeout(self) -> float:
@@ -662,33 +582,27 @@ class ZerodhaBroker:
         read first and a matching order is returned instead of placing again.
         """
         spec = self._spec(request)
-        with self._lock:
-            sent_at = self._sent_tags.get(spec.tag)
-        if resume or sent_at is not None:
-            found = self._find(spec)
-            if found is not None:
-                return found
-            waited = None if sent_at is None else self._monotonic() - sent_at
-            if waited is not None and waited < self._lookup_horizon:
-                # Kite may still be processing it: "absent" only after the horizon
-                raise AmbiguousOrderError(
-                    f"order {spec.client_order_id} (tag {spec.tag}) is not in Kite's book "
-                    f"{waited:.1f} s after it was sent; not sending it again before "
-                    f"{self._lookup_horizon:g} s",
-                    client_order_id=spec.client_order_id,
-                    broker=BROKER,
-                )
+        return place_once(
+            key=spec.tag,
+            client_order_id=spec.client_order_id,
+            broker=BROKER,
+            resume=resume,
+            find=lambda: self._find(spec),
+            send=lambda: self._send(spec),
+            sent=self._sent,
+            horizon=self._lookup_horizon,
+        )
+
+    def _send(self, spec: _Spec) -> BrokerOrder:
+        """Send the order once (regular in market hours, AMO outside them) and read the answer."""
         variety = "regular" if self.get_clock().is_open else "amo"
         params = spec.params(variety)
         kite = self._kite()
         self._limiter.orders.acquire()
-        with self._lock:
-            self._sent_tags[spec.tag] = self._monotonic()
         try:
             order_id = kite.place_order(**params)
         except _sdk_errors() as exc:
-            outcome = _classify(exc)
-            return self._placement_failed(spec, outcome)
+            return self._placement_failed(spec, _classify(exc))
         if not isinstance(order_id, str | int) or not str(order_id):
             return self._placement_failed(
                 spec, _Outcome(_Kind.AMBIGUOUS, "Kite answered without an order id")
@@ -844,36 +758,11 @@ class ZerodhaBroker:
         return min(matches, key=lambda o: _kite_time(o.get("order_timestamp")) or _EPOCH)
 
     def _placement_failed(self, spec: _Spec, outcome: _Outcome) -> BrokerOrder:
+        """Raise what a failed placement means; an ambiguous one is looked up first."""
         cid = spec.client_order_id
-        match outcome.kind:
-            case _Kind.FATAL | _Kind.CONFIG:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise self._fatal_error(outcome)
-            case _Kind.RATE_LIMITED:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise RateLimitedError(
-                    f"order {cid}: Kite throttled the placement ({outcome.message}); not placed",
-                    broker=BROKER,
-                    status_code=outcome.status_code or 429,
-                    retry_after=1.0,
-                )
-            case _Kind.NOT_SENT:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise RetryableBrokerError(
-                    f"order {cid}: {outcome.message}; nothing was sent", broker=BROKER
-                )
-            case _Kind.REJECTED:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise OrderRejectedError(
-                    f"order {cid}: Kite rejected it: {outcome.message}",
-                    reason=outcome.message,
-                    broker=BROKER,
-                    status_code=outcome.status_code,
-                )
+        if outcome.kind is not _Kind.AMBIGUOUS and outcome.kind is not _Kind.REJECTED_5XX:
+            self._sent.forget(spec.tag)  # the venue's answer proves nothing was placed
+            raise self._refusal(cid, outcome)
         # AMBIGUOUS or REJECTED_5XX: the order may exist; read the book before anything else.
         log.warning(
             "kite placement of %s (tag %s) got an ambiguous answer: %s; checking the order book",
@@ -881,34 +770,22 @@ class ZerodhaBroker:
             spec.tag,
             outcome.message,
         )
-        lookup_error: BrokerError | None = None
-        for attempt, delay in enumerate(self._lookup_delays):
-            if delay > 0:
-                self._sleep(delay)
-            try:
-                found = self._find(spec)
-            except (FatalBrokerError, NonRetryableBrokerError, KiteMappingError):
-                raise
-            except RetryableBrokerError as exc:
-                lookup_error = exc
-                continue
-            if found is not None:
-                log.info("kite order %s found by tag %s after an ambiguous answer", cid, spec.tag)
-                return found
-            lookup_error = None
-            if outcome.kind is _Kind.REJECTED_5XX:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise OrderRejectedError(
-                    f"order {cid}: Kite rejected it: {outcome.message}",
-                    reason=outcome.message,
-                    broker=BROKER,
-                    status_code=outcome.status_code,
-                )
-            log.debug("kite order %s not in the book (lookup %d)", cid, attempt + 1)
+        lookup = resolve(
+            lambda: self._find(spec),
+            delays=self._lookup_delays,
+            sleep=self._sleep,
+            final=(FatalBrokerError, NonRetryableBrokerError, KiteMappingError),
+            stop_when_absent=outcome.kind is _Kind.REJECTED_5XX,
+        )
+        if lookup.order is not None:
+            log.info("kite order %s found by tag %s after an ambiguous answer", cid, spec.tag)
+            return lookup.order
+        if outcome.kind is _Kind.REJECTED_5XX and lookup.error is None:
+            self._sent.forget(spec.tag)
+            raise self._refusal(cid, replace(outcome, kind=_Kind.REJECTED))
         detail = (
-            f"the order book could not be read ({lookup_error})"
-            if lookup_error is not None
+            f"the order book could not be read ({lookup.error})"
+            if lookup.error is not None
             else "it is not in the order book yet"
         )
         raise AmbiguousOrderError(
@@ -917,6 +794,32 @@ class ZerodhaBroker:
             client_order_id=cid,
             broker=BROKER,
         )
+
+    def _refusal(self, cid: str, outcome: _Outcome) -> BrokerError:
+        """Return the error of a placement Kite answered clearly without placing it."""
+        match outcome.kind:
+            case _Kind.FATAL | _Kind.CONFIG:
+                return self._fatal_error(outcome)
+            case _Kind.RATE_LIMITED:
+                return RateLimitedError(
+                    f"order {cid}: Kite throttled the placement ({outcome.message}); not placed",
+                    broker=BROKER,
+                    status_code=outcome.status_code or 429,
+                    retry_after=1.0,
+                )
+            case _Kind.NOT_SENT:
+                return RetryableBrokerError(
+                    f"order {cid}: {outcome.message}; nothing was sent", broker=BROKER
+                )
+            case _Kind.REJECTED:
+                return OrderRejectedError(
+                    f"order {cid}: Kite rejected it: {outcome.message}",
+                    reason=outcome.message,
+                    broker=BROKER,
+                    status_code=outcome.status_code,
+                )
+            case _:
+                raise AssertionError(f"not a refusal: {outcome.kind}")
 
     def _after_placement(self, spec: _Spec, order_id: str) -> BrokerOrder:
         """Return the order as Kite now reports it, or PENDING if it cannot be read right now.
