@@ -88,6 +88,8 @@ from saras.brokers.errors import (
     RateLimitedError,
     RetryableBrokerError,
 )
+from saras.brokers.kit.rate import Budget, RateLimiter, shared
+from saras.brokers.kit.resend import place_once, resolve
 from saras.domain.enums import BrokerType, OrderSide, OrderType
 
 __all__ = [
@@ -130,15 +132,16 @@ class _BadPayload(ValueError):
 # --------------------------------------------------------------------------- rate limiting
 
 
-class AlpacaRateLimiter:
+class AlpacaRateLimiter(RateLimiter):
     """Pace the requests of one Alpaca account, and honour the server's rate-limit headers.
 
-    A token bucket (GCRA form) lets ``burst`` requests through at once, then one every
-    ``60 / (requests_per_minute * utilisation)`` seconds: any rolling minute then holds at most
-    ``burst + requests_per_minute * utilisation`` requests (195 of Alpaca's 200 by default), so a
-    single process never draws a 429. When Alpaca reports ``X-RateLimit-Remaining: 0`` (or a 429
-    asks to wait) every request waits until ``X-RateLimit-Reset``, capped at ``max_wait``.
-    Thread-safe; the sleeping happens outside the lock.
+    The kit's limiter in its pacing form: ``burst`` requests at once, then one every
+    ``60 / (requests_per_minute * utilisation)`` seconds, so any rolling minute holds at most
+    ``burst + requests_per_minute * utilisation`` requests (195 of Alpaca's 200 by default) and
+    a single process never draws a 429. When Alpaca reports ``X-RateLimit-Remaining: 0`` (or a
+    429 asks to wait) every request waits until ``X-RateLimit-Reset``, capped at ``max_wait``.
+    With ``account_key`` the budget ``broker:<connection id>`` (200/min) is shared across
+    processes when a shared backend is installed.
     """
 
     def __init__(
@@ -149,69 +152,42 @@ class AlpacaRateLimiter:
         burst: int = 5,
         clock: Callable[[], float] = time.time,
         max_wait: float = 60.0,
+        account_key: str | None = None,
     ) -> None:
         if requests_per_minute <= 0 or not 0 < utilisation <= 1 or burst < 1:
             raise ValueError("requests_per_minute > 0, 0 < utilisation <= 1 and burst >= 1")
+        budgets = (
+            ()
+            if account_key is None
+            else (Budget(f"broker:{account_key}", DEFAULT_REQUESTS_PER_MINUTE, 60.0),)
+        )
+        super().__init__(
+            interval=60.0 / (requests_per_minute * utilisation),
+            burst=burst,
+            clock=clock,
+            max_wait=max_wait,
+            budgets=budgets,
+        )
         self.requests_per_minute = requests_per_minute
-        self.interval = 60.0 / (requests_per_minute * utilisation)
-        self._tolerance = (burst - 1) * self.interval
-        self._clock = clock
-        self._max_wait = max_wait
-        self._lock = threading.Lock()
-        self._tat = -math.inf  # theoretical arrival time of the next request
-        self._not_before = -math.inf  # set by the server's headers or a 429
         self.remaining: int | None = None
         self.reset_at: float | None = None
-
-    def reserve(self) -> float:
-        """Reserve the next request slot; return how many seconds to wait before sending."""
-        with self._lock:
-            now = self._clock()
-            send_at = max(now, self._not_before, self._tat - self._tolerance)
-            self._tat = max(self._tat, send_at) + self.interval
-            return max(send_at - now, 0.0)
-
-    def acquire(self, sleep: Callable[[float], None]) -> float:
-        """Wait (through ``sleep``) until a request may be sent; return the seconds waited."""
-        wait = self.reserve()
-        if wait > 0:
-            log.debug("alpaca rate limit: waiting %.3f s", wait)
-            sleep(wait)
-        return wait
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Read ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` from a response."""
         remaining = _header_number(headers, "X-RateLimit-Remaining")
         reset = _header_number(headers, "X-RateLimit-Reset")
-        with self._lock:
-            if remaining is not None:
-                self.remaining = int(remaining)
-            if reset is not None:
-                self.reset_at = reset
-            if remaining is not None and remaining <= 0 and reset is not None:
-                now = self._clock()
-                self._not_before = max(self._not_before, min(reset, now + self._max_wait))
-
-    def defer(self, seconds: float) -> None:
-        """Hold every request back for ``seconds`` from now (after a 429)."""
-        with self._lock:
-            now = self._clock()
-            wait = min(max(seconds, 0.0), self._max_wait)
-            self._not_before = max(self._not_before, now + wait)
+        if remaining is not None:
+            self.remaining = int(remaining)
+        if reset is not None:
+            self.reset_at = reset
+        if remaining is not None and remaining <= 0 and reset is not None:
+            self.hold_until(reset)
 
 
-_SHARED_LIMITERS: dict[str, AlpacaRateLimiter] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_rate_limiter(api_key_id: str, base_url: str) -> AlpacaRateLimiter:
+def shared_rate_limiter(api_key_id: str, base_url: str, connection_id: str) -> AlpacaRateLimiter:
     """Return the process-wide limiter of one Alpaca account (real clock)."""
     key = hashlib.sha256(f"{base_url}\x00{api_key_id}".encode()).hexdigest()
-    with _SHARED_LOCK:
-        limiter = _SHARED_LIMITERS.get(key)
-        if limiter is None:
-            limiter = _SHARED_LIMITERS[key] = AlpacaRateLimiter()
-        return limiter
+    return shared(f"alpaca:{key}", lambda: AlpacaRateLimiter(account_key=connection_id))
 
 
 class _GuardedSession(requests.Session):
@@ -311,7 +287,7 @@ class AlpacaBroker:
             # Share one bucket per account across the process when time is real; an injected
             # clock (tests, benchmarks) gets its own.
             rate_limiter = (
-                shared_rate_limiter(key.get_secret_value(), self.base_url)
+                shared_rate_limiter(key.get_secret_value(), self.base_url, config.connection_id)
                 if clock is time.time
                 else AlpacaRateLimiter(clock=clock)
             )
@@ -425,16 +401,27 @@ class AlpacaBroker:
     def place_order(self, request: OrderRequest, *, resume: bool = False) -> BrokerOrder:
         """Place an order exactly once (see the module docstring for how)."""
         client_id = request.client_order_id
-        what = f"place order {client_id}"
         sdk_request = self._sdk_order_request(request)  # local checks: nothing sent on failure
-        if resume:
-            existing = self._find_by_client_id(client_id, attempts=self._max_attempts)
-            if existing is not None:
-                log.info(
-                    "alpaca order %s already placed as %s", client_id, existing.broker_order_id
-                )
-                return self._same_order(existing, request)
-        outcome = self._submit(what, sdk_request)
+
+        def find() -> BrokerOrder | None:
+            found = self._find_by_client_id(client_id, attempts=self._max_attempts)
+            return None if found is None else self._same_order(found, request)
+
+        return place_once(
+            key=client_id,
+            client_order_id=client_id,
+            broker=BROKER,
+            resume=resume,
+            find=find,
+            send=lambda: self._send(request, sdk_request),
+        )
+
+    def _send(
+        self, request: OrderRequest, sdk_request: MarketOrderRequest | LimitOrderRequest
+    ) -> BrokerOrder:
+        """Send the order once and read Alpaca's answer (an unclear one is looked up)."""
+        client_id = request.client_order_id
+        outcome = self._submit(f"place order {client_id}", sdk_request)
         if isinstance(outcome, _Failure):
             return self._resolve(request, outcome)
         try:
@@ -557,21 +544,18 @@ class AlpacaBroker:
             client_id,
             self._scrub(failure.detail),
         )
-        for attempt in range(self._lookup_attempts):
-            if attempt:
-                self._sleep(self._lookup_wait * attempt)
-            try:
-                found = self._find_by_client_id(client_id, attempts=1)
-            except FatalBrokerError:
-                raise
-            except BrokerError as exc:
-                log.info("alpaca order %s: lookup %d failed: %s", client_id, attempt + 1, exc)
-                continue
-            if found is not None:
-                log.info(
-                    "alpaca order %s resolved: it exists as %s", client_id, found.broker_order_id
-                )
-                return self._same_order(found, request)
+        lookup = resolve(
+            lambda: self._find_by_client_id(client_id, attempts=1),
+            delays=[self._lookup_wait * attempt for attempt in range(self._lookup_attempts)],
+            sleep=self._sleep,
+        )
+        if lookup.order is not None:
+            log.info(
+                "alpaca order %s resolved: it exists as %s",
+                client_id,
+                lookup.order.broker_order_id,
+            )
+            return self._same_order(lookup.order, request)
         # Not found (yet). Sending it again here would be safe, as Alpaca refuses a second use of
         # the client_order_id (422 40010001), but the protocol leaves that decision to the caller:
         # a later place_order(..., resume=True) looks it up once more and sends it only if absent.
