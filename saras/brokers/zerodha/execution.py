@@ -48,14 +48,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from datetime import time as dtime
-from decimal import Decimal, InvalidOperation
-from enum import Enum
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
-from zoneinfo import ZoneInfo
-
-import requests
-import urllib3.exceptions
 
 from saras.brokers.base import (
     DEFAULT_LOOKUP_HORIZON,
@@ -85,9 +79,31 @@ from saras.brokers.errors import (
     RetryableBrokerError,
 )
 from saras.brokers.ids import kite_tag
-from saras.brokers.kit.clock import RegularHours, market_clock
+from saras.brokers.kit.clock import market_clock
 from saras.brokers.kit.rate import Budget, RateLimiter, shared
 from saras.brokers.kit.resend import SendLog, place_once, resolve
+from saras.brokers.zerodha.capabilities import capabilities as kite_capabilities
+from saras.brokers.zerodha.config import (
+    _EXCHANGES,
+    _SUFFIXES,
+    BROKER,
+    DEFAULT_TIMEOUT,
+    NSE_HOURS,
+    ORDERS_PER_DAY,
+    ORDERS_PER_MINUTE,
+)
+from saras.brokers.zerodha.errors import KiteMappingError, _classify, _Kind, _Outcome, _sdk_errors
+from saras.brokers.zerodha.parsing import (
+    _EPOCH,
+    _decimal,
+    _empty_row,
+    _fill,
+    _has_tag,
+    _kite_time,
+    _map_side,
+    _required,
+    map_kite_status,
+)
 from saras.domain.enums import OrderSide, OrderType
 
 if TYPE_CHECKING:
@@ -103,22 +119,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BROKER = "zerodha"
-IST = ZoneInfo("Asia/Kolkata")
-_EXCHANGES = frozenset({"NSE", "BSE"})
-_SUFFIXES = {".NS": "NSE", ".BO": "BSE"}
-ORDERS_PER_MINUTE = 400
-ORDERS_PER_DAY = 5_000
-DEFAULT_TIMEOUT = 7.0
 _T = TypeVar("_T")
-
-
-class KiteMappingError(BrokerError):
-    """Kite sent a value we have no mapping for (an unknown order status or side).
-
-    Neither retryable nor a rejection: the order's state is unknown to us, so a caller must not
-    mark it rejected, and must not place it again.
-    """
 
 
 # --------------------------------------------------------------------------- rate limiting
@@ -173,9 +174,6 @@ class KiteRateLimiter:
 
 # --------------------------------------------------------------------------- market calendar
 
-#: NSE's regular hours: the clock's answer beyond the years the XBOM calendar records
-NSE_HOURS = RegularHours("Asia/Kolkata", dtime(9, 15), dtime(15, 30))
-
 
 def nse_market_clock(now: datetime) -> MarketClock:
     """Return whether the Indian equity market is open at ``now`` (aware) and its next open/close.
@@ -189,177 +187,7 @@ def nse_market_clock(now: datetime) -> MarketClock:
 # --------------------------------------------------------------------------- mapping
 
 
-def map_kite_status(status: str, filled_quantity: Decimal) -> BrokerOrderStatus:
-    """Map a Kite order status (and the filled quantity) to ours; unknown statuses raise."""
-    partially = filled_quantity > 0
-    match status.strip().upper():
-        case "COMPLETE":
-            return BrokerOrderStatus.FILLED
-        case "REJECTED":
-            return BrokerOrderStatus.REJECTED
-        case "CANCELLED" | "CANCELLED AMO":
-            return BrokerOrderStatus.CANCELLED
-        case "LAPSED" | "EXPIRED":
-            return BrokerOrderStatus.EXPIRED
-        case "PUT ORDER REQ RECEIVED" | "VALIDATION PENDING" | "OPEN PENDING" | "AMO REQ RECEIVED":
-            return BrokerOrderStatus.PARTIALLY_FILLED if partially else BrokerOrderStatus.PENDING
-        case (
-            "OPEN"
-            | "TRIGGER PENDING"
-            | "MODIFY VALIDATION PENDING"
-            | "MODIFY PENDING"
-            | "MODIFIED"
-            | "CANCEL PENDING"
-        ):
-            return BrokerOrderStatus.PARTIALLY_FILLED if partially else BrokerOrderStatus.OPEN
-        case _:
-            raise KiteMappingError(f"unknown Kite order status {status!r}", broker=BROKER)
-
-
-def _map_side(value: object) -> OrderSide:
-    match str(value).upper():
-        case "BUY":
-            return OrderSide.BUY
-        case "SELL":
-            return OrderSide.SELL
-        case _:
-            raise KiteMappingError(f"unknown Kite transaction type {value!r}", broker=BROKER)
-
-
-def _decimal(value: object) -> Decimal:
-    """Turn a Kite number (int, float, str) into a Decimal via its string form."""
-    if value is None or value == "":
-        return Decimal("0")
-    try:
-        return Decimal(str(value))
-    except InvalidOperation as exc:
-        raise KiteMappingError(f"Kite sent a non-numeric amount {value!r}", broker=BROKER) from exc
-
-
-def _kite_time(value: object) -> datetime | None:
-    """Turn Kite's naive IST timestamp (str or SDK-parsed datetime) into aware UTC."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None  # e.g. the bare "09:16:39" order_timestamp on trades
-    else:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=IST)
-    return parsed.astimezone(UTC)
-
-
-def _required(row: Mapping[str, Any], name: str) -> str:
-    """Return a field Kite always sends, or fail clearly when it did not."""
-    value = row.get(name)
-    if value is None or value == "":
-        raise KiteMappingError(f"Kite sent a row without {name!r}", broker=BROKER)
-    return str(value)
-
-
-def _has_tag(order: Mapping[str, Any], tag: str) -> bool:
-    tags = order.get("tags") or ()
-    return order.get("tag") == tag or (isinstance(tags, list) and tag in tags)
-
-
 # --------------------------------------------------------------------------- error classification
-
-
-class _Kind(Enum):
-    FATAL = "fatal"  # credentials: stop, never retry
-    CONFIG = "config"  # the connection's settings are unusable
-    REJECTED = "rejected"  # Kite refused this request (4xx, input/order error)
-    REJECTED_5XX = "rejected_5xx"  # a rejection type, but a 5xx status: check the book first
-    RATE_LIMITED = "rate_limited"  # 429: nothing happened
-    NOT_SENT = "not_sent"  # the request never left (connection refused, connect timeout)
-    AMBIGUOUS = "ambiguous"  # it may have reached Kite
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    kind: _Kind
-    message: str
-    status_code: int | None = None
-    token: bool = False  # a TokenException (expired / revoked access token)
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """Tell whether the request failed before any byte reached the server."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    for arg in exc.args:
-        reason = getattr(arg, "reason", arg)
-        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):  # incl. NewConnectionError
-            return True
-    return False
-
-
-def _short(text: object, limit: int = 200) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _classify(exc: BaseException) -> _Outcome:
-    """Sort an SDK or transport exception into one of the outcomes above."""
-    from kiteconnect import exceptions as kex
-
-    if isinstance(exc, kex.KiteException):
-        code = getattr(exc, "code", None)
-        text = _short(exc)
-        if isinstance(exc, kex.TokenException):
-            return _Outcome(_Kind.FATAL, text, code, token=True)
-        if isinstance(exc, kex.PermissionException):
-            return _Outcome(_Kind.FATAL, text, code)
-        if code == 429 or "too many requests" in text.lower():
-            return _Outcome(_Kind.RATE_LIMITED, text, code)
-        if isinstance(exc, kex.InputException | kex.OrderException):
-            kind = _Kind.REJECTED_5XX if code is not None and code >= 500 else _Kind.REJECTED
-            return _Outcome(kind, text, code)
-        if isinstance(exc, kex.NetworkException | kex.DataException):
-            return _Outcome(_Kind.AMBIGUOUS, text, code)
-        # GeneralException and unknown error types (e.g. MarginException) land here.
-        if code is not None and 400 <= code < 500:
-            return _Outcome(_Kind.REJECTED_5XX, text, code)
-        return _Outcome(_Kind.AMBIGUOUS, text, code)
-    if isinstance(
-        exc,
-        requests.exceptions.InvalidURL
-        | requests.exceptions.MissingSchema
-        | requests.exceptions.InvalidSchema,
-    ):
-        return _Outcome(_Kind.CONFIG, f"invalid Kite root URL ({type(exc).__name__})")
-    if isinstance(exc, requests.RequestException):
-        if _never_sent(exc):
-            return _Outcome(_Kind.NOT_SENT, f"could not connect to Kite ({type(exc).__name__})")
-        return _Outcome(_Kind.AMBIGUOUS, f"no usable answer from Kite ({type(exc).__name__})")
-    # The SDK trips over a body it cannot read (no content type, JSON that is not an object...).
-    return _Outcome(_Kind.AMBIGUOUS, f"unreadable answer from Kite ({type(exc).__name__})")
-
-
-@functools.cache
-def _sdk_errors() -> tuple[type[BaseException], ...]:
-    """Return what an SDK call may raise; anything else is a bug and propagates untouched.
-
-    Besides Kite's own exceptions and raw ``requests`` errors, the SDK trips over bodies it
-    cannot read with KeyError (no Content-Type), AttributeError (JSON that is not an object),
-    UnboundLocalError (``data: null``) and the like: all of them mean "no usable answer".
-    """
-    from kiteconnect import exceptions as kex  # imports twisted: keep it off our import path
-
-    return (
-        kex.KiteException,
-        requests.RequestException,
-        KeyError,
-        TypeError,
-        AttributeError,
-        ValueError,
-        UnboundLocalError,
-    )
 
 
 @dataclass(frozen=True)
@@ -431,14 +259,8 @@ class ZerodhaBroker:
 
     @classmethod
     def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
-        """Return Kite's capabilities: always real money (Kite has no paper environment)."""
-        return BrokerCapabilities(
-            real_money=True,
-            fractional=False,
-            quantity_decimals=0,
-            orders_outside_hours=True,
-            marks_connection_on_fatal=True,
-        )
+        """Return Kite's capabilities (see ``capabilities.py``)."""
+        return kite_capabilities(config)
 
     def __init__(
         self,
@@ -1009,32 +831,3 @@ class ZerodhaBroker:
             return order
         trades = self._read("order_trades", lambda k: k.order_trades(order.broker_order_id)) or []
         return replace(order, fills=tuple(_fill(t) for t in trades), fills_reported=True)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _fill(trade: Mapping[str, Any]) -> Fill:
-    filled_at = (
-        _kite_time(trade.get("fill_timestamp"))
-        or _kite_time(trade.get("exchange_timestamp"))
-        or _EPOCH
-    )
-    return Fill(
-        fill_id=str(trade.get("trade_id")),
-        quantity=_decimal(trade.get("quantity")),
-        price=_decimal(trade.get("average_price")),
-        fees=Decimal("0"),
-        filled_at=filled_at,
-    )
-
-
-def _empty_row(source: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "exchange": str(source.get("exchange") or "NSE"),
-        "held": Decimal("0"),
-        "held_cost": Decimal("0"),
-        "today": Decimal("0"),
-        "today_cost": Decimal("0"),
-        "last": Decimal("0"),
-    }
