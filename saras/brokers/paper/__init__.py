@@ -1,8 +1,7 @@
 """The paper kit: a simulated broker on Saras' own database (``paper_*`` tables)."""
 
+from saras.brokers.paper.config import METADATA_KEYS, PAPER_TABLE_PREFIX
 from saras.brokers.paper.execution import (
-    METADATA_KEYS,
-    PAPER_TABLE_PREFIX,
     PaperActionResult,
     PaperBroker,
     PaperCorporateAction,

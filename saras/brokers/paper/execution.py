@@ -47,21 +47,19 @@ How it behaves:
 from __future__ import annotations
 
 import hashlib
-import inspect
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
-from enum import StrEnum
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine
 
 from saras.brokers.base import (
-    TERMINAL_BROKER_STATUSES,
     AccountInfo,
+    BrokerCapabilities,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -71,13 +69,26 @@ from saras.brokers.base import (
     MarketClock,
     OrderRequest,
 )
-from saras.brokers.errors import NonRetryableBrokerError, OrderNotFoundError, OrderRejectedError
 from saras.brokers.kit.clock import market_clock
-from saras.domain.enums import BrokerType, OrderSide, OrderType
+from saras.brokers.paper.capabilities import capabilities as paper_capabilities
+from saras.brokers.paper.config import (
+    _BPS,
+    _MONEY_Q,
+    _PRICE_Q,
+    _QTY_Q,
+    _ZERO,
+    BROKER,
+    QUANTITY_SCALE,
+    PaperFillMode,
+    PaperMarketHours,
+    PaperSettings,
+)
+from saras.brokers.paper.data import PriceLookup, _by_asset
+from saras.brokers.paper.errors import not_found, refused, rejected
+from saras.brokers.paper.parsing import _money_type, _Order, _quantity_type, _UTCDateTime
+from saras.domain.enums import OrderSide, OrderType
 
 __all__ = [
-    "METADATA_KEYS",
-    "PAPER_TABLE_PREFIX",
     "PaperActionResult",
     "PaperBroker",
     "PaperCorporateAction",
@@ -93,84 +104,10 @@ __all__ = [
     "paper_positions",
 ]
 
-BROKER = BrokerType.PAPER.value
-PAPER_TABLE_PREFIX = "paper_"
-
-PRICE_SCALE = 6
-MONEY_SCALE = 4
-QUANTITY_SCALE = 9
-_PRICE_Q = Decimal(1).scaleb(-PRICE_SCALE)
-_MONEY_Q = Decimal(1).scaleb(-MONEY_SCALE)
-_QTY_Q = Decimal(1).scaleb(-QUANTITY_SCALE)
-_BPS = Decimal(10_000)
-_ZERO = Decimal(0)
-
 
 # --------------------------------------------------------------------------------------------
 # Storage
 # --------------------------------------------------------------------------------------------
-
-
-class _Dec(sa.types.TypeDecorator[Decimal]):
-    """``Numeric(p, s)`` that binds and returns ``Decimal`` quantized to the column's scale.
-
-    SQLite has no decimal type: SQLAlchemy hands back ``Decimal`` made from a float, so the value
-    is quantized again on the way out to drop the float noise.
-    """
-
-    impl = sa.Numeric
-    cache_ok = True
-
-    def __init__(self, precision: int, scale: int) -> None:
-        super().__init__(precision=precision, scale=scale, asdecimal=True)
-        # Attributes named like the __init__ arguments make them part of the statement cache key.
-        self.precision = precision
-        self.scale = scale
-        self._quantum = Decimal(1).scaleb(-scale)
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Decimal | None:
-        """Quantize a bound value to the column's scale."""
-        if value is None:
-            return None
-        return Decimal(str(value)).quantize(self._quantum, rounding=ROUND_HALF_UP)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        """Return a stored value as a ``Decimal`` at the column's scale."""
-        if value is None:
-            return None
-        return Decimal(str(value)).quantize(self._quantum, rounding=ROUND_HALF_UP)
-
-
-class _UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """An aware timestamp, stored in UTC and always read back aware (SQLite drops the zone)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
-        """Refuse naive datetimes; store aware ones in UTC."""
-        if value is None:
-            return None
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise ValueError(f"paper broker timestamps must be aware datetimes, got {value!r}")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        """Return a stored timestamp as an aware UTC datetime."""
-        if value is None:
-            return None
-        stamp: datetime = value
-        if stamp.tzinfo is None:
-            return stamp.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC)
-
-
-def _quantity_type() -> _Dec:
-    return _Dec(24, QUANTITY_SCALE)
-
-
-def _money_type() -> _Dec:
-    return _Dec(20, 6)
 
 
 paper_metadata = sa.MetaData(
@@ -375,125 +312,6 @@ def ensure_paper_schema(engine: Engine) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class PaperFillMode(StrEnum):
-    """How the paper broker fills an order."""
-
-    IMMEDIATE = "immediate"
-    DELAYED = "delayed"
-    PARTIAL = "partial"
-
-
-class PaperMarketHours(StrEnum):
-    """When the paper market is open."""
-
-    ALWAYS = "always"
-    NEVER = "never"
-    CALENDAR = "calendar"  # the exchange calendar named by ``PaperSettings.calendar``
-
-
-@dataclass(frozen=True)
-class PaperSettings:
-    """How a paper account trades; every field can be overridden by connection metadata."""
-
-    starting_cash: Decimal = Decimal("100000")
-    currency: str = "USD"
-    slippage_bps: Decimal = Decimal("0")
-    fee_bps: Decimal = Decimal("0")
-    min_fee: Decimal = Decimal("0")
-    fill_mode: PaperFillMode = PaperFillMode.IMMEDIATE
-    fill_delay_polls: int = 1
-    partial_fill_ratio: Decimal = Decimal("0.5")
-    market_open: PaperMarketHours = PaperMarketHours.ALWAYS
-    calendar: str = "XNYS"
-    fractional: bool = True
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.name))
-        if self.starting_cash < 0:
-            raise ValueError("paper starting_cash must not be negative")
-        if self.slippage_bps < 0 or self.fee_bps < 0 or self.min_fee < 0:
-            raise ValueError("paper slippage_bps, fee_bps and min_fee must not be negative")
-        if self.slippage_bps >= _BPS:
-            raise ValueError("paper slippage_bps must be below 10000")
-        if self.fill_delay_polls < 0:
-            raise ValueError("paper fill_delay_polls must not be negative")
-        if not Decimal(0) < self.partial_fill_ratio < Decimal(1):
-            raise ValueError("paper partial_fill_ratio must be between 0 and 1 (exclusive)")
-        if not self.currency.strip():
-            raise ValueError("paper currency must not be empty")
-        if not self.calendar.strip():
-            raise ValueError("paper calendar must not be empty")
-
-    @classmethod
-    def from_metadata(
-        cls, metadata: Mapping[str, object], base: PaperSettings | None = None
-    ) -> PaperSettings:
-        """Return ``base`` (or the defaults) overridden by ``paper_*`` connection metadata keys."""
-        settings = base or cls()
-        overrides: dict[str, Any] = {}
-        for key, value in metadata.items():
-            if not key.startswith("paper_"):
-                continue
-            name = METADATA_KEYS.get(key)
-            if name is None:
-                known = ", ".join(sorted(METADATA_KEYS))
-                raise ValueError(f"unknown paper broker setting {key!r} (known: {known})")
-            overrides[name] = _coerce(name, value, key)
-        return replace(settings, **overrides) if overrides else settings
-
-
-#: Connection metadata keys and the ``PaperSettings`` field each one sets.
-METADATA_KEYS: dict[str, str] = {f"paper_{f.name}": f.name for f in fields(PaperSettings)}
-
-_BOOL_WORDS = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "0": False,
-    "no": False,
-    "off": False,
-}
-
-
-def _coerce(name: str, value: object, label: str) -> Any:
-    """Convert a settings value (from code or JSON metadata) to the field's type."""
-    try:
-        match name:
-            case "starting_cash" | "slippage_bps" | "fee_bps" | "min_fee" | "partial_fill_ratio":
-                if isinstance(value, bool):
-                    raise TypeError
-                number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-                if not number.is_finite():
-                    raise ValueError
-                return number
-            case "fill_delay_polls":
-                if isinstance(value, bool) or not isinstance(value, int | str):
-                    raise TypeError
-                return int(value)
-            case "fill_mode":
-                return PaperFillMode(str(value).strip().lower())
-            case "market_open":
-                return PaperMarketHours(str(value).strip().lower())
-            case "fractional":
-                if isinstance(value, bool):
-                    return value
-                return _BOOL_WORDS[str(value).strip().lower()]
-            case "currency":
-                if not isinstance(value, str):
-                    raise TypeError
-                return value.strip().upper()
-            case "calendar":
-                if not isinstance(value, str):
-                    raise TypeError
-                return value.strip().upper()
-    except (TypeError, ValueError, KeyError, InvalidOperation) as exc:
-        raise ValueError(f"invalid paper broker setting {label}={value!r}") from exc
-    raise ValueError(f"unknown paper broker setting {label!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Arithmetic
 # --------------------------------------------------------------------------------------------
@@ -525,30 +343,6 @@ def _fill_id(broker_order_id: str, sequence: int) -> str:
 # --------------------------------------------------------------------------------------------
 # The broker
 # --------------------------------------------------------------------------------------------
-
-
-#: ``(symbol, exchange) -> latest stored price``; a one-argument ``symbol -> price`` callable is
-#: accepted too (it cannot tell two exchanges apart, so use it only with unique symbols).
-PriceLookup = Callable[[str, str | None], Decimal | None] | Callable[[str], Decimal | None]
-
-
-def _by_asset(lookup: PriceLookup) -> Callable[[str, str | None], Decimal | None]:
-    """Return ``lookup`` as a (symbol, exchange) callable, wrapping a symbol-only one."""
-    try:
-        parameters = list(inspect.signature(lookup).parameters.values())
-    except (TypeError, ValueError):  # no signature to read: call it as it always was
-        parameters = []
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if sum(p.kind in positional for p in parameters) >= 2 or any(
-        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
-    ):
-        return lookup  # type: ignore[return-value]
-    by_symbol = lookup
-
-    def by_asset(symbol: str, exchange: str | None) -> Decimal | None:
-        return by_symbol(symbol)  # type: ignore[call-arg]
-
-    return by_asset
 
 
 @dataclass(frozen=True)
@@ -587,52 +381,6 @@ class PaperActionResult:
     applied: bool  # False: the action had been applied before, nothing changed
 
 
-@dataclass
-class _Order:
-    """A paper order row, worked on in Python inside one transaction."""
-
-    broker_order_id: str
-    account_id: str
-    client_order_id: str
-    symbol: str
-    exchange: str | None
-    side: OrderSide
-    quantity: Decimal | None
-    notional: Decimal | None
-    order_type: OrderType
-    limit_price: Decimal | None
-    status: BrokerOrderStatus
-    filled_quantity: Decimal
-    average_fill_price: Decimal | None
-    fees: Decimal
-    reason: str | None
-    polls_seen: int
-    fill_mode: PaperFillMode
-    fill_delay_polls: int
-    fill_ratio: Decimal
-    fractional: bool
-    submitted_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: RowMapping) -> _Order:
-        """Build an order from a ``paper_orders`` row."""
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["side"] = OrderSide(values["side"])
-        values["order_type"] = OrderType(values["order_type"])
-        values["status"] = BrokerOrderStatus(values["status"])
-        values["fill_mode"] = PaperFillMode(values["fill_mode"])
-        return cls(**values)
-
-    def values(self) -> dict[str, Any]:
-        """Return the row's column values."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_BROKER_STATUSES
-
-
 class PaperBroker:
     """A simulated broker account with its own persistent book, filling at stored prices.
 
@@ -643,6 +391,11 @@ class PaperBroker:
     """
 
     broker_type: str = BROKER
+
+    @classmethod
+    def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
+        """Return the paper broker's capabilities (see ``capabilities.py``)."""
+        return paper_capabilities(config)
 
     def __init__(
         self,
@@ -763,11 +516,7 @@ class PaperBroker:
             return self._to_broker_orders([existing])[0]
         result = self._load(order.broker_order_id)
         if placed and result.status is BrokerOrderStatus.REJECTED:
-            raise OrderRejectedError(
-                f"paper order {request.client_order_id} rejected: {result.reason}",
-                reason=result.reason,
-                broker=BROKER,
-            )
+            raise rejected(request.client_order_id, result.reason)
         return result
 
     def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
@@ -783,7 +532,7 @@ class PaperBroker:
         self._prepare()
         order = self._find(broker_order_id=broker_order_id)
         if order is None:
-            raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+            raise not_found(broker_order_id)
         return self._poll([order])[0]
 
     def list_orders(self, since: datetime) -> Sequence[BrokerOrder]:
@@ -817,14 +566,12 @@ class PaperBroker:
             self._lock_account(conn)
             order = self._select_order(conn, broker_order_id=broker_order_id)
             if order is None:
-                raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+                raise not_found(broker_order_id)
             if order.status is BrokerOrderStatus.CANCELLED:
                 return
             if order.terminal:
                 reason = f"order is {order.status.value} and cannot be cancelled"
-                raise NonRetryableBrokerError(
-                    f"paper order {broker_order_id}: {reason}", reason=reason, broker=BROKER
-                )
+                raise refused(broker_order_id, reason)
             order.status, order.reason, order.updated_at = (
                 BrokerOrderStatus.CANCELLED,
                 "cancelled on request",
@@ -1159,7 +906,7 @@ class PaperBroker:
     def _load(self, broker_order_id: str) -> BrokerOrder:
         order = self._find(broker_order_id=broker_order_id)
         if order is None:  # pragma: no cover - the order was just written
-            raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+            raise not_found(broker_order_id)
         return self._to_broker_orders([order])[0]
 
     def _to_broker_orders(self, orders: Sequence[_Order]) -> list[BrokerOrder]:
