@@ -22,4 +22,5 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         quantity_decimals=9,
         min_order_value=Decimal(0),
         remote=not config.paper_trading,
+        needs_credentials=False,
     )

@@ -13,4 +13,5 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         quantity_decimals=0,
         orders_outside_hours=True,
         marks_connection_on_fatal=True,
+        paper_environment=False,
     )
