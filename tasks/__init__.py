@@ -29,3 +29,13 @@ def concurrent_writes() -> bool:
     from saras.db import get_engine, is_postgres
 
     return is_postgres(get_engine())
+
+
+def _share_rate_budgets() -> None:
+    """Share broker rate budgets across worker processes while tasks run (see rate_budgets)."""
+    from tasks.rate_budgets import install_prefect_rate_budgets
+
+    install_prefect_rate_budgets()
+
+
+_share_rate_budgets()
