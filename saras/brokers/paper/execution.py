@@ -1147,6 +1147,23 @@ class PaperBroker:
         cash = cash - gross - fee if order.side is OrderSide.BUY else cash + gross - fee
         self._set_cash(conn, cash, now)
 
+        self._book_position(conn, order, chunk, executed, now)
+
+        filled_value = sum((f.quantity * f.price for f in previous), _ZERO) + chunk * executed
+        order.filled_quantity += chunk
+        order.average_fill_price = _price(filled_value / order.filled_quantity)
+        order.fees += fee
+        order.status = (
+            BrokerOrderStatus.FILLED
+            if order.filled_quantity == order.quantity
+            else BrokerOrderStatus.PARTIALLY_FILLED
+        )
+        order.updated_at = now
+
+    def _book_position(
+        self, conn: Connection, order: _Order, chunk: Decimal, executed: Decimal, now: datetime
+    ) -> None:
+        """Move the account's position by one fill (average cost on buys)."""
         held, held_average = self._position(conn, order.symbol, order.exchange)
         held_quantity = held or _ZERO
         if order.side is OrderSide.BUY:
@@ -1165,17 +1182,6 @@ class PaperBroker:
             now,
             exists=held is not None,
         )
-
-        filled_value = sum((f.quantity * f.price for f in previous), _ZERO) + chunk * executed
-        order.filled_quantity += chunk
-        order.average_fill_price = _price(filled_value / order.filled_quantity)
-        order.fees += fee
-        order.status = (
-            BrokerOrderStatus.FILLED
-            if order.filled_quantity == order.quantity
-            else BrokerOrderStatus.PARTIALLY_FILLED
-        )
-        order.updated_at = now
 
 
 def _utc_now() -> datetime:
