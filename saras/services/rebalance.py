@@ -53,6 +53,7 @@ from models import (
 from models.base import utcnow
 from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.brokers.errors import BrokerError, FatalBrokerError
+from saras.brokers.registry import broker_capabilities
 from saras.domain.enums import (
     BrokerType,
     ConnectionStatus,
@@ -498,7 +499,7 @@ def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> d
         if inv.connection_status != ConnectionStatus.ACTIVE.value:
             bad[inv.connection_id] = f"connection {inv.connection_alias} is {inv.connection_status}"
             continue
-        if inv.broker_type == BrokerType.PAPER.value:
+        if not broker_capabilities(inv.broker_type).needs_credentials:
             continue  # the built-in paper broker cannot expire
         with Session(engine) as session:
             row = session.get(UserBrokerConnection, inv.connection_id)
@@ -506,7 +507,7 @@ def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> d
             try:
                 open_broker(engine, row).get_account()
             except FatalBrokerError as exc:
-                if inv.broker_type != BrokerType.ZERODHA.value:
+                if not broker_capabilities(inv.broker_type).marks_connection_on_fatal:
                     mark_connection(
                         engine, inv.connection_id, ConnectionStatus.ERROR.value, str(exc)
                     )
