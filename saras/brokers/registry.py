@@ -1,6 +1,7 @@
 """The broker registry: ``broker_type`` -> adapter, imported only when first used.
 
-Another broker is one new module plus one ``register`` call (or one line in ``_BUILTIN``).
+Another broker is one new package (a kit of the same shape as ``saras/brokers/alpaca``) plus one
+``register`` call or one line in ``_BUILTIN``; ``tests/toy_broker`` is one.
 """
 
 from __future__ import annotations
