@@ -127,3 +127,27 @@ def test_flows_define_no_tasks() -> None:
         if _task_decorator(node) is not None
     ]
     assert defined == [], "tasks live in tasks/"
+
+
+#: imports from saras/ of what sits above it, with why; shrink only
+UPWARD_IMPORTS = {
+    # ``saras demo`` runs the flows: imported when the command runs, never at import
+    ("saras/cli.py", "flows.demo"),
+}
+
+
+def test_saras_imports_neither_prefect_nor_the_flows_and_tasks_above_it() -> None:
+    upward = set()
+    for path in sorted((ROOT / "saras").rglob("*.py")):
+        name = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules = [node.module]
+            upward |= {
+                (name, m) for m in modules if m.split(".")[0] in {"prefect", "flows", "tasks"}
+            }
+    assert upward - UPWARD_IMPORTS == set()
+    assert UPWARD_IMPORTS - upward == set(), "shrink UPWARD_IMPORTS"
