@@ -6,16 +6,17 @@ import time
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.finish import ResultsTable, finish_flow
+from flows.kit.runners import SarasTaskRunner
 from saras.errors import SarasError
-from tasks.common import AUDIT_HOOKS, record_audit
-from tasks.runners import SarasTaskRunner
 from tasks.triggers import evaluate_due, start_rebalance
 
 PATH = "flows/evaluate_rebalances.py:evaluate_rebalances"
+EVENT = "flow.evaluate_rebalances"
 #: the deployment of flows/rebalance.py in prefect.yaml, as flow-name/deployment-name
 REBALANCE_DEPLOYMENT = "rebalance-smallcase/rebalance"
 
@@ -49,14 +50,7 @@ def evaluate_rebalances(
     try:
         evaluations = evaluate_due(smallcases, exchanges, when)
     except SarasError as exc:
-        record_audit(
-            "flow.evaluate_rebalances",
-            success=False,
-            duration_ms=(time.monotonic() - began) * 1000,
-            error_message=str(exc),
-            path=PATH,
-        )
-        return Failed(message=str(exc))
+        return finish_flow(EVENT, began, path=PATH, summary=None, problems=[str(exc)], failed=True)
     rows: list[dict[str, str]] = []
     problems: list[str] = []
     for evaluation in evaluations:
@@ -77,20 +71,19 @@ def evaluate_rebalances(
         + (f": {', '.join(due)}" if due else "")
         + ("" if start_runs else " (report only: no run started)")
     )
-    create_table_artifact(
-        rows or [{"smallcase": "-", "due": "no", "reasons": "no active smallcase"}],
-        key="rebalance-triggers",
-        description=f"### Rebalance triggers at {when.isoformat()}\n\n{summary}",
-    )
-    message = "; ".join([summary, *problems])
-    record_audit(
-        "flow.evaluate_rebalances",
-        success=not problems,
-        duration_ms=(time.monotonic() - began) * 1000,
-        error_message="; ".join(problems) or None,
+    logger.info("; ".join([summary, *problems]))
+    return finish_flow(
+        EVENT,
+        began,
         path=PATH,
+        summary=summary,
+        problems=problems,
+        failed=bool(problems),
+        data=rows,
+        results=ResultsTable(
+            rows,
+            key="rebalance-triggers",
+            description=f"### Rebalance triggers at {when.isoformat()}\n\n{summary}",
+            empty_row={"smallcase": "-", "due": "no", "reasons": "no active smallcase"},
+        ),
     )
-    logger.info(message)
-    if problems:
-        return Failed(message=message, data=rows)
-    return Completed(message=message, data=rows)

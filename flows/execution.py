@@ -8,11 +8,11 @@ from typing import Any
 from prefect import flow
 from prefect.states import State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.runners import SarasTaskRunner
 from saras.errors import SarasError
-from tasks.common import AUDIT_HOOKS
 from tasks.execution import execute_one_run
 from tasks.orchestration import finish
-from tasks.runners import SarasTaskRunner
 
 PATH = "flows/execution.py:execute_run"
 

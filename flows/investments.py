@@ -3,68 +3,18 @@
 from __future__ import annotations
 
 import time
-import uuid
-from decimal import Decimal
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow
 from prefect.states import State
-from sqlalchemy.orm import Session
 
-from saras.db import get_engine
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.runners import SarasTaskRunner
 from saras.domain.enums import RunType
 from saras.errors import SarasError
-from saras.services import investments as service
-from tasks.common import AUDIT_HOOKS
+from tasks.investments import abandon_opening, begin_exit, open_or_top_up
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.rebalance import plan_runs
-from tasks.runners import SarasTaskRunner
-
-
-@task
-def open_or_top_up(
-    user: str,
-    smallcase: str,
-    amount: str,
-    broker_alias: str | None,
-    broker_type: str | None,
-    paper_trading: bool | None,
-    portfolio: str | None,
-) -> dict[str, str]:
-    """Create the investment (or add to it) and return its id and run type."""
-    with Session(get_engine()) as session, session.begin():
-        investment, run_type = service.open_investment(
-            session,
-            user,
-            smallcase,
-            Decimal(amount),
-            broker_alias=broker_alias,
-            broker_type=broker_type,
-            paper_trading=paper_trading,
-            portfolio_name=portfolio,
-        )
-        return {
-            "investment_id": str(investment.id),
-            "run_type": run_type.value,
-            "user_id": str(investment.user_id),
-        }
-
-
-@task
-def abandon_opening(investment_id: str, run_type: str, amount: str) -> None:
-    """Fail a new investment, or give a top-up back, whose plan was rejected or not made."""
-    with Session(get_engine()) as session, session.begin():
-        service.abandon_opening(
-            session, uuid.UUID(investment_id), RunType(run_type), Decimal(amount)
-        )
-
-
-@task
-def begin_exit(user: str, smallcase: str) -> dict[str, str]:
-    """Mark the investment as exiting and return its id."""
-    with Session(get_engine()) as session, session.begin():
-        investment = service.start_exit(session, user, smallcase)
-        return {"investment_id": str(investment.id), "user_id": str(investment.user_id)}
 
 
 def _plan_and_run(

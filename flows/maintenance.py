@@ -7,12 +7,15 @@ from dataclasses import asdict
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.states import Completed, State
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.finish import ResultsTable, finish_flow
+from flows.kit.repair import repair_and_execute
+from flows.kit.runners import SarasTaskRunner
 from saras.errors import SarasError
 from saras.services.maintenance import RunAction
-from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.maintenance import (
     find_stuck_work,
     list_interrupted_runs,
@@ -21,8 +24,6 @@ from tasks.maintenance import (
     resume_run,
     review_approved_runs,
 )
-from tasks.repair import repair_and_execute
-from tasks.runners import SarasTaskRunner
 
 PATH = "flows/maintenance.py:maintain"
 STUCK_KEY = "maintenance-stuck-work"
@@ -51,46 +52,9 @@ def maintain(
             actions.append(resume_run(run_id, execution))
     if start_approved:
         actions.extend(review_approved_runs(execution))
-    repairs: list[dict[str, str]] = []
-    if repair:
-        for candidate in list_repair_candidates():
-            original = str(candidate.original_run_id)
-            try:
-                result = repair_and_execute(
-                    original,
-                    require_approval=None,
-                    wait_for_approval=False,
-                    approval_timeout_seconds=0,
-                    approval_poll_seconds=1,
-                    execution=execution,
-                )
-            except SarasError as exc:
-                repairs.append(
-                    {
-                        "run_id": original,
-                        "repair_run_id": "",
-                        "status": "refused",
-                        "detail": str(exc),
-                    }
-                )
-                continue
-            statuses = [r["status"] for r in result.results]
-            repairs.append(
-                {
-                    "run_id": original,
-                    "repair_run_id": result.plan.repair_run_id or "",
-                    "status": statuses[0] if statuses else (result.plan.status or "nothing"),
-                    "detail": result.message,
-                }
-            )
+    repairs = _repair_all(execution) if repair else []
     purged = purge_expired() if purge else None
     stuck = find_stuck_work()
-    create_table_artifact(
-        [asdict(item) for item in stuck]
-        or [{"kind": "-", "ref": "-", "detail": "nothing stuck", "since": ""}],
-        key=STUCK_KEY,
-        description=f"Stuck work: {len(stuck)} item(s) that need a person",
-    )
     lines = ["### Maintenance", ""]
     lines += [f"- run `{a.run_id}`: {a.action} -> {a.status}. {a.reason}" for a in actions]
     lines += [
@@ -112,20 +76,54 @@ def maintain(
         f"{sum(a.action == 'waiting' for a in actions)} waiting, "
         f"{len(repairs)} repaired, {len(stuck)} stuck"
     )
-    record_audit(
-        "flow.maintain",
-        success=not problems,
-        duration_ms=(time.monotonic() - began) * 1000,
-        error_message="; ".join(f"{a.run_id}: {a.reason}" for a in problems) or None,
-        path=PATH,
-    )
     logger.info(message)
-    data = {
-        "actions": [asdict(a) for a in actions],
-        "repairs": repairs,
-        "purged": asdict(purged) if purged is not None else None,
-        "stuck": [asdict(item) for item in stuck],
-    }
-    if problems:
-        return Completed(name="Partially Completed", message=message, data=data)
-    return Completed(message=message, data=data)
+    return finish_flow(
+        "flow.maintain",
+        began,
+        path=PATH,
+        summary=message,
+        problems=[f"{a.run_id}: {a.reason}" for a in problems],
+        data={
+            "actions": [asdict(a) for a in actions],
+            "repairs": repairs,
+            "purged": asdict(purged) if purged is not None else None,
+            "stuck": [asdict(item) for item in stuck],
+        },
+        results=ResultsTable(
+            [asdict(item) for item in stuck],
+            key=STUCK_KEY,
+            description=f"Stuck work: {len(stuck)} item(s) that need a person",
+            empty_row={"kind": "-", "ref": "-", "detail": "nothing stuck", "since": ""},
+        ),
+    )
+
+
+def _repair_all(execution: dict[str, Any] | None) -> list[dict[str, str]]:
+    """Repair, within bounds, every run that qualifies; say what became of each."""
+    repairs: list[dict[str, str]] = []
+    for candidate in list_repair_candidates():
+        original = str(candidate.original_run_id)
+        try:
+            result = repair_and_execute(
+                original,
+                require_approval=None,
+                wait_for_approval=False,
+                approval_timeout_seconds=0,
+                approval_poll_seconds=1,
+                execution=execution,
+            )
+        except SarasError as exc:
+            repairs.append(
+                {"run_id": original, "repair_run_id": "", "status": "refused", "detail": str(exc)}
+            )
+            continue
+        statuses = [r["status"] for r in result.results]
+        repairs.append(
+            {
+                "run_id": original,
+                "repair_run_id": result.plan.repair_run_id or "",
+                "status": statuses[0] if statuses else (result.plan.status or "nothing"),
+                "detail": result.message,
+            }
+        )
+    return repairs

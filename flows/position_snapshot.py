@@ -14,8 +14,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import PrefectFuture
-from prefect.states import Completed, Failed, State
+from prefect.states import State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.batches import in_turn, submit_batches
+from flows.kit.finish import ResultsTable, finish_flow
+from flows.kit.runners import SarasTaskRunner
 from saras.domain.inputs import SnapshotParams, parse
 from saras.services.corporate_actions import AppliedAction
 from saras.services.snapshots import (
@@ -26,10 +30,7 @@ from saras.services.snapshots import (
     default_snapshot_date,
     failed_result,
 )
-from tasks import concurrent_writes
 from tasks.alerts import announce_reconciliation_differences
-from tasks.common import AUDIT_HOOKS, record_audit
-from tasks.runners import SarasTaskRunner
 from tasks.snapshots import (
     apply_corporate_actions,
     plan_reconciliation,
@@ -63,19 +64,16 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
     applying = apply_corporate_actions(day, return_state=True)
     applied: list[AppliedAction] = applying.result() if applying.is_completed() else []
     actions_error = None if applying.is_completed() else str(applying.message or "failed")
-    snapshot = write_position_snapshot.submit(day, now)
-    if not concurrent_writes():
-        snapshot.wait()
+    snapshot = in_turn(write_position_snapshot.submit(day, now))
     refs = plan_reconciliation()
     groups = batches(refs, batch_size or RECONCILE_BATCH_SIZE)
     logger.info(
         "snapshot of %s; reconciling %d connections in %d batches", day, len(refs), len(groups)
     )
-    futures = []
-    for i, group in enumerate(groups):
-        futures.append(reconcile_connections.submit(group, f"{i + 1}-of-{len(groups)}", day))
-        if not concurrent_writes():
-            futures[-1].wait()
+    futures = submit_batches(
+        lambda i, group: reconcile_connections.submit(group, f"{i + 1}-of-{len(groups)}", day),
+        groups,
+    )
     results = _reconcile_results(groups, futures, day)
 
     snapshot.wait()
@@ -142,7 +140,79 @@ def _finish(
         differences=len(differences),
         corporate_actions_applied=len(applied),
     )
+    _publish(day, totals, stale, applied, differences, results, snapshot_error)
+    summary = None
+    if report is not None:
+        summary = (
+            f"{totals['positions']} positions of {totals['investments']} active investments on "
+            f"{day} ({totals['inserted']} inserted, {totals['updated']} updated, "
+            f"{totals['unchanged']} unchanged, {totals['removed']} removed); "
+            f"{len(results)} connections reconciled"
+        )
+    return finish_flow(
+        "flow.snapshot_positions",
+        began,
+        path="flows/position_snapshot.py:snapshot_positions",
+        summary=summary,
+        problems=_problems(actions_error, snapshot_error, stale, results, failed, differences),
+        failed=snapshot_error is not None,
+        data={
+            "snapshot_date": str(day),
+            "totals": totals,
+            "corporate_actions": [str(a.action_id) for a in applied],
+            "stale": stale,
+            "differences": differences,
+            "connections": [r.as_row() for r in results],
+        },
+        results=ResultsTable(
+            [r.as_row() for r in results],
+            key="reconciliation-connections",
+            description="Reconciliation per broker connection",
+        ),
+    )
 
+
+def _problems(
+    actions_error: str | None,
+    snapshot_error: str | None,
+    stale: list[dict[str, Any]],
+    results: list[ConnectionResult],
+    failed: list[ConnectionResult],
+    differences: list[dict[str, Any]],
+) -> list[str]:
+    """Say what the snapshot could not do, or found wrong."""
+    problems = []
+    if actions_error:
+        problems.append(f"corporate actions could not be applied: {actions_error}")
+    if snapshot_error:
+        problems.append(f"snapshot failed: {snapshot_error}")
+    if stale:
+        names = ", ".join(f"{s['symbol']} (last close {s['last_close_date']})" for s in stale[:10])
+        problems.append(f"{len(stale)} stale prices: {names}" + (" ..." if len(stale) > 10 else ""))
+    if failed:
+        names = "; ".join(r.error or r.alias for r in failed[:10])
+        problems.append(f"{len(failed)} of {len(results)} connections failed: {names}")
+    if differences:
+        # never silent: the investments on these connections are not planned until the
+        # differences are resolved or accepted (`saras reconcile accept`)
+        aliases = sorted({d["connection"] for d in differences})
+        problems.append(
+            f"{len(differences)} reconciliation differences on {', '.join(aliases[:10])}"
+        )
+    return problems
+
+
+def _publish(
+    day: date,
+    totals: dict[str, Any],
+    stale: list[dict[str, Any]],
+    applied: list[AppliedAction],
+    differences: list[dict[str, Any]],
+    results: list[ConnectionResult],
+    snapshot_error: str | None,
+) -> None:
+    """Publish the snapshot's artifacts and announce the reconciliation differences."""
+    failed = [r for r in results if r.failed]
     stale_text = ", ".join(
         f"{s['symbol']} ({s['exchange']}, last close {s['last_close_date']})" for s in stale
     )
@@ -189,57 +259,6 @@ def _finish(
         ),
     )
     announce_reconciliation_differences(day, differences)  # alerts (issue 13, helper ops)
-    create_table_artifact(
-        [r.as_row() for r in results],
-        key="reconciliation-connections",
-        description="Reconciliation per broker connection",
-    )
-
-    problems = []
-    if actions_error:
-        problems.append(f"corporate actions could not be applied: {actions_error}")
-    if snapshot_error:
-        problems.append(f"snapshot failed: {snapshot_error}")
-    if stale:
-        names = ", ".join(f"{s['symbol']} (last close {s['last_close_date']})" for s in stale[:10])
-        problems.append(f"{len(stale)} stale prices: {names}" + (" ..." if len(stale) > 10 else ""))
-    if failed:
-        names = "; ".join(r.error or r.alias for r in failed[:10])
-        problems.append(f"{len(failed)} of {len(results)} connections failed: {names}")
-    if differences:
-        # never silent: the investments on these connections are not planned until the
-        # differences are resolved or accepted (`saras reconcile accept`)
-        aliases = sorted({d["connection"] for d in differences})
-        problems.append(
-            f"{len(differences)} reconciliation differences on {', '.join(aliases[:10])}"
-        )
-    message = "; ".join(problems) or None
-    record_audit(
-        "flow.snapshot_positions",
-        success=not problems,
-        duration_ms=(time.monotonic() - began) * 1000,
-        error_message=message,
-        path="flows/position_snapshot.py:snapshot_positions",
-    )
-    data = {
-        "snapshot_date": str(day),
-        "totals": totals,
-        "corporate_actions": [str(a.action_id) for a in applied],
-        "stale": stale,
-        "differences": differences,
-        "connections": [r.as_row() for r in results],
-    }
-    if snapshot_error:
-        return Failed(message=message, data=data)
-    if problems:
-        return Completed(name="Partially Completed", message=message, data=data)
-    summary = (
-        f"{totals['positions']} positions of {totals['investments']} active investments on {day}"
-        f" ({totals['inserted']} inserted, {totals['updated']} updated, "
-        f"{totals['unchanged']} unchanged, {totals['removed']} removed); "
-        f"{len(results)} connections reconciled"
-    )
-    return Completed(message=f"{summary}; {message}" if message else summary, data=data)
 
 
 if __name__ == "__main__":

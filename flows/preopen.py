@@ -14,14 +14,14 @@ import time
 from datetime import UTC, datetime
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.finish import ResultsTable, finish_flow
+from flows.kit.runners import SarasTaskRunner
 from saras.marketdata import calendars
 from saras.services.connections import CheckOutcome
-from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.connections import check_broker_connections
-from tasks.runners import SarasTaskRunner
 
 PATH = "flows/preopen.py:check_broker_sessions"
 
@@ -45,33 +45,35 @@ def check_broker_sessions(
     checks = check_broker_connections(broker_types)
     expired = [c for c in checks if c.needs_login]
     unreachable = [c for c in checks if c.outcome is CheckOutcome.UNREACHABLE]
-    create_table_artifact(
-        [c.as_row() for c in checks] or [{"outcome": "no active connection"}],
-        key="broker-sessions",
-        description=(
-            f"{len(checks)} connections checked: {len(expired)} need a new login "
-            f"(`saras connections update USER ALIAS`), {len(unreachable)} unreachable"
+    summary = f"{len(checks)} connections answered"
+    problems = []
+    if expired:
+        problems.append(
+            f"{len(expired)} of {len(checks)} connections need a new login: "
+            + ", ".join(f"{c.user}/{c.alias}" for c in expired)
+        )
+        logger.error(problems[0])
+    elif unreachable:
+        # a venue that did not answer is retried tomorrow, not a login to renew
+        summary = f"{len(unreachable)} of {len(checks)} connections did not answer"
+        logger.warning(summary)
+    return finish_flow(
+        "flow.check_broker_sessions",
+        began,
+        path=PATH,
+        summary=None if expired else summary,
+        problems=problems,
+        failed=bool(expired),
+        results=ResultsTable(
+            [c.as_row() for c in checks],
+            key="broker-sessions",
+            description=(
+                f"{len(checks)} connections checked: {len(expired)} need a new login "
+                f"(`saras connections update USER ALIAS`), {len(unreachable)} unreachable"
+            ),
+            empty_row={"outcome": "no active connection"},
         ),
     )
-    message = None
-    if expired:
-        message = f"{len(expired)} of {len(checks)} connections need a new login: " + ", ".join(
-            f"{c.user}/{c.alias}" for c in expired
-        )
-        logger.error(message)
-    elif unreachable:
-        message = f"{len(unreachable)} of {len(checks)} connections did not answer"
-        logger.warning(message)
-    record_audit(
-        "flow.check_broker_sessions",
-        success=not expired,
-        duration_ms=(time.monotonic() - began) * 1000,
-        error_message=message,
-        path=PATH,
-    )
-    if expired:
-        return Failed(message=message)
-    return Completed(message=message or f"{len(checks)} connections answered")
 
 
 if __name__ == "__main__":

@@ -8,21 +8,18 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.states import Completed, Failed, State
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.states import State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.batches import submit_batches
+from flows.kit.finish import ResultsTable, finish_flow
+from flows.kit.runners import SarasTaskRunner
 from saras.domain.inputs import PriceHistoryParams, parse
 from saras.services.prices import SymbolReport, batches, fail_batch, summarize
 from saras.services.source_credentials import check_source_options
 from saras.settings import get_settings
-from tasks import concurrent_writes
-from tasks.common import AUDIT_HOOKS, record_audit
 from tasks.prices import ingest_price_batch, plan_price_ingestion, revalue_portfolios
-from tasks.runners import SarasTaskRunner
 
 
 @flow(name="ingest-price-history", log_prints=True, task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
@@ -52,12 +49,12 @@ def ingest_price_history(
     logger.info("ingesting %d symbols in %d batches", len(items), len(groups))
     progress = create_progress_artifact(0.0, description="Price ingestion: batches done")
     assert isinstance(progress, uuid.UUID)  # the sync API in a sync flow
-    futures = []
-    for i, group in enumerate(groups):
-        label = f"{group[0].source}-{i + 1}"
-        futures.append(ingest_price_batch.submit(group, now, source_options, label))
-        if not concurrent_writes():
-            futures[-1].wait()
+    futures = submit_batches(
+        lambda i, group: ingest_price_batch.submit(
+            group, now, source_options, f"{group[0].source}-{i + 1}"
+        ),
+        groups,
+    )
     for done, (group, future) in enumerate(zip(groups, futures, strict=True), start=1):
         future.wait()
         if future.state.is_completed():
@@ -73,34 +70,30 @@ def ingest_price_history(
 
 def _finish(reports: list[SymbolReport], revalued: int, began: float) -> State:
     totals = summarize(reports)
-    create_table_artifact(
-        [r.as_row() for r in sorted(reports, key=lambda r: (r.failed is False, r.symbol))],
-        key="price-ingestion",
-        description=(
-            f"{totals['symbols']} symbols: {totals['inserted']} inserted, {totals['updated']} "
-            f"updated, {totals['unchanged']} unchanged, {totals['rejected']} rejected, "
-            f"{totals['missing_sessions']} missing sessions, {totals['failed']} failed; "
-            f"{revalued} holdings revalued"
-        ),
-    )
     failed = [r for r in reports if r.failed]
-    message = None
+    problems = []
     if failed:
         names = ", ".join(r.symbol for r in failed[:10]) + (" ..." if len(failed) > 10 else "")
-        message = f"{len(failed)} of {len(reports)} symbols failed: {names}"
-    record_audit(
+        problems.append(f"{len(failed)} of {len(reports)} symbols failed: {names}")
+    return finish_flow(
         "flow.ingest_price_history",
-        success=not failed,
-        duration_ms=(time.monotonic() - began) * 1000,
-        error_message=message,
+        began,
         path="flows/price_history.py:ingest_price_history",
+        summary=f"{totals['symbols'] - len(failed)} symbols ingested",
+        problems=problems,
+        failed=bool(failed) and len(failed) == len(reports),
+        data={"totals": totals, "reports": [r.as_row() for r in reports]},
+        results=ResultsTable(
+            [r.as_row() for r in sorted(reports, key=lambda r: (r.failed is False, r.symbol))],
+            key="price-ingestion",
+            description=(
+                f"{totals['symbols']} symbols: {totals['inserted']} inserted, "
+                f"{totals['updated']} updated, {totals['unchanged']} unchanged, "
+                f"{totals['rejected']} rejected, {totals['missing_sessions']} missing sessions, "
+                f"{totals['failed']} failed; {revalued} holdings revalued"
+            ),
+        ),
     )
-    data = {"totals": totals, "reports": [r.as_row() for r in reports]}
-    if failed and len(failed) == len(reports):
-        return Failed(message=message, data=data)
-    if failed:
-        return Completed(name="Partially Completed", message=message, data=data)
-    return Completed(message=f"{totals['symbols']} symbols ingested", data=data)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ from typing import Any
 from prefect import flow
 from prefect.states import Completed, State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.repair import repair_and_execute
+from flows.kit.runners import SarasTaskRunner
 from saras.errors import SarasError
-from tasks.common import AUDIT_HOOKS
 from tasks.orchestration import finish
-from tasks.repair import repair_and_execute
-from tasks.runners import SarasTaskRunner
 
 PATH = "flows/repair.py:repair_run"
 

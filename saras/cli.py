@@ -638,7 +638,7 @@ def demo(
     seed_only: Annotated[bool, typer.Option(help="Migrate and seed, run no flow.")] = False,
 ) -> None:
     """Run the main job on the embedded default database: migrate, seed, run the flows."""
-    from saras.services.demo_runner import run_demo
+    from flows.demo import run_demo  # above flows/: it runs them
 
     run_demo(seed_only=seed_only, echo=typer.echo)
 

@@ -71,6 +71,16 @@ def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
 
 
+def concurrent_writes(engine: Engine | None = None) -> bool:
+    """Tell whether several writers may use the database at the same time.
+
+    PostgreSQL: yes. The embedded SQLite database has one writer at a time, and a transaction
+    that read before another committed cannot then write (SQLITE_BUSY_SNAPSHOT), so flows run
+    their writing tasks one after another there (``flows.kit.batches``).
+    """
+    return is_postgres(engine or get_engine())
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
     """Open a session in one transaction: committed on success, rolled back on error."""

@@ -1,9 +1,17 @@
-"""Thin Prefect tasks grouped by capability; retry policy lives in the decorators."""
+"""Thin Prefect tasks grouped by capability; retry and cache policy live in the decorators.
+
+Every task names its cache policy. All are ``NO_CACHE``: each reads or writes the database (or
+a broker), whose answer changes between calls, and a task that writes or trades must run every
+time it is called. What flows share that is not a task is in ``flows/kit``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+# kept for tasks/orchestration.py until it submits through flows.kit.batches (issue 12)
+from saras.db import concurrent_writes
 
 
 def retry_when(predicate: Callable[[BaseException], bool]) -> Callable[[Any, Any, Any], bool]:
@@ -19,18 +27,6 @@ def retry_when(predicate: Callable[[BaseException], bool]) -> Callable[[Any, Any
     return condition
 
 
-def concurrent_writes() -> bool:
-    """Tell whether tasks may write to the database at the same time.
-
-    PostgreSQL: yes. The embedded SQLite database has one writer at a time, and a transaction
-    that read before another committed cannot then write (SQLITE_BUSY_SNAPSHOT), so flows run
-    their writing tasks one after another there.
-    """
-    from saras.db import get_engine, is_postgres
-
-    return is_postgres(get_engine())
-
-
 def _share_rate_budgets() -> None:
     """Share broker rate budgets across worker processes while tasks run (see rate_budgets)."""
     from tasks.rate_budgets import install_prefect_rate_budgets
@@ -39,3 +35,5 @@ def _share_rate_budgets() -> None:
 
 
 _share_rate_budgets()
+
+__all__ = ["concurrent_writes", "retry_when"]

@@ -1,18 +1,17 @@
-"""Tasks every flow uses: the audit trail and run metadata."""
+"""The audit task every flow uses, and the flow run id tasks record."""
 
 from __future__ import annotations
 
-import inspect
 import uuid
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+# AUDIT_HOOKS: kept for flows/rebalance.py until it imports from flows.kit.audit (issue 12)
+from flows.kit.audit import AUDIT_HOOKS, audit_flow_end
 from saras.db import get_engine
-from saras.repositories.audit import has_audit, write_audit
+from saras.repositories.audit import write_audit
 
 
 def current_flow_run_id() -> str | None:
@@ -21,7 +20,7 @@ def current_flow_run_id() -> str | None:
     return str(value) if value else None
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def record_audit(
     event_type: str,
     success: bool,
@@ -45,35 +44,4 @@ def record_audit(
         )
 
 
-def audit_flow_end(flow: Any, run: Any, state: Any) -> None:
-    """Write the audit row of a flow run that failed or crashed without writing its own.
-
-    A Prefect state hook (``on_failure`` and ``on_crashed`` of every flow in ``flows/``): an
-    exception no flow expected (a TypeError, a bug) still leaves its ``audit_logs`` row, with
-    the state's message as the error. A run that wrote its row itself is left alone.
-    """
-    fn = flow.fn
-    source = inspect.getsourcefile(fn) or ""
-    path = f"flows/{Path(source).name}:{fn.__name__}"
-    started = getattr(run, "start_time", None) or getattr(run, "expected_start_time", None)
-    duration_ms = (
-        (datetime.now(UTC) - started).total_seconds() * 1000 if started is not None else None
-    )
-    user = (getattr(run, "parameters", None) or {}).get("user_id")
-    with get_engine().begin() as conn:
-        if has_audit(conn, run.id):
-            return
-        write_audit(
-            conn,
-            event_type=f"flow.{fn.__name__}",
-            success=False,
-            request_id=run.id,
-            user_id=uuid.UUID(str(user)) if user else None,
-            duration_ms=duration_ms,
-            error_message=state.message or f"flow run ended {state.type.value.lower()}",
-            path=path,
-        )
-
-
-#: the state hooks every flow declares: ``@flow(..., **AUDIT_HOOKS)``
-AUDIT_HOOKS: dict[str, Any] = {"on_failure": [audit_flow_end], "on_crashed": [audit_flow_end]}
+__all__ = ["AUDIT_HOOKS", "audit_flow_end", "current_flow_run_id", "record_audit"]

@@ -6,6 +6,7 @@ from datetime import date, datetime
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from saras.db import get_engine, session_scope
 from saras.marketdata.base import is_retryable
@@ -13,7 +14,7 @@ from saras.services import prices as service
 from tasks import retry_when
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def plan_price_ingestion(
     now: datetime,
     symbols: list[str] | None,
@@ -39,6 +40,7 @@ def plan_price_ingestion(
     retries=3,
     retry_delay_seconds=[5, 30, 120],
     retry_condition_fn=retry_when(is_retryable),
+    cache_policy=NO_CACHE,
     task_run_name="ingest-{label}",
 )
 def ingest_price_batch(
@@ -51,7 +53,7 @@ def ingest_price_batch(
     return service.ingest_batch(get_engine(), items, now=now, source_options=source_options)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
 def revalue_portfolios() -> int:
     """Revalue holdings and portfolios at the latest closes."""
     return service.revalue_portfolios(get_engine())

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from saras.db import get_engine
 from saras.domain.enums import RunType
@@ -15,7 +16,7 @@ from saras.domain.plan import Plan
 from saras.services import rebalance as service
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def plan_runs(
     smallcase: str,
     *,
@@ -43,13 +44,13 @@ def plan_runs(
     )
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def decide(plan: Plan, event: str, note: str | None = None) -> int:
     """Approve, reject or time out a plan (approval applies its new composition)."""
     return service.decide_plan(get_engine(), plan, RunEvent(event), note=note)
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def recompute_plan_hash(plan: Plan) -> str:
     """Recompute the plan hash from the orders as they are now."""
     return service.recompute_plan_hash(get_engine(), plan.run_ids)

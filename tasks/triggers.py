@@ -13,7 +13,7 @@ from saras.db import get_engine
 from saras.services.triggers import SmallcaseEvaluation, evaluate_smallcases
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def evaluate_due(
     smallcases: list[str] | None, exchanges: list[str] | None, as_of: datetime
 ) -> list[SmallcaseEvaluation]:

@@ -108,15 +108,34 @@ def validate_bars(
         rejected["reason"] = pd.Series([], dtype=object)
         return ValidationResult(valid=empty_bars(), rejected=rejected, off_calendar=empty_bars())
 
+    sym_codes, sym_uniques = pd.factorize(df["symbol"])
+    unique_days = np.array(list(date_uniques), dtype="datetime64[D]")
+    code = _reason_codes(df, date_codes, unique_days, today)
+    ok = code == 0
+    if ok.any():
+        key = sym_codes.astype(np.int64) * (len(date_uniques) + 1) + date_codes
+        dup_in_ok = pd.Series(key[ok]).duplicated(keep="first").to_numpy()
+        ok_idx = np.flatnonzero(ok)
+        code[ok_idx[dup_in_ok]] = 9
+        ok[ok_idx[dup_in_ok]] = False
+    off_row = _off_calendar_rows(sym_codes, sym_uniques, date_codes, unique_days, exchange_of)
+
+    reasons = np.array(("", *REJECT_REASONS), dtype=object)[code[~ok]]
+    valid = _select(df, ok)
+    rejected = _select(df, ~ok).assign(reason=reasons)
+    off_calendar = _select(df, ok & off_row)
+    return ValidationResult(valid=valid, rejected=rejected, off_calendar=off_calendar)
+
+
+def _reason_codes(
+    df: pd.DataFrame, date_codes: np.ndarray, unique_days: np.ndarray, today: date
+) -> np.ndarray:
+    """Return each row's first failing rule as 1..8 (``REJECT_REASONS`` order), 0 when none."""
     o = df["open"].to_numpy()
     h = df["high"].to_numpy()
     lo = df["low"].to_numpy()
     c = df["close"].to_numpy()
     v = df["volume"].to_numpy()
-
-    sym_codes, sym_uniques = pd.factorize(df["symbol"])
-    unique_days = np.array(list(date_uniques), dtype="datetime64[D]")
-
     with np.errstate(invalid="ignore"):
         is_nan = ~(np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c))
         is_nan |= ~np.isfinite(v)
@@ -132,11 +151,10 @@ def validate_bars(
         close_outside = (c > upper) | (c < lower)
         negative_volume = v < 0
     future_unique = unique_days > np.datetime64(today, "D")
-    future = np.zeros(n, dtype=bool)
+    future = np.zeros(len(df), dtype=bool)
     has_date = date_codes >= 0
     future[has_date] = future_unique[date_codes[has_date]]
-
-    code = np.select(
+    return np.select(
         [
             is_nan,
             too_big,
@@ -150,31 +168,28 @@ def validate_bars(
         [1, 2, 3, 4, 5, 6, 7, 8],
         default=0,
     ).astype(np.int8)
-    ok = code == 0
-    if ok.any():
-        key = sym_codes.astype(np.int64) * (len(date_uniques) + 1) + date_codes
-        dup_in_ok = pd.Series(key[ok]).duplicated(keep="first").to_numpy()
-        ok_idx = np.flatnonzero(ok)
-        code[ok_idx[dup_in_ok]] = 9
-        ok[ok_idx[dup_in_ok]] = False
 
-    # Off-calendar flags: one lookup table (calendar x unique date), then a gather per row.
+
+def _off_calendar_rows(
+    sym_codes: np.ndarray,
+    sym_uniques: Iterable[str],
+    date_codes: np.ndarray,
+    unique_days: np.ndarray,
+    exchange_of: Mapping[str, str] | str,
+) -> np.ndarray:
+    """Flag rows dated on a day their symbol's calendar knows and holds no session."""
+    # one lookup table (calendar x unique date), then a gather per row
     cal_of_symbol = _calendar_per_symbol(sym_uniques, exchange_of)
     cal_names = sorted(set(cal_of_symbol))
     cal_index = {name: i for i, name in enumerate(cal_names)}
-    off_table = np.zeros((len(cal_names), len(date_uniques) + 1), dtype=bool)
+    off_table = np.zeros((len(cal_names), len(unique_days) + 1), dtype=bool)
     for name, i in cal_index.items():
         days = calendars._session_days(name)
         known = (unique_days >= days[0]) & (unique_days <= days[-1])
         off_table[i, :-1] = known & ~np.isin(unique_days, days)
     sym_cal = np.array([cal_index[name] for name in cal_of_symbol], dtype=np.int64)
-    off_row = off_table[sym_cal[sym_codes], date_codes]  # code -1 hits the trailing False
-
-    reasons = np.array(("", *REJECT_REASONS), dtype=object)[code[~ok]]
-    valid = _select(df, ok)
-    rejected = _select(df, ~ok).assign(reason=reasons)
-    off_calendar = _select(df, ok & off_row)
-    return ValidationResult(valid=valid, rejected=rejected, off_calendar=off_calendar)
+    off_row: np.ndarray = off_table[sym_cal[sym_codes], date_codes]  # -1 hits the trailing False
+    return off_row
 
 
 def _calendar_per_symbol(symbols: Iterable[str], exchange_of: Mapping[str, str] | str) -> list[str]:

@@ -410,19 +410,31 @@ def record_reconciliation(
     open differences of earlier days that are no longer seen are marked resolved.
     """
     now = utcnow()
-    recs = _table(Reconciliation.__table__)
-    found = conn.execute(
-        select(recs.c.id).where(
-            recs.c.broker_connection_id == connection_id, recs.c.snapshot_date == day
-        )
-    ).first()
-    values = {
+    values: dict[str, Any] = {
         "broker_cash": broker_cash,
         "ledger_cash_flow": ledger_cash_flow,
         "currency": currency,
         "differences": len(differences),
         "updated_at": now,
     }
+    _write_reconciliation_row(conn, connection_id, day, values, now)
+    return _write_differences(conn, connection_id, day, differences, now)
+
+
+def _write_reconciliation_row(
+    conn: Connection,
+    connection_id: uuid.UUID,
+    day: date,
+    values: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Insert or update the day's reconciliation row; a re-run keeps the day's cash anchor."""
+    recs = _table(Reconciliation.__table__)
+    found = conn.execute(
+        select(recs.c.id).where(
+            recs.c.broker_connection_id == connection_id, recs.c.snapshot_date == day
+        )
+    ).first()
     if found is None:
         conn.execute(
             recs.insert().values(
@@ -433,13 +445,22 @@ def record_reconciliation(
                 **values,
             )
         )
-    else:
-        anchor = cash_anchor(conn, connection_id)
-        if anchor is not None and anchor.snapshot_date == day:
-            values.pop("broker_cash")  # the anchor stays what it was
-            values.pop("ledger_cash_flow")
-        conn.execute(recs.update().where(recs.c.id == found.id).values(**values))
+        return
+    anchor = cash_anchor(conn, connection_id)
+    if anchor is not None and anchor.snapshot_date == day:
+        values.pop("broker_cash")  # the anchor stays what it was
+        values.pop("ledger_cash_flow")
+    conn.execute(recs.update().where(recs.c.id == found.id).values(**values))
 
+
+def _write_differences(
+    conn: Connection,
+    connection_id: uuid.UUID,
+    day: date,
+    differences: Sequence[StoredDifference],
+    now: datetime,
+) -> list[uuid.UUID]:
+    """Replace the day's open differences, resolve older open ones not seen; return the open."""
     table = _table(ReconciliationDifference.__table__)
     mine = table.c.broker_connection_id == connection_id
     stored = {
@@ -602,52 +623,73 @@ def planning_gates(
     """
     if not investment_ids:
         return {}
-    as_of = as_of or utcnow().date()
-    ids = list(investment_ids)
-    wanted = set(ids)
     out: dict[uuid.UUID, list[PlanningGate]] = defaultdict(list)
-    planned = set(asset_ids)
     # Both tables are small next to the ledger: read what is pending or open first, and touch
     # the investments (100,000 in a large rebalance) only when something is.
+    _action_gates(conn, list(investment_ids), set(asset_ids), as_of or utcnow().date(), out)
+    _difference_gates(conn, set(investment_ids), tolerance, cash_tolerance, out)
+    return dict(out)
+
+
+def _action_gates(
+    conn: Connection,
+    ids: list[uuid.UUID],
+    planned: set[uuid.UUID],
+    as_of: date,
+    out: dict[uuid.UUID, list[PlanningGate]],
+) -> None:
+    """Add a gate per investment and corporate action due on an asset it plans or has held."""
+    wanted = set(ids)
     pending = list_actions(conn, status=CorporateActionStatus.DETECTED, due_by=as_of)
-    if pending:
-        held: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
-        orders = _table(SmallcaseExecutionOrder.__table__)
-        runs = _table(SmallcaseExecutionRun.__table__)
-        touched = {a.asset_id for a in pending} - planned
-        if touched:
-            for investment_id, asset_id in conn.execute(
-                select(runs.c.investment_id, orders.c.asset_id)
-                .join(orders, orders.c.execution_run_id == runs.c.id)
-                .where(orders.c.asset_id.in_(touched))
-                .distinct()
-            ):
-                if investment_id in wanted:
-                    held[investment_id].add(asset_id)
-        for investment_id in ids:
-            for action in pending:
-                if action.asset_id not in planned and action.asset_id not in held[investment_id]:
-                    continue
-                what = (
-                    f"ratio {action.ratio.normalize():f}"
-                    if action.ratio is not None
-                    else f"{_text(action.cash_amount or Decimal(0))} {action.currency} per share"
+    if not pending:
+        return
+    held: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    orders = _table(SmallcaseExecutionOrder.__table__)
+    runs = _table(SmallcaseExecutionRun.__table__)
+    touched = {a.asset_id for a in pending} - planned
+    if touched:
+        for investment_id, asset_id in conn.execute(
+            select(runs.c.investment_id, orders.c.asset_id)
+            .join(orders, orders.c.execution_run_id == runs.c.id)
+            .where(orders.c.asset_id.in_(touched))
+            .distinct()
+        ):
+            if investment_id in wanted:
+                held[investment_id].add(asset_id)
+    for investment_id in ids:
+        for action in pending:
+            if action.asset_id not in planned and action.asset_id not in held[investment_id]:
+                continue
+            what = (
+                f"ratio {action.ratio.normalize():f}"
+                if action.ratio is not None
+                else f"{_text(action.cash_amount or Decimal(0))} {action.currency} per share"
+            )
+            out[investment_id].append(
+                PlanningGate(
+                    investment_id,
+                    CORPORATE_ACTION_PENDING,
+                    f"{action.symbol} ({action.exchange}): {action.action_type.value} "
+                    f"({what}) on {action.ex_date} not yet applied to the ledger",
                 )
-                out[investment_id].append(
-                    PlanningGate(
-                        investment_id,
-                        CORPORATE_ACTION_PENDING,
-                        f"{action.symbol} ({action.exchange}): {action.action_type.value} "
-                        f"({what}) on {action.ex_date} not yet applied to the ledger",
-                    )
-                )
+            )
+
+
+def _difference_gates(
+    conn: Connection,
+    wanted: set[uuid.UUID],
+    tolerance: Decimal,
+    cash_tolerance: Decimal,
+    out: dict[uuid.UUID, list[PlanningGate]],
+) -> None:
+    """Add a gate per investment and open difference beyond tolerance on its connection."""
     by_connection: dict[uuid.UUID, list[DifferenceRow]] = defaultdict(list)
     for d in list_differences(conn):
         limit = cash_tolerance if d.kind is DifferenceKind.CASH else tolerance
         if abs(d.difference) > limit:
             by_connection[d.connection_id].append(d)
     if not by_connection:
-        return dict(out)
+        return
     investments = _table(UserSmallcaseInvestment.__table__)
     for investment_id, connection_id in conn.execute(
         select(investments.c.id, investments.c.broker_connection_id).where(
@@ -670,7 +712,6 @@ def planning_gates(
                     f"{d.snapshot_date} ({d.classification}); difference {d.id}",
                 )
             )
-    return dict(out)
 
 
 def _text(value: Decimal) -> str:

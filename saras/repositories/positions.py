@@ -221,18 +221,10 @@ _VALUE_COLUMNS = (
 )
 
 
-def _snapshot_sql() -> str:
-    values = ", ".join(f"s.{c}" for c in _VALUE_COLUMNS)
-    stored = ", ".join(f"h.{c}" for c in _VALUE_COLUMNS)
-    proposed = ", ".join(f"v.{c}" for c in _VALUE_COLUMNS)
-    excluded = ", ".join(f"EXCLUDED.{c}" for c in _VALUE_COLUMNS)
-    assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)
-    # ``joined`` pairs every position (zero ones too) with the day's stored row, once. Unchanged
-    # positions are dropped before the INSERT: ON CONFLICT would lock (and so dirty) every
-    # conflicting row even when its WHERE then declines the update. ON CONFLICT stays for a
-    # concurrent writer of the same day.
-    return f"""
-    WITH moves AS (
+#: the ledger's positions per (investment, asset, connection) of active investments before
+#: ``:cutoff``: fills of our orders plus quantity adjustments (splits, accepted differences),
+#: the average price of the latest move; two CTEs, ``moves`` and ``positions``
+_LEDGER_POSITIONS_CTE = """moves AS (
         SELECT i.id AS investment_id, o.asset_id, i.broker_connection_id,
                CASE WHEN o.side = 'sell' THEN -f.filled ELSE f.filled END AS quantity,
                f.filled_at, f.average_price
@@ -260,7 +252,22 @@ def _snapshot_sql() -> str:
                    AS average_price
         FROM moves
         GROUP BY investment_id, asset_id, broker_connection_id
-    ),
+    )
+"""
+
+
+def _snapshot_sql() -> str:
+    values = ", ".join(f"s.{c}" for c in _VALUE_COLUMNS)
+    stored = ", ".join(f"h.{c}" for c in _VALUE_COLUMNS)
+    proposed = ", ".join(f"v.{c}" for c in _VALUE_COLUMNS)
+    excluded = ", ".join(f"EXCLUDED.{c}" for c in _VALUE_COLUMNS)
+    assignments = ", ".join(f"{c} = EXCLUDED.{c}" for c in _VALUE_COLUMNS)
+    # ``joined`` pairs every position (zero ones too) with the day's stored row, once. Unchanged
+    # positions are dropped before the INSERT: ON CONFLICT would lock (and so dirty) every
+    # conflicting row even when its WHERE then declines the update. ON CONFLICT stays for a
+    # concurrent writer of the same day.
+    return f"""
+    WITH {_LEDGER_POSITIONS_CTE},
     closes AS (
         SELECT * FROM unnest(CAST(:asset_ids AS uuid[]), CAST(:closes AS numeric[]))
             AS c (asset_id, close_price)
@@ -468,6 +475,50 @@ def _parse_instant(value: Any, fallback: datetime, order_id: Any) -> datetime:
     return parsed.astimezone(UTC)
 
 
+@dataclass
+class _Moves:
+    """Positions summed from moves: quantity, connection and latest average per key."""
+
+    quantity: dict[tuple[uuid.UUID, uuid.UUID], Decimal] = field(
+        default_factory=lambda: defaultdict(Decimal)
+    )
+    latest: dict[tuple[uuid.UUID, uuid.UUID], tuple[datetime, Decimal | None]] = field(
+        default_factory=dict
+    )
+    connection: dict[uuid.UUID, uuid.UUID] = field(default_factory=dict)
+
+    def add(
+        self,
+        key: tuple[uuid.UUID, uuid.UUID],
+        connection_id: uuid.UUID,
+        delta: Decimal,
+        when: datetime,
+        average: Decimal | None,
+    ) -> None:
+        """Add one move; ties on ``when`` keep the larger average, as the PostgreSQL path does."""
+        self.connection[key[0]] = connection_id
+        self.quantity[key] += delta
+        candidate = (when, average)
+        if key not in self.latest or _later(candidate, self.latest[key]):
+            self.latest[key] = candidate
+
+    def positions(self) -> list[LedgerPosition]:
+        """Return the positions in key order."""
+        out = []
+        for key in sorted(self.quantity, key=lambda k: (str(k[0]), str(k[1]))):
+            average = self.latest[key][1]
+            out.append(
+                LedgerPosition(
+                    investment_id=key[0],
+                    asset_id=key[1],
+                    broker_connection_id=self.connection[key[0]],
+                    quantity=_q(self.quantity[key], QUANTITY_Q),
+                    average_price=None if average is None else _q(average, PRICE_Q),
+                )
+            )
+        return out
+
+
 def ledger_positions(
     conn: Connection,
     *,
@@ -476,8 +527,21 @@ def ledger_positions(
     active_only: bool = True,
 ) -> list[LedgerPosition]:
     """Compute positions from the ledger in Python (zero positions included), in key order."""
-    if investment_ids is not None:
-        investment_ids = list(investment_ids)
+    ids = None if investment_ids is None else list(investment_ids)
+    moves = _Moves()
+    _add_fills(conn, moves, as_of, ids, active_only)
+    _add_adjustments(conn, moves, as_of, ids, active_only)
+    return moves.positions()
+
+
+def _add_fills(
+    conn: Connection,
+    moves: _Moves,
+    as_of: datetime | None,
+    investment_ids: list[uuid.UUID] | None,
+    active_only: bool,
+) -> None:
+    """Add every fill of our orders before ``as_of`` (the order's metadata) to ``moves``."""
     orders = SmallcaseExecutionOrder.__table__
     runs = SmallcaseExecutionRun.__table__
     investments = UserSmallcaseInvestment.__table__
@@ -497,10 +561,7 @@ def ledger_positions(
     if active_only:
         query = query.where(investments.c.status == ACTIVE)
     if investment_ids is not None:
-        query = query.where(investments.c.id.in_(list(investment_ids)))
-    quantity: dict[tuple[uuid.UUID, uuid.UUID], Decimal] = defaultdict(Decimal)
-    latest: dict[tuple[uuid.UUID, uuid.UUID], tuple[datetime, Decimal | None]] = {}
-    connection: dict[uuid.UUID, uuid.UUID] = {}
+        query = query.where(investments.c.id.in_(investment_ids))
     for row in conn.execute(query):
         metadata = row.order_metadata or {}
         filled = _parse_decimal(metadata.get("filled_quantity"), "filled_quantity", row.order_id)
@@ -512,17 +573,22 @@ def ledger_positions(
         filled_at = _parse_instant(metadata.get("filled_at"), updated_at, row.order_id)
         if as_of is not None and filled_at >= as_of:
             continue
-        key = (row.id, row.asset_id)
-        connection[row.id] = row.broker_connection_id
-        quantity[key] += -filled if row.side == OrderSide.SELL.value else filled
         average = _parse_decimal(
             metadata.get("position_average_price"), "position_average_price", row.order_id
         )
-        # Ties on filled_at keep the larger average, as the PostgreSQL path does.
-        candidate = (filled_at, average)
-        if key not in latest or _later(candidate, latest[key]):
-            latest[key] = candidate
-    # splits, bonus issues and accepted differences move positions without a fill
+        delta = -filled if row.side == OrderSide.SELL.value else filled
+        moves.add((row.id, row.asset_id), row.broker_connection_id, delta, filled_at, average)
+
+
+def _add_adjustments(
+    conn: Connection,
+    moves: _Moves,
+    as_of: datetime | None,
+    investment_ids: list[uuid.UUID] | None,
+    active_only: bool,
+) -> None:
+    """Add splits, bonus issues and accepted differences (moves without a fill) to ``moves``."""
+    investments = UserSmallcaseInvestment.__table__
     adjustments = PositionAdjustment.__table__
     moved = (
         select(
@@ -539,33 +605,16 @@ def ledger_positions(
     if active_only:
         moved = moved.where(investments.c.status == ACTIVE)
     if investment_ids is not None:
-        moved = moved.where(investments.c.id.in_(list(investment_ids)))
+        moved = moved.where(investments.c.id.in_(investment_ids))
     for row in conn.execute(moved):
         effective_at = row.effective_at
         if effective_at.tzinfo is None:
             effective_at = effective_at.replace(tzinfo=UTC)
         if as_of is not None and effective_at >= as_of:
             continue
-        key = (row.id, row.asset_id)
-        connection[row.id] = row.broker_connection_id
-        quantity[key] += Decimal(str(row.quantity_delta))
         average = None if row.average_price is None else Decimal(str(row.average_price))
-        candidate = (effective_at, average)
-        if key not in latest or _later(candidate, latest[key]):
-            latest[key] = candidate
-    out = []
-    for key in sorted(quantity, key=lambda k: (str(k[0]), str(k[1]))):
-        average = latest[key][1]
-        out.append(
-            LedgerPosition(
-                investment_id=key[0],
-                asset_id=key[1],
-                broker_connection_id=connection[key[0]],
-                quantity=_q(quantity[key], QUANTITY_Q),
-                average_price=None if average is None else _q(average, PRICE_Q),
-            )
-        )
-    return out
+        delta = Decimal(str(row.quantity_delta))
+        moves.add((row.id, row.asset_id), row.broker_connection_id, delta, effective_at, average)
 
 
 def _later(a: tuple[datetime, Decimal | None], b: tuple[datetime, Decimal | None]) -> bool:

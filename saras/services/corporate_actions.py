@@ -62,7 +62,7 @@ from saras.domain.enums import (
 )
 from saras.marketdata.base import SourceAction
 from saras.repositories import corporate_actions as repo
-from saras.repositories.positions import ledger_positions
+from saras.repositories.positions import LedgerPosition, ledger_positions
 
 log = logging.getLogger(__name__)
 
@@ -373,8 +373,6 @@ def _credit_cash_row(
 
 def _apply(conn: Connection, action: repo.ActionRow, now: datetime) -> AppliedAction:
     """Apply one action to every holder's ledger, in the caller's transaction."""
-    investments = _t(UserSmallcaseInvestment.__table__)
-    connections = _t(UserBrokerConnection.__table__)
     holders = _holders(conn, action.asset_id)
     cutoff = datetime.combine(action.ex_date, time(0), tzinfo=UTC)
     positions = [
@@ -382,121 +380,17 @@ def _apply(conn: Connection, action: repo.ActionRow, now: datetime) -> AppliedAc
         for p in ledger_positions(conn, as_of=cutoff, investment_ids=holders, active_only=False)
         if p.asset_id == action.asset_id and p.quantity > 0
     ]
-    info = {
-        r.id: r
-        for r in conn.execute(
-            select(
-                investments.c.id,
-                investments.c.portfolio_id,
-                connections.c.broker_type,
-                connections.c.connection_metadata,
-            )
-            .join(connections, connections.c.id == investments.c.broker_connection_id)
-            .where(investments.c.id.in_([p.investment_id for p in positions]))
-        )
-    }
+    info = _holder_rows(conn, [p.investment_id for p in positions])
     price = _latest_close(conn, action.asset_id)
     added = Decimal(0)
     cash_total = Decimal(0)
-    key = str(action.id)
     for p in positions:
-        inv = info[p.investment_id]
         if action.action_type is CorporateActionType.DIVIDEND:
-            if repo.adjustment_exists(
-                conn,
-                investment_id=p.investment_id,
-                kind=AdjustmentKind.DIVIDEND.value,
-                corporate_action_id=action.id,
-            ):
-                continue
-            assert action.cash_amount is not None
-            cash = (p.quantity * action.cash_amount).quantize(MONEY_Q, ROUND_HALF_UP)
-            _credit_cash_row(
-                conn,
-                inv.portfolio_id,
-                p.investment_id,
-                action,
-                TransactionType.DIVIDEND,
-                AdjustmentKind.DIVIDEND,
-                quantity=p.quantity,
-                price=action.cash_amount,
-                cash=cash,
-                reference=f"div:{key}:{p.investment_id}",
-                when=cutoff,
-                now=now,
-            )
-            cash_total += cash
+            cash_total += _pay_dividend(conn, action, p, info[p.investment_id], cutoff, now)
             continue
-        kind = (
-            AdjustmentKind.BONUS
-            if action.action_type is CorporateActionType.BONUS
-            else AdjustmentKind.SPLIT
-        )
-        if repo.adjustment_exists(
-            conn, investment_id=p.investment_id, kind=kind.value, corporate_action_id=action.id
-        ):
-            continue
-        assert action.ratio is not None
-        exact = p.quantity * action.ratio
-        quantum = (
-            Decimal(1) if _whole_shares(inv.broker_type, inv.connection_metadata) else QUANTITY_Q
-        )
-        after = exact.quantize(quantum, rounding=ROUND_DOWN).quantize(QUANTITY_Q)
-        remainder = exact - after
-        average = (
-            (p.average_price / action.ratio).quantize(PRICE_Q, ROUND_HALF_UP)
-            if p.average_price is not None
-            else price
-        )
-        tx = write_transaction(
-            conn,
-            portfolio_id=inv.portfolio_id,
-            asset_id=action.asset_id,
-            kind=TransactionType.BONUS if kind is AdjustmentKind.BONUS else TransactionType.SPLIT,
-            quantity=after,
-            price=average,
-            reference=f"ca:{key}:{p.investment_id}",
-            when=cutoff,
-            now=now,
-        )
-        write_adjustment(
-            conn,
-            investment_id=p.investment_id,
-            asset_id=action.asset_id,
-            action_id=action.id,
-            kind=kind,
-            quantity_delta=after - p.quantity,
-            average_price=average,
-            transaction_id=tx,
-            when=cutoff,
-            now=now,
-        )
-        move_holding(
-            conn, inv.portfolio_id, action.asset_id, after - p.quantity, now, ratio=action.ratio
-        )
-        added += after - p.quantity
-        if remainder > 0:
-            if price is None:
-                raise ValueError(
-                    f"{action.symbol} ({action.exchange}): cash in lieu of {remainder} shares "
-                    "needs a close, and there is none"
-                )
-            cash = (remainder * price).quantize(MONEY_Q, ROUND_HALF_UP)
-            _credit_cash_row(
-                conn,
-                inv.portfolio_id,
-                p.investment_id,
-                action,
-                TransactionType.CASH_IN_LIEU,
-                AdjustmentKind.CASH_IN_LIEU,
-                quantity=remainder.quantize(QUANTITY_Q),
-                price=price,
-                cash=cash,
-                reference=f"cil:{key}:{p.investment_id}",
-                when=cutoff,
-                now=now,
-            )
-            cash_total += cash
+        more, cash = _split_position(conn, action, p, info[p.investment_id], price, cutoff, now)
+        added += more
+        cash_total += cash
     repo.mark_applied(conn, action.id, now)
     return AppliedAction(
         action.id,
@@ -508,6 +402,140 @@ def _apply(conn: Connection, action: repo.ActionRow, now: datetime) -> AppliedAc
         added,
         cash_total,
     )
+
+
+def _holder_rows(conn: Connection, investment_ids: list[uuid.UUID]) -> dict[uuid.UUID, Any]:
+    """Return each holding investment's portfolio and broker (for its share quantum)."""
+    investments = _t(UserSmallcaseInvestment.__table__)
+    connections = _t(UserBrokerConnection.__table__)
+    return {
+        r.id: r
+        for r in conn.execute(
+            select(
+                investments.c.id,
+                investments.c.portfolio_id,
+                connections.c.broker_type,
+                connections.c.connection_metadata,
+            )
+            .join(connections, connections.c.id == investments.c.broker_connection_id)
+            .where(investments.c.id.in_(investment_ids))
+        )
+    }
+
+
+def _pay_dividend(
+    conn: Connection,
+    action: repo.ActionRow,
+    p: LedgerPosition,
+    inv: Any,
+    cutoff: datetime,
+    now: datetime,
+) -> Decimal:
+    """Credit one holder's dividend once; return the cash credited (zero if already paid)."""
+    if repo.adjustment_exists(
+        conn,
+        investment_id=p.investment_id,
+        kind=AdjustmentKind.DIVIDEND.value,
+        corporate_action_id=action.id,
+    ):
+        return Decimal(0)
+    assert action.cash_amount is not None
+    cash = (p.quantity * action.cash_amount).quantize(MONEY_Q, ROUND_HALF_UP)
+    _credit_cash_row(
+        conn,
+        inv.portfolio_id,
+        p.investment_id,
+        action,
+        TransactionType.DIVIDEND,
+        AdjustmentKind.DIVIDEND,
+        quantity=p.quantity,
+        price=action.cash_amount,
+        cash=cash,
+        reference=f"div:{action.id}:{p.investment_id}",
+        when=cutoff,
+        now=now,
+    )
+    return cash
+
+
+def _split_position(
+    conn: Connection,
+    action: repo.ActionRow,
+    p: LedgerPosition,
+    inv: Any,
+    price: Decimal | None,
+    cutoff: datetime,
+    now: datetime,
+) -> tuple[Decimal, Decimal]:
+    """Apply a split or bonus to one holder once; return (shares added, cash in lieu)."""
+    kind = (
+        AdjustmentKind.BONUS
+        if action.action_type is CorporateActionType.BONUS
+        else AdjustmentKind.SPLIT
+    )
+    if repo.adjustment_exists(
+        conn, investment_id=p.investment_id, kind=kind.value, corporate_action_id=action.id
+    ):
+        return Decimal(0), Decimal(0)
+    assert action.ratio is not None
+    exact = p.quantity * action.ratio
+    quantum = Decimal(1) if _whole_shares(inv.broker_type, inv.connection_metadata) else QUANTITY_Q
+    after = exact.quantize(quantum, rounding=ROUND_DOWN).quantize(QUANTITY_Q)
+    remainder = exact - after
+    average = (
+        (p.average_price / action.ratio).quantize(PRICE_Q, ROUND_HALF_UP)
+        if p.average_price is not None
+        else price
+    )
+    tx = write_transaction(
+        conn,
+        portfolio_id=inv.portfolio_id,
+        asset_id=action.asset_id,
+        kind=TransactionType.BONUS if kind is AdjustmentKind.BONUS else TransactionType.SPLIT,
+        quantity=after,
+        price=average,
+        reference=f"ca:{action.id}:{p.investment_id}",
+        when=cutoff,
+        now=now,
+    )
+    write_adjustment(
+        conn,
+        investment_id=p.investment_id,
+        asset_id=action.asset_id,
+        action_id=action.id,
+        kind=kind,
+        quantity_delta=after - p.quantity,
+        average_price=average,
+        transaction_id=tx,
+        when=cutoff,
+        now=now,
+    )
+    move_holding(
+        conn, inv.portfolio_id, action.asset_id, after - p.quantity, now, ratio=action.ratio
+    )
+    if remainder <= 0:
+        return after - p.quantity, Decimal(0)
+    if price is None:
+        raise ValueError(
+            f"{action.symbol} ({action.exchange}): cash in lieu of {remainder} shares "
+            "needs a close, and there is none"
+        )
+    cash = (remainder * price).quantize(MONEY_Q, ROUND_HALF_UP)
+    _credit_cash_row(
+        conn,
+        inv.portfolio_id,
+        p.investment_id,
+        action,
+        TransactionType.CASH_IN_LIEU,
+        AdjustmentKind.CASH_IN_LIEU,
+        quantity=remainder.quantize(QUANTITY_Q),
+        price=price,
+        cash=cash,
+        reference=f"cil:{action.id}:{p.investment_id}",
+        when=cutoff,
+        now=now,
+    )
+    return after - p.quantity, cash
 
 
 def apply_due_actions(

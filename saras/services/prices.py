@@ -24,6 +24,8 @@ from saras.marketdata import calendars
 from saras.marketdata.base import (
     BarRequest,
     MarketDataError,
+    MarketDataSource,
+    SourceAction,
     SourceAuthError,
     SourceConfigError,
     SourceUnavailableError,
@@ -194,21 +196,58 @@ def ingest_batch(
     except (SourceConfigError, SarasError) as exc:
         return _fail_all(reports, str(exc))
 
+    try:
+        fetched = _fetch(engine, source, items, reports)
+    except SourceAuthError as exc:
+        return _fail_all(reports, str(exc))
+    valid = _validate(fetched.bars, items, reports, now)
+    asset_of = {s: i.asset_id for s, i in by_symbol.items()}
+    frame = valid.assign(asset_id=valid["symbol"].map(asset_of))
+    with engine.begin() as conn:
+        counts = price_repo.write_bars(conn, frame)
+        recorded = corporate_actions.record_source_actions(
+            conn, by_symbol, fetched.reported, fetched.source
+        )
+        guessed = corporate_actions.record_source_actions(
+            conn, by_symbol, fetched.inferred, corporate_actions.INFERRED_PREFIX + fetched.source
+        )
+    for symbol in set(recorded) | set(guessed):
+        reports[symbol].actions = recorded.get(symbol, 0) + guessed.get(symbol, 0)
+    symbol_of = {uuid.UUID(i.asset_id): i.symbol for i in items}
+    for asset_id, c in counts.items():
+        r = reports[symbol_of[asset_id]]
+        r.inserted, r.updated, r.unchanged = c.inserted, c.updated, c.unchanged
+    return list(reports.values())
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    """One batch's bars after rewrite detection, and the corporate actions seen on the way."""
+
+    bars: pd.DataFrame
+    source: str
+    reported: list[SourceAction]
+    inferred: list[SourceAction]
+
+
+def _fetch(
+    engine: Engine,
+    source: MarketDataSource,
+    items: Sequence[IngestionItem],
+    reports: Mapping[str, SymbolReport],
+) -> _Fetched:
+    """Fetch a batch, re-fetching whole histories the source rewrote (splits, adjustments)."""
+    by_symbol = {i.symbol: i for i in items}
     # Re-fetch the last stored day too: if its close moved, the source rewrote its history.
     requests = [
         BarRequest(i.symbol, i.exchange, min(i.start, i.last_stored or i.start), i.end)
         for i in items
     ]
-    try:
-        result = source.fetch_daily_bars(requests)
-    except SourceAuthError as exc:
-        return _fail_all(reports, str(exc))
+    result = source.fetch_daily_bars(requests)
     for symbol, reason in result.failures.items():
         if symbol in reports:
             reports[symbol].error = reason
-
     bars = result.bars
-    source_name = result.source or items[0].source
     reported = list(result.actions)
     rewrite, factors = _adjusted_symbols(engine, bars, by_symbol)
     if rewrite:
@@ -237,7 +276,16 @@ def ingest_batch(
     }
     overlap = bars["symbol"].map(detection_day)
     bars = bars[~(bars["price_date"] == overlap)] if len(bars) else bars
+    return _Fetched(bars, result.source or items[0].source, reported, inferred)
 
+
+def _validate(
+    bars: pd.DataFrame,
+    items: Sequence[IngestionItem],
+    reports: Mapping[str, SymbolReport],
+    now: datetime,
+) -> pd.DataFrame:
+    """Validate a batch's bars, count rejects, off-calendar days and gaps; return the valid."""
     exchange_of = {i.symbol: i.exchange for i in items}
     checked = validate_bars(
         bars, exchange_of, today=_exchange_today(list(exchange_of.values()), now)
@@ -253,23 +301,7 @@ def ingest_batch(
     for symbol, days in checked.missing_sessions(gap_requests).items():
         if symbol in reports and reports[symbol].error is None:
             reports[symbol].missing_sessions = len(days)
-
-    valid = checked.valid
-    asset_of = {s: i.asset_id for s, i in by_symbol.items()}
-    frame = valid.assign(asset_id=valid["symbol"].map(asset_of))
-    with engine.begin() as conn:
-        counts = price_repo.write_bars(conn, frame)
-        recorded = corporate_actions.record_source_actions(conn, by_symbol, reported, source_name)
-        guessed = corporate_actions.record_source_actions(
-            conn, by_symbol, inferred, corporate_actions.INFERRED_PREFIX + source_name
-        )
-    for symbol in set(recorded) | set(guessed):
-        reports[symbol].actions = recorded.get(symbol, 0) + guessed.get(symbol, 0)
-    symbol_of = {uuid.UUID(i.asset_id): i.symbol for i in items}
-    for asset_id, c in counts.items():
-        r = reports[symbol_of[asset_id]]
-        r.inserted, r.updated, r.unchanged = c.inserted, c.updated, c.unchanged
-    return list(reports.values())
+    return checked.valid
 
 
 def _adjusted_symbols(

@@ -54,6 +54,7 @@ from models.base import utcnow
 from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.brokers.errors import BrokerError, FatalBrokerError
 from saras.brokers.registry import broker_capabilities
+from saras.domain import exchanges as xt
 from saras.domain.enums import (
     BrokerType,
     ConnectionStatus,
@@ -93,8 +94,8 @@ from saras.services import admin
 from saras.services import policy as policy_service
 from saras.services.brokers import mark_connection, open_broker
 
-US_EXCHANGES = {"NYSE", "NASDAQ", "ARCA", "AMEX", "US", "BATS"}
-INDIAN_EXCHANGES = {"NSE", "BSE"}
+US_EXCHANGES = {*xt.exchanges_in("USD"), *xt.LEGACY_ALIASES}  # the exchange table's
+INDIAN_EXCHANGES = set(xt.exchanges_in("INR"))
 _OPEN_ORDER = (
     OrderStatus.SUBMITTING,
     OrderStatus.SUBMITTED,

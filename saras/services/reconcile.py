@@ -214,107 +214,140 @@ def accept(
         portfolio_id = conn.execute(
             select(UserSmallcaseInvestment.portfolio_id).where(UserSmallcaseInvestment.id == inv_id)
         ).scalar_one()
-        delta = difference.difference
-        reference = f"rec:{difference.id}:{inv_id}"
         if difference.kind is DifferenceKind.CASH:
-            amount = delta.quantize(Decimal("0.0001"))
-            tx = write_transaction(
-                conn,
-                portfolio_id=portfolio_id,
-                asset_id=None,
-                kind=TransactionType.ADJUSTMENT,
-                quantity=Decimal(0),
-                price=abs(amount),
-                reference=reference,
-                when=now,
-                now=now,
-            )
-            write_adjustment(
-                conn,
-                investment_id=inv_id,
-                asset_id=None,
-                action_id=None,
-                difference_id=difference.id,
-                kind=AdjustmentKind.ACCEPTED_DIFFERENCE,
-                cash_delta=amount,
-                transaction_id=tx,
-                when=now,
-                now=now,
-            )
-            credit_cash(conn, portfolio_id, amount, now)
-            result = Accepted(str(difference.id), str(inv_id), "cash", Decimal(0), amount)
+            result = _accept_cash(conn, difference, inv_id, portfolio_id, now)
         else:
-            if difference.asset_id is None:
-                raise InvalidInputError(
-                    f"{difference.symbol} ({difference.exchange or 'no exchange'}) is not in the "
-                    "asset master: add the asset first, then accept the difference"
-                )
-            held = {
-                p.asset_id: p
-                for p in ledger_positions(conn, investment_ids=[inv_id], active_only=False)
-            }.get(difference.asset_id)
-            quantity = held.quantity if held else Decimal(0)
-            if quantity + delta < 0:
-                raise InvalidInputError(
-                    f"difference {difference.id}: investment {inv_id} holds {_text(quantity)} "
-                    f"{difference.symbol}; taking {_text(-delta)} would leave it negative"
-                )
-            average = held.average_price if held and held.average_price is not None else None
-            if average is None:
-                close = conn.execute(
-                    select(PriceHistory.close_price)
-                    .where(PriceHistory.asset_id == difference.asset_id)
-                    .order_by(PriceHistory.price_date.desc())
-                    .limit(1)
-                ).scalar()
-                average = None if close is None else Decimal(str(close))
-            tx = write_transaction(
-                conn,
-                portfolio_id=portfolio_id,
-                asset_id=difference.asset_id,
-                kind=TransactionType.ADJUSTMENT,
-                quantity=abs(delta),
-                price=average,
-                reference=reference,
-                when=now,
-                now=now,
-            )
-            write_adjustment(
-                conn,
-                investment_id=inv_id,
-                asset_id=difference.asset_id,
-                action_id=None,
-                difference_id=difference.id,
-                kind=AdjustmentKind.ACCEPTED_DIFFERENCE,
-                quantity_delta=delta,
-                average_price=average,
-                transaction_id=tx,
-                when=now,
-                now=now,
-            )
-            move_holding(conn, portfolio_id, difference.asset_id, delta, now)
-            result = Accepted(str(difference.id), str(inv_id), "position", delta, Decimal(0))
+            result = _accept_position(conn, difference, inv_id, portfolio_id, now)
         repo.mark_accepted(conn, difference.id, accepted_by, now)
-        user_id = conn.execute(
-            select(UserSmallcaseInvestment.user_id).where(UserSmallcaseInvestment.id == inv_id)
-        ).scalar_one()
-        what = (
-            f"cash {_text(result.cash_delta)} {difference.currency or ''}".strip()
-            if result.kind == "cash"
-            else f"{_text(result.quantity_delta)} {difference.symbol} ({difference.exchange})"
-        )
-        write_audit(
-            conn,
-            event_type=ACCEPT_EVENT,
-            success=True,
-            user_id=user_id,
-            error_message=(
-                f"difference {difference.id} ({difference.classification}) accepted by "
-                f"{accepted_by} into investment {inv_id}: {what}"
-            ),
-            path="saras reconcile accept",
-        )
+        _audit_accept(conn, difference, result, accepted_by, now)
     return result
+
+
+def _accept_cash(
+    conn: Connection,
+    difference: repo.DifferenceRow,
+    inv_id: uuid.UUID,
+    portfolio_id: uuid.UUID,
+    now: datetime,
+) -> Accepted:
+    """Move the investment's cash by the difference (ledger row, adjustment, cash)."""
+    amount = difference.difference.quantize(Decimal("0.0001"))
+    tx = write_transaction(
+        conn,
+        portfolio_id=portfolio_id,
+        asset_id=None,
+        kind=TransactionType.ADJUSTMENT,
+        quantity=Decimal(0),
+        price=abs(amount),
+        reference=f"rec:{difference.id}:{inv_id}",
+        when=now,
+        now=now,
+    )
+    write_adjustment(
+        conn,
+        investment_id=inv_id,
+        asset_id=None,
+        action_id=None,
+        difference_id=difference.id,
+        kind=AdjustmentKind.ACCEPTED_DIFFERENCE,
+        cash_delta=amount,
+        transaction_id=tx,
+        when=now,
+        now=now,
+    )
+    credit_cash(conn, portfolio_id, amount, now)
+    return Accepted(str(difference.id), str(inv_id), "cash", Decimal(0), amount)
+
+
+def _accept_position(
+    conn: Connection,
+    difference: repo.DifferenceRow,
+    inv_id: uuid.UUID,
+    portfolio_id: uuid.UUID,
+    now: datetime,
+) -> Accepted:
+    """Move the investment's shares by the difference, refusing a negative position."""
+    delta = difference.difference
+    if difference.asset_id is None:
+        raise InvalidInputError(
+            f"{difference.symbol} ({difference.exchange or 'no exchange'}) is not in the "
+            "asset master: add the asset first, then accept the difference"
+        )
+    held = {
+        p.asset_id: p for p in ledger_positions(conn, investment_ids=[inv_id], active_only=False)
+    }.get(difference.asset_id)
+    quantity = held.quantity if held else Decimal(0)
+    if quantity + delta < 0:
+        raise InvalidInputError(
+            f"difference {difference.id}: investment {inv_id} holds {_text(quantity)} "
+            f"{difference.symbol}; taking {_text(-delta)} would leave it negative"
+        )
+    average = held.average_price if held and held.average_price is not None else None
+    if average is None:
+        close = conn.execute(
+            select(PriceHistory.close_price)
+            .where(PriceHistory.asset_id == difference.asset_id)
+            .order_by(PriceHistory.price_date.desc())
+            .limit(1)
+        ).scalar()
+        average = None if close is None else Decimal(str(close))
+    tx = write_transaction(
+        conn,
+        portfolio_id=portfolio_id,
+        asset_id=difference.asset_id,
+        kind=TransactionType.ADJUSTMENT,
+        quantity=abs(delta),
+        price=average,
+        reference=f"rec:{difference.id}:{inv_id}",
+        when=now,
+        now=now,
+    )
+    write_adjustment(
+        conn,
+        investment_id=inv_id,
+        asset_id=difference.asset_id,
+        action_id=None,
+        difference_id=difference.id,
+        kind=AdjustmentKind.ACCEPTED_DIFFERENCE,
+        quantity_delta=delta,
+        average_price=average,
+        transaction_id=tx,
+        when=now,
+        now=now,
+    )
+    move_holding(conn, portfolio_id, difference.asset_id, delta, now)
+    return Accepted(str(difference.id), str(inv_id), "position", delta, Decimal(0))
+
+
+def _audit_accept(
+    conn: Connection,
+    difference: repo.DifferenceRow,
+    result: Accepted,
+    accepted_by: str,
+    now: datetime,
+) -> None:
+    """Write the audit row naming who accepted what into which investment."""
+    user_id = conn.execute(
+        select(UserSmallcaseInvestment.user_id).where(
+            UserSmallcaseInvestment.id == uuid.UUID(result.investment_id)
+        )
+    ).scalar_one()
+    what = (
+        f"cash {_text(result.cash_delta)} {difference.currency or ''}".strip()
+        if result.kind == "cash"
+        else f"{_text(result.quantity_delta)} {difference.symbol} ({difference.exchange})"
+    )
+    write_audit(
+        conn,
+        event_type=ACCEPT_EVENT,
+        success=True,
+        user_id=user_id,
+        error_message=(
+            f"difference {difference.id} ({difference.classification}) accepted by "
+            f"{accepted_by} into investment {result.investment_id}: {what}"
+        ),
+        path="saras reconcile accept",
+    )
 
 
 __all__ = [

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from flows.price_history import ingest_price_history
 from models import Asset, PriceHistory
-from tasks.runners import SarasTaskRunner, TaskRunnerSettings, build_task_runner
+from flows.kit.runners import SarasTaskRunner, TaskRunnerSettings, build_task_runner
 from tests import factories as f
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")

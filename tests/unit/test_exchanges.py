@@ -49,6 +49,36 @@ def test_no_exchange_is_in_two_nightly_schedules() -> None:
     assert len(seen) == len(set(seen))
 
 
+def _all_schedules() -> list[tuple[str, dict[str, object]]]:
+    """Every schedule of every deployment, with the deployment's entrypoint."""
+    spec = yaml.safe_load(PREFECT_YAML.read_text())
+    return [(d["entrypoint"], s) for d in spec["deployments"] for s in d.get("schedules") or []]
+
+
+def test_every_exchange_any_schedule_names_is_in_the_table_on_its_clock() -> None:
+    named = 0
+    for entrypoint, schedule in _all_schedules():
+        parameters: dict[str, object] = schedule.get("parameters") or {}  # type: ignore[assignment]
+        codes = list(parameters.get("exchanges") or [])  # type: ignore[call-overload]
+        if parameters.get("session_exchange"):
+            codes.append(parameters["session_exchange"])
+        for code in codes:
+            row = xt.exchange(str(code))  # raises for a code the table does not know
+            assert str(schedule["timezone"]) == row.timezone, (entrypoint, schedule["slug"], code)
+            named += 1
+    assert named > 0  # the schedules above do name exchanges: this test reads them
+
+
+def test_every_calendar_has_a_nightly_rebalance_trigger() -> None:
+    covered = {
+        calendars.calendar_for(str(code))
+        for entrypoint, schedule in _all_schedules()
+        if entrypoint == "flows/evaluate_rebalances.py:evaluate_rebalances"
+        for code in (schedule.get("parameters") or {}).get("exchanges") or []  # type: ignore[union-attr]
+    }
+    assert xt.calendar_names() - covered == set()
+
+
 def test_us_is_refused_for_new_assets_but_old_rows_still_read() -> None:
     with pytest.raises(xt.UnknownExchange, match="a country, not a venue"):
         xt.check_code("US")

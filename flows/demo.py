@@ -4,6 +4,8 @@ The story, offline: prices from the simulated source, two users invest through p
 a nightly snapshot, a rebalance of the US smallcase to a new composition (auto-approved),
 its execution, another snapshot, and a summary of what changed. Re-running is safe: nothing
 is invested twice and an applied composition is not applied again.
+
+Not a deployment: the story sits above the flows it runs (the CLI calls it lazily).
 """
 
 from __future__ import annotations
