@@ -89,13 +89,16 @@ def migrated_url(
 ) -> Iterator[object]:
     """A factory: ``migrated_url("postgresql" | "sqlite")`` is a fresh migrated database's URL.
 
-    PostgreSQL databases are dropped after the test; SQLite files live in ``tmp_path``.
+    PostgreSQL databases (named ``prefix_...``) are dropped after the test; an SQLite database
+    is ``saras.sqlite3`` in ``directory`` (a data directory), by default a new one in
+    ``tmp_path``.
     """
     made: list[str] = []
+    copies = iter(range(1_000))
 
-    def make(backend: str, prefix: str = "saras_test") -> str:
+    def make(backend: str, prefix: str = "saras_test", directory: Path | None = None) -> str:
         if backend == "sqlite":
-            return sqlite_template.copy_to(tmp_path / f"sqlite-{len(made)}")
+            return sqlite_template.copy_to(directory or tmp_path / f"sqlite-{next(copies)}")
         url = request.getfixturevalue("pg_server").migrated_database(prefix)
         made.append(url)
         return url
