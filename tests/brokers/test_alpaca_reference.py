@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,8 +31,9 @@ from tests.fakes.fake_alpaca import (
     Fault,
     alpaca_connection,
 )
+from tests.support.reference import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+REFERENCE = REFERENCE_DIR
 WIRE = REFERENCE / "wire" / "alpaca"
 SPEC = REFERENCE / "wire" / "alpaca-spec" / "data" / "webapi" / "entities"
 ERRORS = REFERENCE / "wire" / "errors"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,8 +31,7 @@ from models import (
     UserSmallcaseInvestment,
 )
 from saras.secrets import get_secret_box
-from saras.services import admin, prices
-from saras.services.demo import seed_demo
+from saras.services import admin
 from tests.fakes.fake_alpaca import (
     FAKE_KEY_ID,
     FAKE_SECRET,
@@ -42,7 +40,8 @@ from tests.fakes.fake_alpaca import (
     Fault,
     RecordedRequest,
 )
-from tests.flows.conftest import when_paused
+from tests.support.flows import when_paused
+from tests.support.platform import seed_demo_platform
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
@@ -54,23 +53,7 @@ NEW_US = [
 US_PRICES = {"AAPL": "190", "MSFT": "410", "NVDA": "120", "GOOGL": "170", "AMZN": "180"}
 
 
-def _seed(engine: Engine, extra: Any = None) -> None:
-    get_secret_box(generate=True)
-    with Session(engine) as session, session.begin():
-        seed_demo(session)
-        if extra is not None:
-            extra(session)
-    now = datetime.now(UTC)
-    with Session(engine) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(engine, items, now=now)
-
-
-@pytest.fixture
-def platform(flow_db: Engine) -> Engine:
-    """The demo platform with fresh simulated prices (both backends)."""
-    _seed(flow_db)
-    return flow_db
+_seed = seed_demo_platform
 
 
 def _weights(engine: Engine, smallcase: str) -> dict[tuple[str, str], Decimal]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,11 +27,8 @@ from models import (
     UserSmallcaseInvestment,
 )
 from saras.brokers.paper import PaperBroker
-from saras.secrets import get_secret_box
-from saras.services import prices
 from saras.services.brokers import open_broker
-from saras.services.demo import seed_demo
-from tests.flows.conftest import when_paused
+from tests.support.flows import when_paused
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
@@ -41,19 +37,6 @@ NEW_US = [
     {"symbol": "NVDA", "weight": "25", "rationale": "c"},
     {"symbol": "GOOGL", "weight": "15", "rationale": "d"},
 ]
-
-
-@pytest.fixture
-def platform(flow_db: Engine) -> Engine:
-    """The demo platform with fresh simulated prices up to the last completed sessions."""
-    get_secret_box(generate=True)
-    with Session(flow_db) as session, session.begin():
-        seed_demo(session)
-    now = datetime.now(UTC)
-    with Session(flow_db) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(flow_db, items, now=now)
-    return flow_db
 
 
 def _result(state: Any) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from flows.repair import repair_run
 from models import SmallcaseExecutionRun
 from saras.services import rebalance
 from saras.services import repair as repair_service
-from tests.flows.conftest import when_paused
 from tests.flows.test_maintenance import (
     ASHA,
     FAST,
@@ -31,6 +30,7 @@ from tests.flows.test_maintenance import (
     set_env,
     set_paper,
 )
+from tests.support.flows import when_paused
 
 __all__ = ["platform"]  # the fixture, shared with the maintenance tests
 

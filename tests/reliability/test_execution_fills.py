@@ -14,7 +14,7 @@ import pytest
 
 from saras.domain.enums import OrderSide, OrderStatus, RunType
 from tests.fakes.fake_alpaca import FillRule
-from tests.reliability.conftest import Clock, Platform, assert_invariants
+from tests.support.execution import Clock, Platform, assert_invariants
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from models import UserBrokerConnection
 from saras.domain.enums import ConnectionStatus, OrderStatus, RunStatus
 from saras.services.execution import ExecutionSettings, execute_run
 from tests.fakes.fake_kite import FillPolicy
-from tests.reliability.conftest import (
+from tests.support.execution import (
     Checkpoints,
     Clock,
     Crash,
