@@ -129,3 +129,7 @@ def maintain(
     if problems:
         return Completed(name="Partially Completed", message=message, data=data)
     return Completed(message=message, data=data)
+
+
+if __name__ == "__main__":
+    maintain()
