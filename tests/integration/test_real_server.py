@@ -44,6 +44,7 @@ from models import (
     SmallcaseExecutionOrder,
     SmallcaseExecutionRun,
     TradingTransaction,
+    UserSmallcaseInvestment,
 )
 from saras import migrations
 from saras.db import make_engine
@@ -439,8 +440,13 @@ def _check_rebalance_rows(engine: Any, flow_run_id: uuid.UUID) -> None:
     with Session(engine) as s:
         sc = s.scalars(select(Smallcase).where(Smallcase.name == US_SMALLCASE)).one()
         runs = s.scalars(
-            select(SmallcaseExecutionRun).where(
-                SmallcaseExecutionRun.smallcase_id == sc.id,
+            select(SmallcaseExecutionRun)
+            .join(
+                UserSmallcaseInvestment,
+                UserSmallcaseInvestment.id == SmallcaseExecutionRun.investment_id,
+            )
+            .where(
+                UserSmallcaseInvestment.smallcase_id == sc.id,
                 SmallcaseExecutionRun.run_type == "rebalance",
             )
         ).all()
