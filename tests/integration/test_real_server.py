@@ -273,6 +273,17 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
         )
         for flow_run in (prices, again):
             assert client.get(f"/flow_runs/{flow_run}").json()["run_count"] == 1
+        # the runs' reports: a row per symbol; the two runs of one window (at once, on two
+        # workers) inserted each session once between them, and each saw all 21
+        artifacts = client.post(
+            "/artifacts/filter", json={"flow_runs": {"id": {"any_": [prices, again]}}}
+        ).json()
+        reports = [json.loads(a["data"]) for a in artifacts if a["key"] == "price-ingestion"]
+        assert len(reports) == 2, [a["key"] for a in artifacts]
+        for symbol in SYMBOLS:
+            rows_of = [next(r for r in report if r["symbol"] == symbol) for report in reports]
+            assert sum(int(r["inserted"]) for r in rows_of) == 21, rows_of
+            assert all(int(r["inserted"]) + int(r["unchanged"]) == 21 for r in rows_of), rows_of
 
         def submissions() -> dict[str, list[str]] | None:
             logs = client.post(
