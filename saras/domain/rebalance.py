@@ -34,7 +34,8 @@ Run types
   ``max_j |current weight - w_j| <= drift_band_pct`` and it holds no removed constituent (a
   held symbol without a target, priced, at least one step sellable: that is sold whatever the
   band says); otherwise sells the overweights and buys the underweights, skipping legs whose
-  weight change is below ``min_weight_change_pct``.
+  weight change is below ``min_weight_change_pct`` (except, with ``exempt_fresh_buys``, buys of a
+  leg the investment holds nothing of).
 - ``repair``: the same as ``rebalance`` but with no drift band and no minimum weight change: it
   retries exactly what an earlier run left unfilled, however small (minimum trade value and the
   broker minimum still apply).
@@ -285,6 +286,9 @@ class PlanningPolicy:
       than this (like smallcase does).
     - ``fee_bps_estimate`` (0): fees and slippage, in basis points of traded value, deducted from
       sell proceeds and added to buy costs when sizing buys.
+    - ``exempt_fresh_buys`` (True): a buy of a leg the investment does not hold yet (nothing
+      held, nothing on order) is exempt from ``min_weight_change_pct``: a new constituent is
+      bought however small its weight (the minimum trade value and broker minimum still apply).
     """
 
     cash_buffer_pct: Decimal = Decimal(1)
@@ -292,8 +296,11 @@ class PlanningPolicy:
     drift_band_pct: Decimal = Decimal(1)
     min_weight_change_pct: Decimal = Decimal(1)
     fee_bps_estimate: Decimal = Decimal(0)
+    exempt_fresh_buys: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.exempt_fresh_buys, bool):
+            raise ValueError(f"policy exempt_fresh_buys must be a bool: {self.exempt_fresh_buys!r}")
         for name in (
             "cash_buffer_pct",
             "min_trade_value",
@@ -1317,6 +1324,8 @@ class _Planner:
         if inp.run_type is RunType.REBALANCE and self.mwc > 0:
             change = 100.0 * abs_delta / w_safe[:, None]
             hit = rule_free & (change < self.mwc)
+            if inp.policy.exempt_fresh_buys:  # a leg not held yet is bought however small
+                hit &= ~((eff == 0) & (delta > 0))
             skip[hit] = _CODE[SkipReason.BELOW_MIN_WEIGHT_CHANGE]
             skip_val[hit] = change[hit]
             free &= ~hit

@@ -1181,6 +1181,13 @@ def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequen
 # --- the entry points: each owns its transaction ----------------------------------------------
 
 
+def _flag(name: str, value: Any) -> bool:
+    """Return a JSON boolean policy value; anything else is bad input."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"policy {name} must be true or false, got {value!r}")
+    return value
+
+
 def parse_policy(policy: Mapping[str, Any] | None) -> PlanningPolicy:
     """Return a planning policy from JSON values; unknown keys are bad input, named."""
     values = dict(policy or {})
@@ -1190,8 +1197,11 @@ def parse_policy(policy: Mapping[str, Any] | None) -> PlanningPolicy:
         raise InvalidInputError(
             f"unknown policy key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    flags = {k for k, f in PlanningPolicy.__dataclass_fields__.items() if f.type == "bool"}
     try:
-        return PlanningPolicy(**{k: Decimal(str(v)) for k, v in values.items()})
+        return PlanningPolicy(
+            **{k: _flag(k, v) if k in flags else Decimal(str(v)) for k, v in values.items()}
+        )
     except (ArithmeticError, ValueError) as exc:
         raise InvalidInputError(f"bad policy {values!r}: {exc}") from exc
 
