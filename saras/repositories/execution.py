@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, cast
 
@@ -22,6 +22,7 @@ from models import (
     Asset,
     Portfolio,
     PortfolioHolding,
+    PositionAdjustment,
     SmallcaseExecutionOrder,
     SmallcaseExecutionRun,
     TradingTransaction,
@@ -223,7 +224,13 @@ class RunContext:
 def investment_position(
     conn: Connection, investment_id: uuid.UUID, asset_id: uuid.UUID
 ) -> tuple[Decimal, Decimal | None]:
-    """Return an investment's recorded quantity and average price in one asset."""
+    """Return an investment's recorded quantity and average price in one asset.
+
+    The ledger position: the fills plus the position adjustments (splits, bonus issues,
+    accepted differences). The average is the latest one recorded, by a fill or by an
+    adjustment (a split divides it by its ratio), so a buy after a split averages with the
+    split-adjusted position, not with the shares and price from before it.
+    """
     orders = conn.execute(
         select(SmallcaseExecutionOrder.side, SmallcaseExecutionOrder.order_metadata)
         .join(
@@ -243,6 +250,18 @@ def investment_position(
         stamp, average = state.filled_at, state.position_average_price
         if average is not None and stamp is not None and (latest is None or stamp > latest[0]):
             latest = (stamp, average)  # compared as instants
+    adjustments = cast(Table, PositionAdjustment.__table__)
+    for delta, average, stamp in conn.execute(
+        select(
+            adjustments.c.quantity_delta, adjustments.c.average_price, adjustments.c.effective_at
+        ).where(adjustments.c.investment_id == investment_id, adjustments.c.asset_id == asset_id)
+    ):
+        quantity += Decimal(str(delta or 0))
+        if average is None or stamp is None:
+            continue
+        stamp = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+        if latest is None or stamp > latest[0]:
+            latest = (stamp, Decimal(str(average)))
     return quantity, (latest[1] if latest else None)
 
 
