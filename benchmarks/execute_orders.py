@@ -101,8 +101,8 @@ KITE_ORDER_LIMIT = 10  # orders per second per API key
 UTILISATION_TARGET = 0.9
 IST = ZoneInfo("Asia/Kolkata")
 PRICE_RANGE = (2_000, 40_000)  # cents
-AMOUNT = Decimal(20_000)
-PAPER_CONSTITUENTS = 20  # orders per paper investment  # per investment: every leg of the smallcase gets a buy
+AMOUNT = Decimal(20_000)  # per investment: every leg of the smallcase gets a buy
+PAPER_CONSTITUENTS = 20  # orders per paper investment
 
 
 def out(line: str = "") -> None:
@@ -848,21 +848,22 @@ def raw_copy_orders(engine: Engine, book: PaperBook) -> tuple[int, float]:
         raw = conn.connection.dbapi_connection
         assert raw is not None
         buffer = io.BytesIO()
-        with raw.cursor() as cur:
-            with cur.copy(
+        with (
+            raw.cursor() as cur,
+            cur.copy(
                 "COPY (SELECT o.* FROM smallcase_execution_orders o "
                 "JOIN smallcase_execution_runs r ON r.id = o.execution_run_id "
                 "JOIN user_smallcase_investments i ON i.id = r.investment_id "
                 f"WHERE i.smallcase_id = '{book.smallcase_id}') TO STDOUT"
-            ) as copy:
-                for chunk in copy:
-                    buffer.write(chunk)
+            ) as copy,
+        ):
+            for chunk in copy:
+                buffer.write(chunk)
         raw.commit()
         data = buffer.getvalue()
         began = time.perf_counter()
-        with raw.cursor() as cur:
-            with cur.copy("COPY bench_copy_orders FROM STDIN") as copy:
-                copy.write(data)
+        with raw.cursor() as cur, cur.copy("COPY bench_copy_orders FROM STDIN") as copy:
+            copy.write(data)
         raw.commit()
         seconds = time.perf_counter() - began
         rows = conn.execute(text("SELECT count(*) FROM bench_copy_orders")).scalar_one()
@@ -919,9 +920,10 @@ def paper_section(
     wrong = paper_ledger_check(engine, book)
     out(f"books     ledger rows = broker fills = filled orders; cash equal: {wrong or 'yes'}")
     if wrong or result.errors or result.not_completed or filled != book.orders:
+        reasons = [o.get("reason") for o in result.not_completed[:2]]
         problems.append(
             f"paper {investments}: {filled} of {book.orders} orders filled; {wrong}; errors "
-            f"{result.errors[:2]}; not completed {[o.get('reason') for o in result.not_completed[:2]]}"
+            f"{result.errors[:2]}; not completed {reasons}"
         )
 
 

@@ -769,6 +769,67 @@ class PaperBroker:
             )
         return result
 
+    def place_orders(self, requests: Sequence[OrderRequest]) -> list[BrokerOrder | Exception]:
+        """Place many orders in one transaction; per request, its order or its rejection.
+
+        The same rules as ``place_order`` (an id already in the book returns that order, never a
+        second one; a rejection is persisted and returned as ``OrderRejectedError``), with the
+        account locked once for the whole batch: an executor's batch costs one commit.
+        """
+        self._prepare()
+        if not self._caught_up:
+            self._catch_up()
+        now = self._now()
+        market_open = self._is_market_open(now)
+        prices = {
+            (r.symbol, r.exchange): self._lookup_price(r.symbol, r.exchange) for r in requests
+        }
+        placed: set[str] = set()
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            known = {
+                row.client_order_id: row.broker_order_id
+                for row in conn.execute(
+                    sa.select(paper_orders.c.client_order_id, paper_orders.c.broker_order_id).where(
+                        paper_orders.c.account_id == self.account_id,
+                        paper_orders.c.client_order_id.in_([r.client_order_id for r in requests]),
+                    )
+                )
+            }
+            for request in requests:
+                if request.client_order_id in known:
+                    continue
+                order = self._new_order(request, now)
+                price = prices[(request.symbol, request.exchange)]
+                reason = self._check_new_order(conn, order, request, price, market_open)
+                if reason is not None:
+                    order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+                conn.execute(sa.insert(paper_orders).values(**order.values()))
+                if reason is None:
+                    self._advance(conn, order, price, market_open, now)
+                    self._save(conn, order)
+                known[request.client_order_id] = order.broker_order_id
+                placed.add(request.client_order_id)
+            rows = conn.execute(
+                sa.select(paper_orders).where(paper_orders.c.broker_order_id.in_(known.values()))
+            ).mappings()
+            stored = {o.client_order_id: o for o in map(_Order.from_row, rows)}
+        reports = {r.client_order_id: r for r in self._to_broker_orders(list(stored.values()))}
+        results: list[BrokerOrder | Exception] = []
+        for request in requests:
+            report = reports[request.client_order_id]
+            if request.client_order_id in placed and report.status is BrokerOrderStatus.REJECTED:
+                results.append(
+                    OrderRejectedError(
+                        f"paper order {request.client_order_id} rejected: {report.reason}",
+                        reason=report.reason,
+                        broker=BROKER,
+                    )
+                )
+            else:
+                results.append(report)
+        return results
+
     def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """Look an order up by our id (counts as a poll); None when the book has no such order."""
         self._prepare()

@@ -9,13 +9,14 @@ transaction, and every status change goes through the state tables with ``WHERE 
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, select, text, update
 from uuid_utils.compat import uuid7
 
 from models import (
@@ -186,6 +187,88 @@ def apply_order_event(
     if "broker_order_id" in values:
         order.broker_order_id = broker_order_id
     return new
+
+
+@dataclass(frozen=True)
+class OrderChange:
+    """One event for one order, for :func:`apply_order_events` (arguments as in the single form)."""
+
+    order: OrderRow
+    event: OrderEvent
+    reason: str | None = None
+    broker_order_id: str | None = None
+    fill: FillState | None = None
+
+
+_BATCH_UPDATE = text(
+    """
+    UPDATE smallcase_execution_orders AS o
+       SET status = v.new_status,
+           order_metadata = CAST(v.metadata AS jsonb),
+           broker_order_id = coalesce(v.broker_order_id, o.broker_order_id),
+           updated_at = :now
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:olds AS text[]), CAST(:news AS text[]),
+                  CAST(:metas AS text[]), CAST(:bids AS text[]))
+           AS v(id, old_status, new_status, metadata, broker_order_id)
+     WHERE o.id = v.id AND o.status = v.old_status
+    RETURNING o.id
+    """
+)
+
+
+def apply_order_events(conn: Connection, changes: list[OrderChange]) -> None:
+    """Apply many order events in one statement, in the caller's transaction.
+
+    The same guarded transitions as :func:`apply_order_event` (the state table, then ``WHERE
+    status = <the status we read>`` for every row), set-based on PostgreSQL: if any row was
+    changed by another executor, :class:`StaleStatusError` is raised naming it, and the caller's
+    transaction (which must then roll back) has written nothing that counts. The in-memory rows
+    are updated only once every row is written.
+    """
+    ids = [c.order.id for c in changes]
+    if conn.dialect.name != "postgresql" or len(changes) < 2 or len(set(ids)) != len(ids):
+        for c in changes:
+            apply_order_event(
+                conn,
+                c.order,
+                c.event,
+                reason=c.reason,
+                broker_order_id=c.broker_order_id,
+                fill=c.fill,
+            )
+        return
+    planned = []
+    for c in changes:
+        new = transition(c.order.status, c.event)  # an impossible event raises before any write
+        state = (c.fill or c.order.fill).with_reason(c.reason)
+        bid = c.broker_order_id if c.broker_order_id != c.order.broker_order_id else None
+        planned.append((c.order, new, state, bid or None))
+    written = set(
+        conn.execute(
+            _BATCH_UPDATE,
+            {
+                "now": utcnow(),
+                "ids": ids,
+                "olds": [o.status.value for o, *_ in planned],
+                "news": [new.value for _, new, _, _ in planned],
+                "metas": [json.dumps(st.to_metadata(o.extra)) for o, _, st, _ in planned],
+                "bids": [bid for *_, bid in planned],
+            },
+        ).scalars()
+    )
+    lost = [(c, o) for c, (o, *_) in zip(changes, planned, strict=True) if o.id not in written]
+    if lost:
+        c, o = lost[0]
+        raise StaleStatusError(
+            f"{len(lost)} of {len(changes)} orders were changed by another executor, e.g. order "
+            f"{o.id} ({o.side.value} {o.symbol}) is no longer {o.status.value}; event "
+            f"{c.event.value} not applied"
+        )
+    for order, new, state, bid in planned:
+        order.status = new
+        order.fill = state
+        if bid:
+            order.broker_order_id = bid
 
 
 def apply_run_event(
