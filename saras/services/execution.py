@@ -340,33 +340,33 @@ class RunExecutor:
     def record_many(self, answers: list[tuple[repo.OrderRow, BrokerOrder]]) -> None:
         """Record the broker's answers for many orders in one transaction (set-based statuses).
 
-        Each order's fills go to the ledger first; the status changes are written together,
-        guarded, at the end (earlier when a second order of the same asset needs the first
-        one's recorded position).
+        The fills go to the ledger set-based, then the status changes are written together,
+        guarded; orders of one asset go in separate steps (each needs the one before it stored).
         """
         if not answers:
             return
+        segments: list[list[tuple[repo.OrderRow, BrokerOrder]]] = [[]]
+        for answer in answers:
+            if any(o.asset_id == answer[0].asset_id for o, _ in segments[-1]):
+                segments.append([])
+            segments[-1].append(answer)
+        now = utcnow()
         with self.engine.begin() as conn:
-            changes: list[repo.OrderChange] = []
-            assets: set[uuid.UUID] = set()
-            now = utcnow()
-            for order, report in answers:
-                if order.asset_id in assets:
-                    repo.apply_order_events(conn, changes)
-                    changes, assets = [], set()
-                fill = repo.record_fills(conn, self.ctx, order, report, now)
-                seen = _as_recorded(report, fill.filled_quantity)
-                changes.append(
-                    repo.OrderChange(
-                        order,
-                        _event_for(order.status, seen),
-                        reason=seen.reason,
-                        broker_order_id=seen.broker_order_id,
-                        fill=replace(fill, broker_status=report.status.value),
+            for segment in segments:
+                fills = repo.record_fills_many(conn, self.ctx, segment, now)
+                changes = []
+                for (order, report), fill in zip(segment, fills, strict=True):
+                    seen = _as_recorded(report, fill.filled_quantity)
+                    changes.append(
+                        repo.OrderChange(
+                            order,
+                            _event_for(order.status, seen),
+                            reason=seen.reason,
+                            broker_order_id=seen.broker_order_id,
+                            fill=replace(fill, broker_status=report.status.value),
+                        )
                     )
-                )
-                assets.add(order.asset_id)
-            repo.apply_order_events(conn, changes)
+                repo.apply_order_events(conn, changes)
 
     def change(
         self,
