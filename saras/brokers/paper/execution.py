@@ -519,6 +519,197 @@ class PaperBroker:
             raise rejected(request.client_order_id, result.reason)
         return result
 
+    def place_orders(self, requests: Sequence[OrderRequest]) -> list[BrokerOrder | Exception]:
+        """Place many orders in one transaction; per request, its order or its rejection.
+
+        The same rules as ``place_order`` (an id already in the book returns that order, never a
+        second one; a rejection is persisted and returned as ``OrderRejectedError``), with the
+        account locked once for the whole batch: an executor's batch costs one commit.
+        """
+        self._prepare()
+        if not self._caught_up:
+            self._catch_up()
+        now = self._now()
+        market_open = self._is_market_open(now)
+        prices = {
+            (r.symbol, r.exchange): self._lookup_price(r.symbol, r.exchange) for r in requests
+        }
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            known = {
+                row.client_order_id: row.broker_order_id
+                for row in conn.execute(
+                    sa.select(paper_orders.c.client_order_id, paper_orders.c.broker_order_id).where(
+                        paper_orders.c.account_id == self.account_id,
+                        paper_orders.c.client_order_id.in_([r.client_order_id for r in requests]),
+                    )
+                )
+            }
+            fresh = list(
+                {r.client_order_id: r for r in requests if r.client_order_id not in known}.values()
+            )
+            batch = [(r, prices[(r.symbol, r.exchange)]) for r in fresh]
+            if market_open and self._fill_at_once(conn, batch, now):
+                fresh = []
+            for request in fresh:
+                order = self._new_order(request, now)
+                price = prices[(request.symbol, request.exchange)]
+                reason = self._check_new_order(conn, order, request, price, market_open)
+                if reason is not None:
+                    order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+                conn.execute(sa.insert(paper_orders).values(**order.values()))
+                if reason is None:
+                    self._advance(conn, order, price, market_open, now)
+                    self._save(conn, order)
+            for request in requests:
+                known[request.client_order_id] = _broker_order_id(
+                    self.account_id, request.client_order_id
+                )
+            placed = {r.client_order_id for r, _ in batch}
+            rows = conn.execute(
+                sa.select(paper_orders).where(paper_orders.c.broker_order_id.in_(known.values()))
+            ).mappings()
+            stored = {o.client_order_id: o for o in map(_Order.from_row, rows)}
+        reports = {r.client_order_id: r for r in self._to_broker_orders(list(stored.values()))}
+        results: list[BrokerOrder | Exception] = []
+        for request in requests:
+            report = reports[request.client_order_id]
+            if request.client_order_id in placed and report.status is BrokerOrderStatus.REJECTED:
+                results.append(
+                    OrderRejectedError(
+                        f"paper order {request.client_order_id} rejected: {report.reason}",
+                        reason=report.reason,
+                        broker=BROKER,
+                    )
+                )
+            else:
+                results.append(report)
+        return results
+
+    def _fill_at_once(
+        self, conn: Connection, batch: Sequence[tuple[OrderRequest, Decimal | None]], now: datetime
+    ) -> bool:
+        """Place and fill a batch of new market orders set-based; False when it does not apply.
+
+        The common case of an executor's batch (immediate fills, market orders by quantity, one
+        order per asset, no position booked without an exchange), with the same checks, prices,
+        fees and book changes as placing them one by one, in order, under the caller's lock.
+        """
+        venues = {(r.symbol, r.exchange or "") for r, _ in batch}
+        if (
+            not batch
+            or self.settings.fill_mode is not PaperFillMode.IMMEDIATE
+            or len(venues) != len(batch)
+            or any(r.order_type is not OrderType.MARKET or r.quantity is None for r, _ in batch)
+        ):
+            return False
+        mine = paper_positions.c.account_id == self.account_id
+        held = {
+            (row.symbol, row.exchange): (row.quantity, row.average_price)
+            for row in conn.execute(
+                sa.select(paper_positions).where(
+                    mine, paper_positions.c.symbol.in_({s for s, _ in venues})
+                )
+            )
+        }
+        if any(e and (s, "") in held for s, e in venues):
+            return False  # a legacy position to claim: the one-by-one path does that
+        cash = start = self._cash(conn)
+        orders, fills, moved = [], [], {}
+        for request, price in batch:
+            order = self._new_order(request, now)
+            orders.append(order)
+            key = (request.symbol, request.exchange or "")
+            quantity, average = held.get(key, (_ZERO, None))
+            q = order.quantity
+            assert q is not None
+            reason = self._quantity_problem(order, q)
+            if reason is None and price is None:
+                reason = f"unknown symbol {request.symbol}: no price available"
+            if reason is not None or price is None:
+                order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+                continue
+            executed = self._fill_price(order, price)
+            assert executed is not None
+            gross = _money(q * executed)
+            fee = self._order_fee(gross)
+            if order.side is OrderSide.BUY and gross + fee > cash:
+                order.status, order.reason = (
+                    BrokerOrderStatus.REJECTED,
+                    (
+                        f"insufficient cash: buying {q} {order.symbol} needs {gross + fee} "
+                        f"{self.settings.currency} including fees, cash is {cash} "
+                        f"{self.settings.currency}"
+                    ),
+                )
+                continue
+            if order.side is OrderSide.SELL and q > quantity:
+                order.status, order.reason = (
+                    BrokerOrderStatus.REJECTED,
+                    (f"insufficient position: selling {q} {order.symbol}, holding {quantity}"),
+                )
+                continue
+            if order.side is OrderSide.BUY:
+                cash -= gross + fee
+                cost = quantity * (average or executed) + q * executed
+                moved[key] = (quantity + q, _price(cost / (quantity + q)))
+            else:
+                cash += gross - fee
+                moved[key] = (quantity - q, average)
+            order.filled_quantity, order.average_fill_price = q, _price(executed)
+            order.fees, order.status = fee, BrokerOrderStatus.FILLED
+            fill_id = _fill_id(order.broker_order_id, 1)
+            fills.append(
+                {
+                    "fill_id": fill_id,
+                    "broker_order_id": order.broker_order_id,
+                    "sequence": 1,
+                    "quantity": q,
+                    "price": executed,
+                    "fees": fee,
+                    "filled_at": now,
+                }
+            )
+        self._write_batch(conn, orders, fills, moved, set(held), now)
+        if cash != start:
+            self._set_cash(conn, cash, now)
+        return True
+
+    def _write_batch(
+        self,
+        conn: Connection,
+        orders: Sequence[_Order],
+        fills: Sequence[dict[str, Any]],
+        moved: Mapping[tuple[str, str], tuple[Decimal, Decimal | None]],
+        existing: set[tuple[str, str]],
+        now: datetime,
+    ) -> None:
+        """Write a batch's orders, fills and positions (multi-row statements)."""
+        conn.execute(sa.insert(paper_orders), [o.values() for o in orders])
+        if fills:
+            conn.execute(sa.insert(paper_fills), list(fills))
+        new = [k for k in moved if k not in existing and moved[k][0] > 0]
+        if new:
+            conn.execute(
+                sa.insert(paper_positions),
+                [
+                    {
+                        "account_id": self.account_id,
+                        "symbol": s,
+                        "exchange": e,
+                        "quantity": moved[(s, e)][0],
+                        "average_price": moved[(s, e)][1],
+                        "updated_at": now,
+                    }
+                    for s, e in new
+                ],
+            )
+        for (symbol, venue), (quantity, average) in moved.items():
+            if (symbol, venue) in existing:
+                self._write_position(
+                    conn, symbol, venue or None, quantity, average, now, exists=True
+                )
+
     def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """Look an order up by our id (counts as a poll); None when the book has no such order."""
         self._prepare()
@@ -998,12 +1189,9 @@ class PaperBroker:
         """Return why a real broker would reject this new order, or None."""
         quantity, notional = request.quantity, request.notional
         if quantity is not None:
-            if quantity <= 0:
-                return f"quantity must be positive, got {quantity}"
-            if quantity != quantity.quantize(_QTY_Q, rounding=ROUND_DOWN):
-                return f"quantity {quantity} has more than {QUANTITY_SCALE} decimal places"
-            if not order.fractional and quantity != quantity.to_integral_value():
-                return f"fractional quantity {quantity} not allowed: whole shares only"
+            problem = self._quantity_problem(order, quantity)
+            if problem is not None:
+                return problem
         elif notional is None or notional <= 0:
             return f"notional must be positive, got {notional}"
         if request.order_type is OrderType.LIMIT and (
@@ -1023,6 +1211,16 @@ class PaperBroker:
             if quantity <= 0:
                 return f"notional {notional} buys no {request.symbol} at {estimate}"
         return self._check_funds(conn, order, quantity, estimate, already_charged=_ZERO)
+
+    def _quantity_problem(self, order: _Order, quantity: Decimal) -> str | None:
+        """Return why a real broker would reject this quantity, or None."""
+        if quantity <= 0:
+            return f"quantity must be positive, got {quantity}"
+        if quantity != quantity.quantize(_QTY_Q, rounding=ROUND_DOWN):
+            return f"quantity {quantity} has more than {QUANTITY_SCALE} decimal places"
+        if not order.fractional and quantity != quantity.to_integral_value():
+            return f"fractional quantity {quantity} not allowed: whole shares only"
+        return None
 
     def _check_funds(
         self,
