@@ -18,7 +18,7 @@ import io
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -627,6 +627,10 @@ class PlanDraft:
     supersedes: Mapping[uuid.UUID, RunStatus]
 
 
+#: called with each batch plan, its investments and the assets by label (the plan report)
+BatchHook = Callable[[BatchPlan, Sequence[InvestmentRow], Mapping[str, PlanAsset]], None]
+
+
 def _fixed9(units: np.ndarray, decimals: int) -> list[str]:
     """Format int64 quantity units as 9-decimal strings (exact)."""
     scale = 10 ** (9 - decimals)
@@ -648,6 +652,7 @@ def plan_smallcase(
     unusable: Mapping[uuid.UUID, str] | None = None,
     now: datetime | None = None,
     max_price_age_sessions: int = 1,
+    on_batch: BatchHook | None = None,
 ) -> PlanDraft:
     """Plan every active investment of a smallcase (or the given ones) from ``conn``'s view.
 
@@ -758,6 +763,8 @@ def plan_smallcase(
             run_type, target_weights, instruments, rules, policy, state, group_amounts
         )
         _collect(plan, batch, members, assets, orders, decimals=d)
+        if on_batch is not None:  # the plan report (saras.services.plan_review)
+            on_batch(batch, members, assets)
     planned = {r.investment_id for r in plan.runs}
     supersedes = {
         run_id: status for inv_id in planned for run_id, status in waiting.get(inv_id, {}).items()
@@ -1052,6 +1059,7 @@ def plan_and_write(
     max_price_age_sessions: int = 1,
     check_brokers: bool = True,
     now: datetime | None = None,
+    on_batch: BatchHook | None = None,
 ) -> Plan:
     """Plan a smallcase (or some of its investments) and, unless dry, write the plan.
 
@@ -1089,6 +1097,7 @@ def plan_and_write(
             unusable=unusable,
             now=now,
             max_price_age_sessions=max_price_age_sessions,
+            on_batch=on_batch,
         )
         if not dry_run:  # a dry run's connection closes with a rollback: nothing written
             write_plan(conn, draft, auto_approve=not require_approval)
