@@ -15,12 +15,14 @@ from tasks.common import AUDIT_HOOKS
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.plan_report import plan_rebalance, publish_plan_report
 from tasks.runners import SarasTaskRunner
+from tasks.smallcase_slot import resolve_smallcase, smallcase_slot
 
 PATH = "flows/rebalance.py:rebalance_smallcase"
 EVENT = "flow.rebalance_smallcase"
+FLOW_NAME = "rebalance-smallcase"
 
 
-@flow(name="rebalance-smallcase", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
+@flow(name=FLOW_NAME, task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def rebalance_smallcase(
     smallcase: str,
     constituents: Composition | None = None,
@@ -58,6 +60,41 @@ def rebalance_smallcase(
             when SARAS_REQUIRE_DISTINCT_APPROVER is on).
     """
     began = time.monotonic()
+    try:
+        smallcase_id, name = resolve_smallcase(smallcase)
+        with smallcase_slot(FLOW_NAME, smallcase_id, name):
+            return _rebalance(
+                began,
+                smallcase_id,
+                constituents=constituents,
+                require_approval=require_approval,
+                dry_run=dry_run,
+                approval_timeout_seconds=approval_timeout_seconds,
+                approval_poll_seconds=approval_poll_seconds,
+                policy=policy,
+                execution=execution,
+                exclude_investments=exclude_investments,
+                requested_by=requested_by,
+            )
+    except SarasError as exc:  # no such smallcase, or another rebalance of it holds the slot
+        return finish(EVENT, began, None, [], message=str(exc), failed=True, path=PATH)
+
+
+def _rebalance(
+    began: float,
+    smallcase: str,
+    *,
+    constituents: Composition | None,
+    require_approval: bool,
+    dry_run: bool,
+    approval_timeout_seconds: int,
+    approval_poll_seconds: int,
+    policy: RebalancePolicy | None,
+    execution: ExecutionParameters | None,
+    exclude_investments: list[uuid.UUID] | None,
+    requested_by: str | None,
+) -> State:
+    """Plan, publish, pause for the decision and execute (inside the smallcase's slot)."""
     try:
         review = plan_rebalance(
             smallcase,
