@@ -127,9 +127,8 @@ def approve_or_reject(
             "orders changed after planning",
             "the orders changed after planning: rejected",
         )
-    note = f"approved by {email}" + (f": {decision.note}" if decision.note else "")
-    try:
-        decide(plan, RunEvent.APPROVE.value, note=note)
+    try:  # the note is the analyst's; who approved is in audit_logs
+        decide(plan, RunEvent.APPROVE.value, note=decision.note or None)
     except SarasError as exc:
         record_decision(False, email, f"plan not approved: {exc}")
         return False, f"plan not approved: {exc}"
