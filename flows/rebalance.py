@@ -12,6 +12,7 @@ from saras.domain.parameters import Composition, ExecutionParameters
 from saras.domain.policy import RebalancePolicy
 from saras.errors import SarasError
 from tasks.common import AUDIT_HOOKS
+from tasks.execution_report import publish_execution_report
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.plan_report import plan_rebalance, publish_plan_report
 from tasks.runners import SarasTaskRunner
@@ -140,4 +141,5 @@ def _rebalance(
                 path=PATH,
             )
     results = execute_planned(plan, None if execution is None else execution.as_settings_kwargs())
+    publish_execution_report(plan)
     return finish(EVENT, began, plan, results, path=PATH)

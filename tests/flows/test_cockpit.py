@@ -18,7 +18,15 @@ from sqlalchemy.orm import Session
 
 from flows.investments import invest_in_smallcase
 from flows.rebalance import rebalance_smallcase
-from models import AuditLog, SmallcaseExecutionRun, User, UserSmallcaseInvestment
+from models import (
+    Asset,
+    AuditLog,
+    ExecutionRunReport,
+    ExecutionRunReportLeg,
+    SmallcaseExecutionRun,
+    User,
+    UserSmallcaseInvestment,
+)
 from saras.secrets import get_secret_box
 from saras.services import policy as policy_service
 from saras.services import prices
@@ -127,9 +135,32 @@ def test_the_approver_is_a_saras_user_and_is_audited(platform: Engine, approver:
         assert state.is_completed(), state.message
         assert statuses == ["completed"]
         assert [(a.event_type, a.email) for a in audits] == [("plan.approved", approver)]
+        _assert_execution_report(platform, state.state_details.flow_run_id)
     else:
         assert state.is_failed()
         assert "'stranger@example.com' is not a Saras user" in (state.message or "")
         assert statuses == ["rejected"]
         assert [(a.event_type, a.email) for a in audits] == [("plan.rejected", None)]
         assert "not a Saras user" in (audits[0].error_message or "")
+
+
+def _assert_execution_report(engine: Engine, flow_run_id: uuid.UUID) -> None:
+    """The report is stored per run and per asset, and shown as artifacts."""
+    with Session(engine) as session:
+        report = session.scalars(select(ExecutionRunReport)).one()
+        legs = session.execute(
+            select(Asset.symbol, ExecutionRunReportLeg)
+            .join(Asset, Asset.id == ExecutionRunReportLeg.asset_id)
+            .where(ExecutionRunReportLeg.report_id == report.id)
+        ).all()
+    assert report.run_status == "completed" and report.currency == "USD"
+    assert report.filled_value > 0 and report.drift_left_pct is not None
+    by_symbol = {symbol: leg for symbol, leg in legs}
+    assert by_symbol["AMZN"].side == "sell"  # the dropped constituent
+    for leg in by_symbol.values():
+        assert leg.filled_quantity == leg.planned_quantity  # the paper broker fills in full
+        assert leg.planned_price is not None and leg.avg_fill_price is not None
+        assert leg.slippage_bps is not None
+    artifacts = _artifacts(flow_run_id)
+    assert "AMZN" in artifacts["rebalance-execution"]
+    assert "execution_run_reports" in artifacts["rebalance-execution-summary"]
