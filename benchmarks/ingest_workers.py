@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import tempfile
 
-    from saras.services.demo_runner import local_prefect
+    from flows.demo import local_prefect
 
     first, last, _ = session_window(args.days, date.fromisoformat(args.end))
     args.start_date, args.end = first.isoformat(), last.isoformat()

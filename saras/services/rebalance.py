@@ -18,7 +18,7 @@ import io
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -633,6 +633,10 @@ class PlanDraft:
     supersedes: Mapping[uuid.UUID, RunStatus]
 
 
+#: called with each batch plan, its investments and the assets by label (the plan report)
+BatchHook = Callable[[BatchPlan, Sequence[InvestmentRow], Mapping[str, PlanAsset]], None]
+
+
 def _fixed9(units: np.ndarray, decimals: int) -> list[str]:
     """Format int64 quantity units as 9-decimal strings (exact)."""
     scale = 10 ** (9 - decimals)
@@ -666,6 +670,8 @@ class _Planning:
     by_id: dict[uuid.UUID, PlanAsset]
     prices: dict[uuid.UUID, tuple[Decimal, Any]]
     plan: _Builder
+    #: called with each batch plan, its investments and the assets by label (the plan report)
+    on_batch: BatchHook | None = None
 
     @property
     def target_weights(self) -> dict[str, Decimal]:
@@ -700,6 +706,7 @@ def _start_planning(
     unusable: Mapping[uuid.UUID, str] | None,
     now: datetime | None,
     max_price_age_sessions: int,
+    on_batch: BatchHook | None = None,
 ) -> _Planning:
     """Read what every chunk shares: targets, investments, waiting and busy runs, target prices."""
     if composition is None:
@@ -731,6 +738,7 @@ def _start_planning(
         by_id={},
         prices={},
         plan=_Builder(smallcase_id, smallcase_name, run_type),
+        on_batch=on_batch,
     )
     planning.add_assets(a for a, _ in target_rows)
     planning.plan.problems.extend(sorted(set(planning.unusable.values())))
@@ -776,6 +784,8 @@ def _plan_chunk(
         batch = _plan_group(planning, rules, group, positions, open_orders, spent)
         assets = {a.label: a for a in planning.by_id.values()}
         _collect(plan, batch, group, assets, orders, decimals=rules.unit_decimals)
+        if planning.on_batch is not None:  # the plan report (saras.services.plan_review)
+            planning.on_batch(batch, group, assets)
     supersedes = {
         run_id: status
         for run in plan.runs[first_run:]
@@ -862,6 +872,7 @@ def plan_smallcase(
     now: datetime | None = None,
     max_price_age_sessions: int = 1,
     chunk: int = PLAN_CHUNK,
+    on_batch: BatchHook | None = None,
 ) -> PlanDraft:
     """Plan every active investment of a smallcase (or the given ones) from ``conn``'s view.
 
@@ -881,6 +892,7 @@ def plan_smallcase(
         unusable=unusable,
         now=now,
         max_price_age_sessions=max_price_age_sessions,
+        on_batch=on_batch,
     )
     orders = PlannedOrders()
     supersedes: dict[uuid.UUID, RunStatus] = {}
@@ -1222,6 +1234,7 @@ def plan_and_write(
     max_price_age_sessions: int = 1,
     check_brokers: bool = True,
     now: datetime | None = None,
+    on_batch: BatchHook | None = None,
 ) -> Plan:
     """Plan a smallcase (or some of its investments) and, unless dry, write the plan.
 
@@ -1259,6 +1272,7 @@ def plan_and_write(
             unusable=unusable,
             now=now,
             max_price_age_sessions=max_price_age_sessions,
+            on_batch=on_batch,
         )
         # a chunk of investments at a time: plan it, write its runs and orders, forget its
         # rows; one transaction and one planning lock for all of them (a dry run's connection

@@ -45,10 +45,10 @@ from tests.support.platform import seed_demo_platform
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
-    {"symbol": "AAPL", "weight": "30", "rationale": "a"},
-    {"symbol": "MSFT", "weight": "30", "rationale": "b"},
-    {"symbol": "NVDA", "weight": "25", "rationale": "c"},
-    {"symbol": "GOOGL", "weight": "15", "rationale": "d"},
+    {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "30", "rationale": "a"},
+    {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "30", "rationale": "b"},
+    {"symbol": "NVDA", "exchange": "NASDAQ", "weight": "25", "rationale": "c"},
+    {"symbol": "GOOGL", "exchange": "NASDAQ", "weight": "15", "rationale": "d"},
 ]
 US_PRICES = {"AAPL": "190", "MSFT": "410", "NVDA": "120", "GOOGL": "170", "AMZN": "180"}
 
@@ -392,7 +392,7 @@ def test_a_composition_in_another_currency_is_refused(platform: Engine) -> None:
     invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
     before = _weights(platform, "US Tech Leaders")
     mixed = [
-        {"symbol": "AAPL", "weight": "50"},
+        {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "50"},
         {"symbol": "INFY", "weight": "30", "exchange": "NSE"},
         {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
     ]
@@ -421,7 +421,11 @@ def test_a_composition_in_another_currency_is_refused(platform: Engine) -> None:
 def test_a_new_composition_applies_only_when_approved(platform: Engine, decision: str) -> None:
     invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
     before = _weights(platform, "US Tech Leaders")
-    answer = {"approve": {"approve": True}, "reject": {"approve": False}, "timeout": None}[decision]
+    answer = {
+        "approve": {"approve": True, "approver_email": "asha@example.com"},
+        "reject": {"approve": False},
+        "timeout": None,
+    }[decision]
     if answer is not None:
         _when_paused(lambda run_id: resume_flow_run(run_id, run_input=answer))
     state = rebalance_smallcase(
@@ -466,7 +470,10 @@ def test_approving_a_superseded_plan_is_a_clear_rejection(platform: Engine) -> N
     # a newer plan (toward the current composition) supersedes the waiting one
     newer = rebalance_smallcase(
         "US Tech Leaders",
-        constituents=[{"symbol": "AAPL", "weight": "50"}, {"symbol": "MSFT", "weight": "50"}],
+        constituents=[
+            {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "50"},
+            {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "50"},
+        ],
         require_approval=False,
         dry_run=False,
         execution=FAST,

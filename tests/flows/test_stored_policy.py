@@ -41,4 +41,4 @@ def test_stored_policy_is_the_default_and_a_run_overrides_it(platform: Engine) -
         )
     assert _buys() == 0
     # a run's own policy replaces the stored one
-    assert _buys(policy={"min_trade_value": "1"}) > 0
+    assert _buys(policy={"min_trade_value": {"USD": "1"}}) > 0

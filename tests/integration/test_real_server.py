@@ -35,6 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from flows.demo import FAST_EXECUTION, US_REBALANCE
 from models import (
     Asset,
     AuditLog,
@@ -51,7 +52,6 @@ from saras.db import make_engine
 from saras.secrets import generate_key
 from saras.services import admin
 from saras.services.demo import US_ASSETS, seed_demo
-from saras.services.demo_runner import FAST_EXECUTION, US_REBALANCE
 
 ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ("AAPL", "MSFT")

@@ -47,7 +47,7 @@ How it behaves:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
@@ -69,6 +69,7 @@ from saras.brokers.base import (
     MarketClock,
     OrderRequest,
 )
+from saras.brokers.errors import OrderRejectedError
 from saras.brokers.kit.clock import market_clock
 from saras.brokers.paper.capabilities import capabilities as paper_capabilities
 from saras.brokers.paper.config import (
