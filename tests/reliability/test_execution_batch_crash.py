@@ -19,8 +19,8 @@ import pytest
 from saras.domain.enums import OrderStatus
 from saras.services.execution import ExecutionSettings, RunOutcome, RunRefused
 from tests.reliability import test_execution_crash
-from tests.reliability.conftest import Platform, assert_invariants
 from tests.reliability.test_execution_crash import REPO, RUNNER, assert_left_behind
+from tests.support.execution import Platform, assert_invariants
 
 rebalance = test_execution_crash.rebalance  # the fixture: one sell and three buys
 

@@ -18,7 +18,7 @@ from models import UserBrokerConnection
 from saras.brokers import registry
 from saras.domain.enums import OrderSide, OrderStatus
 from saras.services.execution import execute_run
-from tests.reliability.conftest import FAST, Platform
+from tests.support.execution import FAST, Platform
 from tests.toy_broker import ToyBroker, ToyVenue
 
 
