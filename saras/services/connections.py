@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 from models import User, UserBrokerConnection
 from models.base import utcnow
 from saras.brokers.errors import BrokerError, FatalBrokerError
+from saras.brokers.registry import broker_types as registry_broker_types
 from saras.brokers.registry import capabilities
-from saras.domain.enums import BrokerType, ConnectionStatus
+from saras.domain.enums import ConnectionStatus
 from saras.errors import InvalidInputError, NotFoundError
 from saras.secrets import SecretBox
 from saras.services import admin
@@ -149,7 +150,7 @@ def check_connections(
     credentials (Alpaca's 401/403) is marked ``error``. A broker that does not answer is
     reported ``unreachable`` and left as it is.
     """
-    known = {b.value for b in BrokerType}
+    known = set(registry_broker_types())
     for broker_type in broker_types or []:
         if broker_type not in known:
             raise InvalidInputError(f"broker type {broker_type!r}: expected one of {sorted(known)}")

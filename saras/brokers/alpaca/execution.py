@@ -211,9 +211,6 @@ class _GuardedSession(requests.Session):
         return response
 
 
-# --------------------------------------------------------------------------- error classification
-
-
 # --------------------------------------------------------------------------- the adapter
 
 
@@ -697,9 +694,6 @@ class AlpacaBroker:
         return scrub(text, (self._key.get_secret_value(), self._secret.get_secret_value()))
 
 
-# --------------------------------------------------------------------------- helpers
-
-
 def _get_orders(query: GetOrdersRequest) -> Callable[[TradingClient], Any]:
     return lambda client: client.get_orders(query)
 
@@ -712,9 +706,6 @@ def _order_uuid(broker_order_id: str, what: str) -> str:
         raise OrderNotFoundError(
             f"alpaca {what}: not an Alpaca order id", reason="not an Alpaca order id", broker=BROKER
         ) from None
-
-
-# --------------------------------------------------------------------------- parsing
 
 
 def _get_fill_activities(query: dict[str, str | int]) -> Callable[[TradingClient], Any]:

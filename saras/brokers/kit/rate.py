@@ -7,7 +7,8 @@ A ``RateLimiter`` reserves a send time for each request from three rules, all op
 - pacing (GCRA form of a token bucket): ``burst`` requests at once, then one per ``interval``;
 - a hold set by the venue (``defer`` after a 429, ``hold_until`` from rate-limit headers).
 
-The sleeping happens outside the lock, so threads queue in reservation order. Within one process
+Pacing and holds reserve a slot and sleep outside the lock; windows count each request when it
+is let through (waiting in turn), as the venue counts them. Within one process
 the limiter of an account is shared (``shared``). Across processes, ``budgets`` name the venue's
 per-account limits and a ``RateBackend`` enforces them for every process at once (the Prefect
 backend in ``tasks/rate_budgets.py`` uses global concurrency limits with slot decay); without a
@@ -99,36 +100,62 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._tat = -math.inf  # pacing: theoretical arrival time of the next request
         self._not_before = -math.inf  # the venue's hold
-        self._last = -math.inf
+
+    def _needed(self, now: float) -> float:
+        """Seconds from ``now`` until the next request fits every rule (lock held)."""
+        send_at = max(now, self._not_before, self._tat - self._tolerance)
+        for (n, window), events in zip(self._windows, self._events, strict=True):
+            if len(events) == n:
+                send_at = max(send_at, events[0] + window)
+        return send_at - now
+
+    def _record(self, at: float) -> None:
+        """Count a request sent at ``at`` (lock held)."""
+        for events in self._events:
+            events.append(at)
+        if self.interval:
+            self._tat = max(self._tat, at) + self.interval
 
     def reserve(self) -> float:
         """Reserve the next request slot; return how many seconds to wait before sending."""
         with self._lock:
             now = self._clock()
-            send_at = max(now, self._not_before, self._last, self._tat - self._tolerance)
-            for (n, window), events in zip(self._windows, self._events, strict=True):
-                if len(events) == n:
-                    send_at = max(send_at, events[0] + window)
-            for events in self._events:
-                events.append(send_at)
-            if self.interval:
-                self._tat = max(self._tat, send_at) + self.interval
-            self._last = send_at
-            return max(send_at - now, 0.0)
+            wait = max(self._needed(now), 0.0)
+            self._record(now + wait)
+            return wait
 
     def acquire(self, sleep: Sleep | None = None) -> float:
         """Wait until a request may be sent; return the seconds waited (local rules only).
 
+        Without windows a slot is reserved and the wait happens outside the lock. With windows
+        the caller waits holding the lock and the request is counted when it is let through, so
+        a late wake-up (a loaded machine) can never squeeze N+1 requests into a window.
         With a shared backend installed and budgets declared, the request also takes its slot
         in every budget (which may wait for other processes' requests to decay).
         """
-        wait = self.reserve()
-        if wait > 0:
-            (sleep or self._sleep)(wait)
+        sleep = sleep or self._sleep
+        if self._windows:
+            wait = self._wait_in_turn(sleep)
+        else:
+            wait = self.reserve()
+            if wait > 0:
+                sleep(wait)
         backend = _backend
         if backend is not None and self.budgets:
             backend.take(self.budgets)
         return wait
+
+    def _wait_in_turn(self, sleep: Sleep) -> float:
+        waited = 0.0
+        with self._lock:
+            while True:
+                now = self._clock()
+                wait = self._needed(now)
+                if wait <= 0:
+                    self._record(now)
+                    return waited
+                sleep(wait)
+                waited += wait
 
     def defer(self, seconds: float) -> None:
         """Hold every request back for ``seconds`` from now (after a 429), at most ``max_wait``."""

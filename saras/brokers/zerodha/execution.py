@@ -184,12 +184,6 @@ def nse_market_clock(now: datetime) -> MarketClock:
     return market_clock("NSE", now, fallback=NSE_HOURS)
 
 
-# --------------------------------------------------------------------------- mapping
-
-
-# --------------------------------------------------------------------------- error classification
-
-
 @dataclass(frozen=True)
 class _Spec:
     """A validated order request in Kite's terms."""
