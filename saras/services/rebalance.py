@@ -1213,9 +1213,10 @@ def parse_policy(policy: Mapping[str, Any] | None) -> PlanningPolicy:
         )
     flags = {k for k, f in PlanningPolicy.__dataclass_fields__.items() if f.type == "bool"}
     try:
-        return PlanningPolicy(
-            **{k: _flag(k, v) if k in flags else Decimal(str(v)) for k, v in values.items()}
-        )
+        parsed: dict[str, Any] = {
+            k: _flag(k, v) if k in flags else Decimal(str(v)) for k, v in values.items()
+        }
+        return PlanningPolicy(**parsed)
     except (ArithmeticError, ValueError) as exc:
         raise InvalidInputError(f"bad policy {values!r}: {exc}") from exc
 
