@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
 
+from flows.kit.runners import SarasTaskRunner, TaskRunnerSettings, build_task_runner
 from flows.price_history import ingest_price_history
 from models import Asset, PriceHistory
-from flows.kit.runners import SarasTaskRunner, TaskRunnerSettings, build_task_runner
 from tests import factories as f
 
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")
