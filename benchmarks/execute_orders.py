@@ -1,7 +1,7 @@
 """Benchmark: order execution rates against local fake brokers that answer in 50 ms.
 
 Everything runs through the production code path against the stateful fakes of
-``saras.testing`` (real HTTP on 127.0.0.1, the real SDKs, rate limits enforced by the fakes):
+``tests.fakes`` (real HTTP on 127.0.0.1, the real SDKs, rate limits enforced by the fakes):
 
 1. **Alpaca, one connection**: a ``FakeAlpaca`` with ``latency_ms=50`` and
    ``rate_limit_per_minute=200`` (429 beyond that, per rolling minute), and one Alpaca connection
@@ -39,6 +39,7 @@ are PASS/MISS, ``--strict`` turns a MISS into 2), 1 when a check failed.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import sys
@@ -57,7 +58,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from uuid_utils.compat import uuid7
@@ -90,8 +91,8 @@ from saras.brokers.zerodha import ZerodhaBroker  # noqa: E402
 from saras.db import make_engine  # noqa: E402
 from saras.domain.enums import OrderSide, OrderType, RunType  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
-from saras.testing.fake_alpaca import PROXY_ENVIRONMENT, FakeAlpaca  # noqa: E402
-from saras.testing.fake_kite import FakeKite  # noqa: E402
+from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT, FakeAlpaca  # noqa: E402
+from tests.fakes.fake_kite import FakeKite  # noqa: E402
 
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 LATENCY_MS = 50.0
@@ -101,6 +102,7 @@ UTILISATION_TARGET = 0.9
 IST = ZoneInfo("Asia/Kolkata")
 PRICE_RANGE = (2_000, 40_000)  # cents
 AMOUNT = Decimal(20_000)  # per investment: every leg of the smallcase gets a buy
+PAPER_CONSTITUENTS = 20  # orders per paper investment
 
 
 def out(line: str = "") -> None:
@@ -631,6 +633,300 @@ def many_connections(
             )
 
 
+# --- 4. many paper investments ------------------------------------------------------------------
+
+
+@dataclass
+class PaperBook:
+    """``investments`` paper investments (own user, connection, portfolio), planned and approved."""
+
+    runs_by_connection: dict[str, list[str]]
+    orders: int
+    smallcase_id: uuid.UUID
+    build_seconds: float
+    plan_seconds: float
+
+
+def build_paper(platform: Platform, investments: int) -> PaperBook:
+    """Create ``investments`` paper investments in ``platform``'s first smallcase and plan them.
+
+    Each investment has its own user, paper connection (fractional, market always open) and
+    portfolio, as in a real rebalance over many accounts; one invest run buys every constituent.
+    """
+    from saras.services.rebalance import plan_and_write
+
+    engine = platform.engine
+    smallcase_id = platform.smallcase_ids[0]
+    began = time.perf_counter()
+    ids = [[uuid.UUID(str(uuid7())) for _ in range(4)] for _ in range(investments)]
+    with engine.begin() as conn:
+        for start in range(0, investments, 2_000):
+            chunk = ids[start : start + 2_000]
+            conn.execute(
+                insert(User),
+                [
+                    {"id": u, "email": f"p{u.hex}@bench.example", "first_name": "P"}
+                    for u, _, _, _ in chunk
+                ],
+            )
+            conn.execute(
+                insert(UserBrokerConnection),
+                [
+                    {
+                        "id": c,
+                        "user_id": u,
+                        "broker_type": "paper",
+                        "alias": "paper_primary",
+                        "paper_trading": True,
+                        "status": "active",
+                        "connection_metadata": {
+                            "paper_fractional": True,
+                            "paper_market_open": "always",
+                        },
+                    }
+                    for u, c, _, _ in chunk
+                ],
+            )
+            conn.execute(
+                insert(Portfolio),
+                [
+                    {
+                        "id": p,
+                        "user_id": u,
+                        "name": "bench",
+                        "currency": "USD",
+                        "cash_balance": AMOUNT * 2,
+                    }
+                    for u, _, p, _ in chunk
+                ],
+            )
+            conn.execute(
+                insert(UserSmallcaseInvestment),
+                [
+                    {
+                        "id": i,
+                        "user_id": u,
+                        "smallcase_id": smallcase_id,
+                        "portfolio_id": p,
+                        "broker_connection_id": c,
+                        "investment_amount": AMOUNT,
+                        "status": "pending",
+                        "execution_mode": "paper",
+                    }
+                    for u, c, p, i in chunk
+                ],
+            )
+    built = time.perf_counter()
+    plan = plan_and_write(
+        engine,
+        str(smallcase_id),
+        run_type=RunType.INVEST,
+        investment_ids=[i for *_, i in ids],
+        amounts={i: AMOUNT for *_, i in ids},
+        require_approval=False,
+        check_brokers=False,
+    )
+    planned = time.perf_counter()
+    orders = sum(r.order_count for r in plan.runs)
+    if len(plan.runs) != investments or orders != investments * len(platform.symbols):
+        raise RuntimeError(
+            f"expected {investments} runs of {len(platform.symbols)} orders: {len(plan.runs)} "
+            f"runs, {orders} orders, skipped {plan.skipped}"
+        )
+    return PaperBook(
+        {str(k): [str(r) for r in v] for k, v in plan.runs_by_connection().items()},
+        orders,
+        smallcase_id,
+        built - began,
+        planned - built,
+    )
+
+
+def execute_paper(book: PaperBook, threads: int) -> Execution:
+    """Execute the book's runs as the rebalance flow does: 32 tasks of connections, in parallel."""
+    from tasks.execution import execute_connection_runs
+    from tasks.orchestration import MAX_EXECUTION_TASKS
+
+    groups: list[dict[str, list[str]]] = [{} for _ in range(MAX_EXECUTION_TASKS)]
+    for i, (connection, runs) in enumerate(sorted(book.runs_by_connection.items())):
+        groups[i % MAX_EXECUTION_TASKS][connection] = runs
+    groups = [g for g in groups if g]
+    outcomes: list[dict[str, Any]] = []
+    errors: list[str] = []
+    began = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="bench-paper") as pool:
+        futures = [
+            pool.submit(execute_connection_runs.fn, g, f"{i + 1}-of-{len(groups)}", None)
+            for i, g in enumerate(groups)
+        ]
+        for future in futures:
+            try:
+                outcomes.extend(future.result())
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    return Execution(time.perf_counter() - began, outcomes, errors)
+
+
+def paper_ledger_check(engine: Engine, book: PaperBook) -> str | None:
+    """Return what is wrong with the books after the run, None when ledger and broker agree."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                """
+                SELECT
+                  (SELECT count(*) FROM trading_transactions t
+                     JOIN user_smallcase_investments i ON i.portfolio_id = t.portfolio_id
+                    WHERE i.smallcase_id = :sc) AS ledger_rows,
+                  (SELECT count(*) FROM paper_fills f
+                     JOIN paper_orders o ON o.broker_order_id = f.broker_order_id
+                     JOIN user_smallcase_investments i
+                       ON CAST(i.broker_connection_id AS text) = o.account_id
+                    WHERE i.smallcase_id = :sc) AS broker_fills,
+                  (SELECT count(*) FROM smallcase_execution_orders o
+                     JOIN smallcase_execution_runs r ON r.id = o.execution_run_id
+                     JOIN user_smallcase_investments i ON i.id = r.investment_id
+                    WHERE i.smallcase_id = :sc AND o.status = 'filled') AS filled,
+                  (SELECT coalesce(sum(p.cash_balance), 0) FROM portfolios p
+                     JOIN user_smallcase_investments i ON i.portfolio_id = p.id
+                    WHERE i.smallcase_id = :sc) AS ledger_cash,
+                  (SELECT coalesce(sum(a.cash - 100000), 0) FROM paper_accounts a
+                     JOIN user_smallcase_investments i
+                       ON CAST(i.broker_connection_id AS text) = a.account_id
+                    WHERE i.smallcase_id = :sc) AS broker_spent
+                """
+            ),
+            {"sc": book.smallcase_id},
+        ).one()
+    investments = len(book.runs_by_connection)
+    spent_ledger = Decimal(str(row.ledger_cash)) - AMOUNT * 2 * investments
+    problems = []
+    if not (row.ledger_rows == row.broker_fills == row.filled == book.orders):
+        problems.append(
+            f"{row.filled} orders filled, {row.ledger_rows} ledger rows, {row.broker_fills} "
+            f"broker fills for {book.orders} orders"
+        )
+    if spent_ledger != Decimal(str(row.broker_spent)):
+        problems.append(f"ledger cash moved {spent_ledger}, broker cash {row.broker_spent}")
+    return "; ".join(problems) or None
+
+
+def commit_floor(engine: Engine, orders: int) -> tuple[int, float]:
+    """Time one single-row UPDATE + commit per order (the old per-order design's floor).
+
+    Returns (rows, seconds) over a sample of at most 5,000 orders' rows, on one connection.
+    """
+    sample = min(orders, 5_000)
+    with engine.connect() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_floor_t"))
+        conn.execute(text("CREATE TABLE bench_floor_t (id int PRIMARY KEY, s text)"))
+        conn.execute(
+            text("INSERT INTO bench_floor_t SELECT g, 'planned' FROM generate_series(1, :n) g"),
+            {"n": sample},
+        )
+        conn.commit()
+        began = time.perf_counter()
+        for k in range(1, sample + 1):
+            conn.execute(
+                text("UPDATE bench_floor_t SET s = 'submitting' WHERE id = :k AND s = 'planned'"),
+                {"k": k},
+            )
+            conn.commit()
+        seconds = time.perf_counter() - began
+        conn.execute(text("DROP TABLE bench_floor_t"))
+        conn.commit()
+    return sample, seconds
+
+
+def raw_copy_orders(engine: Engine, book: PaperBook) -> tuple[int, float]:
+    """COPY the run's order rows (as they ended) into an identical empty table; time it."""
+    with engine.connect() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS bench_copy_orders"))
+        conn.execute(
+            text("CREATE TABLE bench_copy_orders (LIKE smallcase_execution_orders INCLUDING ALL)")
+        )
+        conn.commit()
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        buffer = io.BytesIO()
+        with (
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY (SELECT o.* FROM smallcase_execution_orders o "
+                "JOIN smallcase_execution_runs r ON r.id = o.execution_run_id "
+                "JOIN user_smallcase_investments i ON i.id = r.investment_id "
+                f"WHERE i.smallcase_id = '{book.smallcase_id}') TO STDOUT"
+            ) as copy,
+        ):
+            for chunk in copy:
+                buffer.write(chunk)
+        raw.commit()
+        data = buffer.getvalue()
+        began = time.perf_counter()
+        with raw.cursor() as cur, cur.copy("COPY bench_copy_orders FROM STDIN") as copy:
+            copy.write(data)
+        raw.commit()
+        seconds = time.perf_counter() - began
+        rows = conn.execute(text("SELECT count(*) FROM bench_copy_orders")).scalar_one()
+        conn.execute(text("DROP TABLE bench_copy_orders"))
+        conn.commit()
+    return int(rows), seconds
+
+
+def paper_section(
+    platform: Platform,
+    database: str,
+    investments: int,
+    threads: int,
+    problems: list[str],
+) -> None:
+    """Execute ``investments`` paper investments end to end; report orders/s against limits."""
+    from ingest_prices import CpuMeter, fmt_cpu
+
+    engine = platform.engine
+    book = build_paper(platform, investments)
+    out(
+        f"paper     {investments:,} investments x {len(platform.symbols)} buys = {book.orders:,} "
+        f"orders, each investment its own paper connection and portfolio (built in "
+        f"{book.build_seconds:.1f} s, planned in {book.plan_seconds:.1f} s)"
+    )
+    meter = CpuMeter(engine, database)
+    meter.start()
+    result = execute_paper(book, threads)
+    python_cpu, server_cpu = meter.stop()
+    filled = result.count("filled")
+    rate = filled / result.seconds if result.seconds else 0.0
+    cores = os.cpu_count() or 1
+    cpu = python_cpu + (server_cpu or 0.0)
+    per_cpu = f"{filled / cpu:,.0f}" if cpu and server_cpu is not None else "n/a"
+    out(
+        f"ours      {filled:,}/{book.orders:,} orders filled in {result.seconds:.1f} s = "
+        f"{rate:,.0f} orders/s with {threads} threads = {rate / cores:,.0f} orders/s per core "
+        f"({cores} cores)"
+    )
+    out(f"          cpu {fmt_cpu(python_cpu, server_cpu)}: {per_cpu} orders per CPU-second")
+    floor_rows, floor_seconds = commit_floor(engine, book.orders)
+    floor_rate = floor_rows / floor_seconds if floor_seconds else 0.0
+    copy_rows, copy_seconds = raw_copy_orders(engine, book)
+    copy_rate = copy_rows / copy_seconds if copy_seconds else 0.0
+    out(
+        f"floor     one single-row UPDATE + commit per order (the per-order design's limit, "
+        f"{floor_rows:,} on one connection): {floor_rate:,.0f}/s; ours / that "
+        f"{rate / floor_rate if floor_rate else 0:.2f}"
+    )
+    out(
+        f"raw COPY  the same {copy_rows:,} order rows COPYed into an identical empty table: "
+        f"{copy_rate:,.0f} rows/s; ours / that {rate / copy_rate if copy_rate else 0:.3f}"
+    )
+    wrong = paper_ledger_check(engine, book)
+    out(f"books     ledger rows = broker fills = filled orders; cash equal: {wrong or 'yes'}")
+    if wrong or result.errors or result.not_completed or filled != book.orders:
+        reasons = [o.get("reason") for o in result.not_completed[:2]]
+        problems.append(
+            f"paper {investments}: {filled} of {book.orders} orders filled; {wrong}; errors "
+            f"{result.errors[:2]}; not completed {reasons}"
+        )
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -673,8 +969,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        default="alpaca,kite,many",
-        help="sections to run, comma-separated (default alpaca,kite,many)",
+        default="alpaca,kite,many,paper",
+        help="sections to run, comma-separated (default alpaca,kite,many,paper)",
+    )
+    p.add_argument(
+        "--investments",
+        default="1000",
+        help="paper section: investments to execute (20 orders each), comma-separated sizes "
+        "run one after the other (default 1000; 10000 takes minutes)",
+    )
+    p.add_argument(
+        "--paper-threads",
+        type=int,
+        default=32,
+        help="paper section: tasks executing at once (default 32, as the flow's 32 tasks)",
     )
     p.add_argument(
         "--database-url",
@@ -703,11 +1011,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.seconds, args.kite_seconds = 2.0, 2.0
         args.orders_per_run, args.connections, args.orders_per_connection = 4, 3, 4
         args.concurrency = "1,3"
+        args.investments = "20"
     try:
         args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     except ValueError:
         p.error("--concurrency takes comma-separated integers")
     args.only = {s.strip() for s in str(args.only).split(",") if s.strip()}
+    try:
+        args.investments = [int(n) for n in str(args.investments).split(",") if n.strip()]
+    except ValueError:
+        p.error("--investments takes comma-separated integers")
     if (
         args.seconds <= 0
         or args.kite_seconds <= 0
@@ -716,6 +1029,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         or args.orders_per_connection < 1
         or not args.concurrency
         or min(args.concurrency) < 1
+        or not args.investments
+        or min(args.investments) < 1
+        or args.paper_threads < 1
     ):
         p.error("durations, counts and pool sizes must be positive")
     return args
@@ -783,6 +1099,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     problems,
                     misses,
                 )
+            if "paper" in args.only:
+                for size in args.investments:
+                    out()
+                    paper = build_platform(engine, PAPER_CONSTITUENTS, 1)
+                    paper_section(
+                        paper, make_url(db.url).database or "", size, args.paper_threads, problems
+                    )
     finally:
         db.close()
     out(f"machine   {load_note()} at the end")

@@ -9,11 +9,14 @@ sells every held leg and buys every missing one: ``constituents`` orders per inv
 (100,000 x 20 = 2,000,000 at full size). Then it measures
 
 (a) **ours**: what the rebalance flow's ``plan_runs`` task does, in one transaction:
-    ``saras.services.rebalance.plan_smallcase(engine, sc, run_type=REBALANCE,
-    check_brokers=False)`` and ``write_plan(conn, plan, writes, status=APPROVED)``, timed end to
-    end with commit; a breakdown comes from timing the service's own helpers while it runs
-    (load investments, load state, prices, ``plan_batch``, row building, supersede, COPY);
-(b) **raw COPY**: the same order rows, as the same COPY text (prepared outside the timer),
+    ``saras.services.rebalance.plan_and_write(engine, sc, run_type=REBALANCE,
+    require_approval=False, check_brokers=False)``, timed end to end with commit. It streams:
+    ``PLAN_CHUNK`` investments at a time are read, planned and written (runs and orders COPYed)
+    under one planning lock. A breakdown comes from timing the service's own helpers while it
+    runs (load investments, load state, prices, ``plan_batch``, row building, supersede, COPY);
+    **planner** is ``plan_batch`` alone (the vectorised planner); **peak RSS** is the process's
+    peak resident memory during (a) (``VmHWM``, reset just before; target < 1 GiB);
+(b) **raw COPY**: the same order rows, exported from the table after (a) (outside any timer),
     COPYed once into an identical empty table
     (``CREATE TABLE bench_orders (LIKE smallcase_execution_orders INCLUDING ALL)``): the
     database's limit. The same COPY with the real table's two foreign keys is shown as well;
@@ -65,11 +68,10 @@ import throwaway  # noqa: E402 - benchmarks/throwaway.py, beside this script
 from models.base import utcnow  # noqa: E402
 from saras.db import make_engine  # noqa: E402
 from saras.domain.enums import (  # noqa: E402
-    OrderStatus,
     RunType,
 )
 from saras.domain.orders import RunEvent  # noqa: E402
-from saras.domain.plan import Plan, PlannedOrders  # noqa: E402
+from saras.domain.plan import Plan  # noqa: E402
 from saras.marketdata import calendars  # noqa: E402
 from saras.repositories import runs as runs_repo  # noqa: E402
 from saras.services import rebalance as service  # noqa: E402
@@ -77,6 +79,7 @@ from saras.services import rebalance as service  # noqa: E402
 DEFAULT_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 EXCHANGE = "NYSE"
 RATIO_TARGET = 3.0
+RSS_TARGET_MIB = 1024  # peak resident memory while planning and writing
 TASK_RUN_BUDGET = 1000  # "in the hundreds at most"
 CHUNK = 100_000  # rows per COPY write while building
 FILE_CHUNK = 1 << 20
@@ -117,9 +120,26 @@ def fmt_int(n: float) -> str:
 
 
 def peak_rss_mib() -> float:
-    """Return this process's peak resident set size so far, in MiB."""
+    """Return this process's peak resident set size (since the last reset), in MiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024.0 if sys.platform != "darwin" else peak / 2**20
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set size (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def load_note() -> str:
@@ -128,13 +148,6 @@ def load_note() -> str:
     one, five, _ = os.getloadavg()
     busy = "  (busy: other work competes for the CPUs, figures are noisy)" if five > 0.5 else ""
     return f"{cpus} CPUs, load average {one:.2f} (1 min) {five:.2f} (5 min){busy}"
-
-
-def _escape(value: Any) -> str:
-    """Format one value as COPY text exactly the way ``services.rebalance._copy`` does."""
-    if value is None:
-        return "\\N"
-    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
 # --- timing the service's steps ---------------------------------------------------------------
@@ -182,6 +195,7 @@ def instrumented(phases: Phases | None) -> Iterator[None]:
         (service, "check_prices", "check prices"),
         (service, "plan_batch", "plan_batch"),
         (service, "_collect", "build rows + hashes"),
+        (service, "_write_runs", "write total"),
         (runs_repo, "lock_planning", "planning lock"),
         (runs_repo, "open_runs", "open runs"),
         (
@@ -192,8 +206,6 @@ def instrumented(phases: Phases | None) -> Iterator[None]:
             ),
         ),
         (service, "_copy", lambda _cursor, table, *_: f"COPY {table}"),
-        (service, "plan_smallcase", "plan total"),
-        (service, "write_plan", "write total"),
     ]
     saved = []
     for module, attr, name in probes:
@@ -489,46 +501,36 @@ class Ours:
     """What the timed plan + write did."""
 
     plan: Plan
-    orders: PlannedOrders
-    plan_seconds: float
-    write_seconds: float
+    seconds: float  # plan + write + commit
+    write_seconds: float  # inside the service's writes (supersede, COPY of runs and orders)
+    peak_rss_mib: float  # peak resident memory of the process while it ran
+    rss_reset: bool  # whether the peak was reset before (else: the process's peak so far)
 
     @property
-    def seconds(self) -> float:
-        """Plan + write + commit."""
-        return self.plan_seconds + self.write_seconds
+    def plan_seconds(self) -> float:
+        """Everything but the writes: reads, planning, row building."""
+        return self.seconds - self.write_seconds
 
 
 def run_ours(engine: Engine, smallcase_id: str, phases: Phases | None) -> Ours:
     """Plan and write like the ``plan_runs`` task (auto-approved, no broker checks); time it.
 
-    ``plan_and_write`` owns the transaction: planning lock, state, plan, supersede, COPY of runs
-    and orders, the state-table moves, commit. The order columns are kept for the raw COPY.
+    ``plan_and_write`` owns the transaction: planning lock, then chunk after chunk of
+    investments: state, plan, supersede, COPY of runs and orders, the state-table moves; commit.
     """
-    kept: list[PlannedOrders] = []
-    original = service.write_plan
-
-    def write_and_keep(conn: Connection, draft: Any, **kwargs: Any) -> None:
-        kept.append(draft.orders)
-        original(conn, draft, **kwargs)
-
     timing = phases if phases is not None else Phases()
-    service.write_plan = write_and_keep
-    try:
-        with instrumented(timing):  # wraps write_and_keep as "write total"
-            began = time.perf_counter()
-            plan = service.plan_and_write(
-                engine,
-                smallcase_id,
-                run_type=RunType.REBALANCE,
-                require_approval=False,
-                check_brokers=False,
-            )
-            total = time.perf_counter() - began
-    finally:
-        service.write_plan = original
-    write_s = timing.get("write total")
-    return Ours(plan, kept[0] if kept else PlannedOrders(), total - write_s, write_s)
+    reset = reset_peak_rss()
+    with instrumented(timing):
+        began = time.perf_counter()
+        plan = service.plan_and_write(
+            engine,
+            smallcase_id,
+            run_type=RunType.REBALANCE,
+            require_approval=False,
+            check_brokers=False,
+        )
+        total = time.perf_counter() - began
+    return Ours(plan, total, timing.get("write total"), peak_rss_mib(), reset)
 
 
 def written_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
@@ -550,30 +552,32 @@ def written_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
 # --- the physical limit -----------------------------------------------------------------------
 
 
-def write_copy_file(orders: PlannedOrders, path: Path) -> int:
-    """Write the order rows exactly as ``write_plan`` COPYs them (same columns, same text)."""
-    status = OrderStatus.PLANNED.value
-    now = utcnow().isoformat()
-    columns = zip(
-        orders.ids,
-        orders.run_ids,
-        orders.asset_ids,
-        orders.sides,
-        orders.quantities,
-        orders.prices,
-        strict=True,
+def export_orders(engine: Engine, smallcase_id: str, path: Path) -> int:
+    """Write the planned order rows now in the table as COPY text (the columns ``write_plan``
+    COPYs), for the raw COPY: outside any timer."""
+    columns = ", ".join(f"o.{c}" for c in ORDER_COLUMNS)
+    query = (
+        f"SELECT {columns} FROM smallcase_execution_orders o "
+        "JOIN smallcase_execution_runs r ON r.id = o.execution_run_id "
+        "JOIN user_smallcase_investments i ON i.id = r.investment_id "
+        f"WHERE i.smallcase_id = '{smallcase_id}' AND o.status = 'planned' "
+        "AND r.run_type = 'rebalance'"
     )
-    with path.open("w", encoding="utf-8", newline="\n") as fh:
-        buffer: list[str] = []
-        for n, o in enumerate(columns, start=1):
-            row = (*o[:5], o[5] or None, "market", status, now, now)
-            buffer.append("\t".join(_escape(v) for v in row))
-            if n % CHUNK == 0:
-                fh.write("\n".join(buffer) + "\n")
-                buffer = []
-        if buffer:
-            fh.write("\n".join(buffer) + "\n")
-    return len(orders)
+    raw = engine.raw_connection()
+    try:
+        with (
+            path.open("wb") as fh,
+            raw.driver_connection.cursor() as cursor,  # type: ignore[union-attr]
+            cursor.copy(f"COPY ({query}) TO STDOUT") as copy,
+        ):
+            rows = 0
+            for block in copy:
+                fh.write(block)
+                rows += bytes(block).count(b"\n")
+        raw.driver_connection.commit()  # type: ignore[union-attr]
+        return rows
+    finally:
+        raw.close()
 
 
 def raw_copy(engine: Engine, path: Path, table: str, *, foreign_keys: bool) -> float:
@@ -738,8 +742,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # (a) ours
         checkpoint(engine)
+        load_before = load_note()
         ours = run_ours(engine, built.smallcase_id, phases)
-        ours_rss = peak_rss_mib()
         plan = ours.plan
         runs, written = written_orders(engine, built.smallcase_id)
         if plan.order_count != expected or written != expected:
@@ -755,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="saras_bench_") as tmp:
             path = Path(tmp) / "orders.tsv"
             began = time.perf_counter()
-            raw_rows = write_copy_file(ours.orders, path)
+            raw_rows = export_orders(engine, built.smallcase_id, path)
             prep = time.perf_counter() - began
             raw_s = raw_copy(engine, path, RAW_TABLE, foreign_keys=False)
             raw_fk_s = raw_copy(engine, path, RAW_FK_TABLE, foreign_keys=True)
@@ -775,8 +779,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         out(
             f"{label:<10} {fmt_int(written):>11} orders {fmt_int(runs):>9} runs  "
             f"{ours.seconds:8.2f} s  {fmt_int(rate):>9} orders/s  "
-            f"(plan_smallcase {ours.plan_seconds:.2f} s + write_plan/commit "
-            f"{ours.write_seconds:.2f} s)"
+            f"(plan_and_write: reads + planning {ours.plan_seconds:.2f} s + writes/commit "
+            f"{ours.write_seconds:.2f} s, in chunks of {service.PLAN_CHUNK:,} investments)"
         )
         if phases is not None:
             plan_parts = [
@@ -792,6 +796,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in plan_parts)
             other = ours.plan_seconds - sum(phases.get(k) for k in plan_parts)
             out(f"           plan  : {shown}, other (state matrices, grouping) {other:.2f} s")
+            out(
+                f"planner    {phases.get('plan_batch'):8.2f} s  plan_batch alone (the vectorised "
+                f"planner) for {args.investments:,} investments x {args.constituents} legs"
+            )
             write_parts = ["supersede", "COPY smallcase_execution_runs"]
             shown = ", ".join(f"{k} {phases.get(k):.2f}" for k in write_parts)
             other = ours.write_seconds - sum(phases.get(k) for k in write_parts)
@@ -846,10 +854,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not tasks_ok:
             misses.append("task runs")
+        rss_ok = ours.peak_rss_mib < RSS_TARGET_MIB
+        since = "reset just before" if ours.rss_reset else "the process's peak so far"
         out(
-            f"peak RSS   {ours_rss:,.0f} MiB after planning and writing, "
-            f"{peak_rss_mib():,.0f} MiB overall"
+            f"peak RSS   {ours.peak_rss_mib:,.0f} MiB while planning and writing ({since}; "
+            f"target < {RSS_TARGET_MIB:,} MiB)  {verdict(rss_ok)}"
         )
+        if not rss_ok:
+            misses.append("peak RSS")
+        out(f"machine   {load_before} before ours")
     finally:
         db.close()
 

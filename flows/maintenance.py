@@ -127,3 +127,7 @@ def _repair_all(execution: dict[str, Any] | None) -> list[dict[str, str]]:
             }
         )
     return repairs
+
+
+if __name__ == "__main__":
+    maintain()

@@ -10,6 +10,7 @@ from models.corporate_actions import (
 )
 from models.market import Asset, PriceHistory
 from models.portfolios import Portfolio, PortfolioHolding, TradingTransaction
+from models.run_reports import ExecutionRunReport, ExecutionRunReportLeg
 from models.smallcases import (
     Smallcase,
     SmallcaseConstituent,
@@ -25,6 +26,8 @@ __all__ = [
     "AuditLog",
     "Base",
     "CorporateAction",
+    "ExecutionRunReport",
+    "ExecutionRunReportLeg",
     "Portfolio",
     "PortfolioHolding",
     "PositionAdjustment",

@@ -13,7 +13,6 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
 from prefect.states import Completed, Failed, State
 
 from saras.domain.orders import RunEvent
@@ -21,6 +20,7 @@ from saras.domain.plan import Plan
 from saras.errors import SarasError
 from saras.repositories.runs import RunsChanged
 from tasks import concurrent_writes
+from tasks.approval import PlanDecision, record_decision, validate_decision
 from tasks.common import record_audit
 from tasks.execution import execute_connection_runs
 from tasks.prices import revalue_portfolios
@@ -38,14 +38,6 @@ class FlowFailed(SarasError):
     """
 
 
-class PlanApproval(RunInput):
-    """The analyst's decision on a plan, shown as a form in the Prefect UI."""
-
-    approve: bool = False
-    plan_hash: str = ""
-    note: str = ""
-
-
 def publish_plan(plan: Plan, *, key: str) -> str:
     """Show the plan as artifacts; return its markdown summary."""
     summary = plan.summary()
@@ -61,6 +53,9 @@ def publish_plan(plan: Plan, *, key: str) -> str:
     ]
     for reason, count in summary["skipped_by_reason"].items():
         lines.append(f"- skipped because `{reason}`: {count}")
+    if plan.policy is not None:
+        used = ", ".join(f"{k}={v}" for k, v in plan.policy.items() if v not in (None, {}))
+        lines.append(f"- policy used: {used}")
     if plan.composition is not None:
         weights = ", ".join(f"{c.asset} {c.weight.normalize():f}%" for c in plan.composition)
         lines.append(f"- new composition (applied only on approval): {weights}")
@@ -75,50 +70,70 @@ def publish_plan(plan: Plan, *, key: str) -> str:
 
 
 def approve_or_reject(
-    plan: Plan, markdown: str, *, timeout_seconds: int, poll_seconds: int
+    plan: Plan,
+    markdown: str,
+    *,
+    timeout_seconds: int,
+    poll_seconds: int,
+    requested_by: str | None = None,
 ) -> tuple[bool, str]:
     """Pause for the analyst's decision; execution only follows an approval of this exact plan.
 
-    A plan that a newer one superseded (or that was decided elsewhere) ends in a rejection
-    naming the reason: the state table refuses to move its runs.
+    The form (:class:`tasks.approval.PlanDecision`) asks for the approver's e-mail, which must
+    be a Saras user (and, under maker-checker, not ``requested_by``); every decision, a
+    timeout too, is written to ``audit_logs`` with the approver as its user. A plan that a
+    newer one superseded (or that was decided elsewhere) ends in a rejection naming the
+    reason: the state table refuses to move its runs.
     """
     try:
         decision = pause_flow_run(
-            wait_for_input=PlanApproval.with_initial_data(
-                description=markdown + "\n\nApprove to execute exactly this plan.",
+            wait_for_input=PlanDecision.with_initial_data(
+                description=markdown
+                + "\n\nApprove to execute exactly this plan: tick *approve*, give your e-mail "
+                "as a Saras user, and submit.",
                 plan_hash=plan.plan_hash,
             ),
             timeout=timeout_seconds,
             poll_interval=poll_seconds,
         )
     except FlowPauseTimeout:
+        record_decision(False, None, "approval timed out")
         return _refuse(plan, RunEvent.TIMEOUT, "approval timed out", "approval timed out")
+    email = decision.approver_email or None
     if not decision.approve:
-        return _refuse(
-            plan,
-            RunEvent.REJECT,
-            decision.note or "rejected by the analyst",
-            "plan rejected by the analyst",
-        )
+        note = decision.note or "rejected by the analyst"
+        record_decision(False, email, note)
+        return _refuse(plan, RunEvent.REJECT, note, "plan rejected by the analyst")
     if decision.plan_hash != plan.plan_hash:
+        record_decision(False, email, "approved hash does not match the plan")
         return _refuse(
             plan,
             RunEvent.REJECT,
             "approved hash does not match the plan",
             "the approval named another plan: rejected",
         )
+    try:
+        validate_decision(decision, requested_by)
+    except SarasError as exc:
+        record_decision(False, email, f"approval refused: {exc}")
+        return _refuse(
+            plan, RunEvent.REJECT, f"approval refused: {exc}", f"approval refused: {exc}"
+        )
     if recompute_plan_hash(plan) != plan.plan_hash:
+        record_decision(False, email, "orders changed after planning")
         return _refuse(
             plan,
             RunEvent.REJECT,
             "orders changed after planning",
             "the orders changed after planning: rejected",
         )
-    try:
+    try:  # the note is the analyst's; who approved is in audit_logs
         decide(plan, RunEvent.APPROVE.value, note=decision.note or None)
     except SarasError as exc:
+        record_decision(False, email, f"plan not approved: {exc}")
         return False, f"plan not approved: {exc}"
-    return True, "approved"
+    record_decision(True, email, decision.note or None)
+    return True, f"approved by {email}"
 
 
 def _refuse(plan: Plan, event: RunEvent, note: str, reason: str) -> tuple[bool, str]:

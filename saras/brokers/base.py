@@ -77,6 +77,8 @@ class BrokerCapabilities:
     remote: bool = True
     orders_outside_hours: bool = False  # queued for the next open (Kite AMO): no clock check
     marks_connection_on_fatal: bool = False  # the adapter marks its own connection (Kite)
+    needs_credentials: bool = True  # the connection holds secrets (the paper broker has none)
+    paper_environment: bool = True  # the broker offers paper accounts (Kite does not)
 
     def quantity_step(self, fractionable_asset: bool) -> Decimal:
         """Return the smallest quantity step for an asset (1 when only whole shares trade)."""

@@ -1,12 +1,14 @@
 """The broker registry: ``broker_type`` -> adapter, imported only when first used.
 
-Another broker is one new module plus one ``register`` call (or one line in ``_BUILTIN``).
+Another broker is one new package (a kit of the same shape as ``saras/brokers/alpaca``) plus one
+``register`` call or one line in ``_BUILTIN``; ``tests/toy_broker`` is one.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -82,8 +84,42 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
     )
 
 
+def broker_capabilities(
+    broker_type: str,
+    *,
+    paper_trading: bool = True,
+    metadata: Mapping[str, object] | None = None,
+) -> BrokerCapabilities:
+    """Return the capabilities of a broker type for a connection not (yet) at hand."""
+    config = ConnectionConfig("", broker_type, paper_trading, dict(metadata or {}))
+    return capabilities(config)
+
+
 def create_broker(
-    config: ConnectionConfig, credentials: BrokerCredentials, **dependencies: Any
+    config: ConnectionConfig,
+    credentials: BrokerCredentials,
+    *,
+    offered: Mapping[str, Any] | None = None,
+    **dependencies: Any,
 ) -> Broker:
-    """Build the adapter for a connection (no I/O: adapters connect lazily)."""
-    return factory_for(config.broker_type)(config, credentials, **dependencies)
+    """Build the adapter for a connection (no I/O: adapters connect lazily).
+
+    ``offered`` are the platform's services an adapter may take (the database engine, a price
+    lookup, a hook that marks the connection...): each adapter gets those its constructor names,
+    so the caller never asks which broker it is. ``dependencies`` are passed as given.
+    """
+    factory = factory_for(config.broker_type)
+    taken = {k: v for k, v in (offered or {}).items() if _accepts(factory, k)}
+    return factory(config, credentials, **taken, **dependencies)
+
+
+def _accepts(factory: BrokerFactory, name: str) -> bool:
+    """Tell whether a factory takes a keyword argument ``name`` (or any keyword)."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return True
+    parameter = parameters.get(name)
+    return parameter is not None and parameter.kind is not inspect.Parameter.POSITIONAL_ONLY

@@ -142,6 +142,7 @@ class Plan:
     plan_hash: str
     problems: tuple[str, ...] = ()
     composition: tuple[Constituent, ...] | None = None  # a new composition, until approved
+    policy: Mapping[str, Any] | None = None  # the rebalance policy the plan used (JSON values)
 
     @property
     def run_ids(self) -> list[uuid.UUID]:
@@ -172,6 +173,7 @@ class Plan:
             "new_composition": (
                 None if self.composition is None else [c.as_json() for c in self.composition]
             ),
+            "policy": None if self.policy is None else dict(self.policy),
         }
 
     def summary_rows(self) -> list[dict[str, Any]]:

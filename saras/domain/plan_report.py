@@ -180,16 +180,23 @@ def _text(value: Decimal | None, quantum: Decimal | None = _CENT) -> str:
 def report_from_plan(
     plan: InvestmentPlan,
     *,
-    exchanges: Mapping[str, str],
+    exchanges: Mapping[str, str] | None = None,
+    assets: Mapping[str, AssetKey] | None = None,
     user: str,
     connection: str,
     broker_type: BrokerType | str,
     currency: str,
 ) -> InvestmentReport:
-    """Adapt the planner's plan of one investment (symbols resolved to exchanges)."""
+    """Adapt the planner's plan of one investment.
+
+    The planner's symbols are resolved either by ``exchanges`` (symbol to exchange) or, when it
+    plans by label (the rebalance service labels assets by id), by ``assets`` (label to asset).
+    """
 
     def key(symbol: str) -> AssetKey:
-        return AssetKey(symbol, exchanges[symbol])
+        if assets is not None:
+            return assets[symbol]
+        return AssetKey(symbol, (exchanges or {})[symbol])
 
     return InvestmentReport(
         investment_id=plan.investment_id,
@@ -199,13 +206,10 @@ def report_from_plan(
         currency=currency,
         status=plan.status.value + (f" ({plan.status_reason.value})" if plan.status_reason else ""),
         orders=tuple(
-            ReportOrder(o.symbol, exchanges[o.symbol], o.side, o.quantity, o.est_price, o.est_value)
+            ReportOrder(*key(o.symbol), o.side, o.quantity, o.est_price, o.est_value)
             for o in plan.orders
         ),
-        skipped=tuple(
-            ReportSkip(s.symbol, exchanges[s.symbol], s.reason.value, s.detail)
-            for s in plan.skipped
-        ),
+        skipped=tuple(ReportSkip(*key(s.symbol), s.reason.value, s.detail) for s in plan.skipped),
         cash_before=plan.cash_before,
         est_cash_after=plan.est_cash_after,
         investable_value=plan.investable_value,

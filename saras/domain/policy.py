@@ -174,6 +174,7 @@ class RebalancePolicy(BaseModel):
             drift_band_pct=self.drift_band_pct if self.drift_band_pct is not None else Decimal(0),
             min_weight_change_pct=self.min_weight_change_pct,
             fee_bps_estimate=self.fee_bps_estimate,
+            exempt_fresh_buys=self.exempt_fresh_buys,
         )
 
     def with_overrides(self, overrides: RebalancePolicy | Mapping[str, Any] | None) -> Self:

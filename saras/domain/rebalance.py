@@ -34,7 +34,8 @@ Run types
   ``max_j |current weight - w_j| <= drift_band_pct`` and it holds no removed constituent (a
   held symbol without a target, priced, at least one step sellable: that is sold whatever the
   band says); otherwise sells the overweights and buys the underweights, skipping legs whose
-  weight change is below ``min_weight_change_pct``.
+  weight change is below ``min_weight_change_pct`` (except, with ``exempt_fresh_buys``, buys of a
+  leg the investment holds nothing of).
 - ``repair``: the same as ``rebalance`` but with no drift band and no minimum weight change: it
   retries exactly what an earlier run left unfilled, however small (minimum trade value and the
   broker minimum still apply).
@@ -285,6 +286,9 @@ class PlanningPolicy:
       than this (like smallcase does).
     - ``fee_bps_estimate`` (0): fees and slippage, in basis points of traded value, deducted from
       sell proceeds and added to buy costs when sizing buys.
+    - ``exempt_fresh_buys`` (True): a buy of a leg the investment does not hold yet (nothing
+      held, nothing on order) is exempt from ``min_weight_change_pct``: a new constituent is
+      bought however small its weight (the minimum trade value and broker minimum still apply).
     """
 
     cash_buffer_pct: Decimal = Decimal(1)
@@ -292,8 +296,11 @@ class PlanningPolicy:
     drift_band_pct: Decimal = Decimal(1)
     min_weight_change_pct: Decimal = Decimal(1)
     fee_bps_estimate: Decimal = Decimal(0)
+    exempt_fresh_buys: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.exempt_fresh_buys, bool):
+            raise ValueError(f"policy exempt_fresh_buys must be a bool: {self.exempt_fresh_buys!r}")
         for name in (
             "cash_buffer_pct",
             "min_trade_value",
@@ -747,10 +754,24 @@ def _prepare(
 
 
 def _floor_units(x: FloatArray) -> IntArray:
-    """Return floor(x) as int64, with x clipped to [0, 2**62] (never negative, never overflows)."""
-    return np.floor(np.clip(np.nan_to_num(x, nan=0.0, posinf=0.0), 0.0, _MAX_UNITS)).astype(
-        np.int64
-    )
+    """Return floor(x) as int64, with x clipped to [0, 2**62] (never negative, never overflows);
+    NaN and infinities give 0."""
+    y = np.floor(x)
+    np.clip(y, 0.0, _MAX_UNITS, out=y)  # NaN stays NaN, +inf becomes 2**62
+    bad = ~(np.abs(x) < np.inf)  # NaN or an infinity
+    if bad.any():
+        y[bad] = 0.0
+    return y.astype(np.int64)
+
+
+def _by_leg(is_frac: BoolArray, fractional: Any, whole: Any) -> Any:
+    """Return ``fractional()`` on fractional legs and ``whole()`` on the others (columns),
+    computing only the side that some leg needs."""
+    if is_frac.all():
+        return fractional()
+    if not is_frac.any():
+        return whole()
+    return np.where(is_frac, fractional(), whole())
 
 
 class _Exact:
@@ -828,26 +849,49 @@ def _unrounded_levels(
     money: FloatArray, per_level: FloatArray, budgets: tuple[FloatArray, ...]
 ) -> tuple[FloatArray, ...]:
     """Return, per budget, the level at which ``sum_j max(money_j - level x per_level_j, 0)``
-    equals the budget (0 when the budget covers everything), by sorting the breakpoints."""
+    equals the budget (0 when the budget covers everything).
+
+    Most rows have every leg above water at that level, and the level is then one division
+    (``(sum money - budget) / sum per_level``); only the other rows sort their breakpoints."""
     r = money.shape[0]
     with np.errstate(divide="ignore", invalid="ignore"):
         bp = np.where(per_level > 0, money / per_level, -np.inf)
+    top = np.maximum(bp.max(1), 0.0) if money.shape[1] else np.zeros(r)
+    live = per_level > 0
+    a_all = np.where(live, money, 0.0).sum(1)
+    b_all = per_level.sum(1)
+    low = np.where(live, bp, np.inf).min(1) if money.shape[1] else np.zeros(r)
+    out = []
+    for budget in budgets:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lam = (a_all - budget) / b_all
+        # every leg with a level above water: the closed form holds (a leg without a level
+        # and with money is always counted: it has no breakpoint)
+        direct = (b_all > 0) & (lam <= low)
+        level = np.where(direct, lam, 0.0)
+        rest = np.flatnonzero(~direct & (b_all > 0))
+        if rest.size:
+            level[rest] = _sorted_levels(money[rest], per_level[rest], bp[rest], budget[rest])
+        out.append(np.clip(level, 0.0, top))
+    return tuple(out)
+
+
+def _sorted_levels(
+    money: FloatArray, per_level: FloatArray, bp: FloatArray, budget: FloatArray
+) -> FloatArray:
+    """Return the level of :func:`_unrounded_levels` by sorting the breakpoints of each row."""
+    r = money.shape[0]
     order = np.argsort(-bp, axis=1)
     bp_s = np.take_along_axis(bp, order, 1)
     a_cum = np.cumsum(np.take_along_axis(money, order, 1), 1)
     b_cum = np.cumsum(np.take_along_axis(per_level, order, 1), 1)
     nxt = np.maximum(np.concatenate([bp_s[:, 1:], np.full((r, 1), -np.inf)], 1), 0.0)
-    top = np.maximum(bp_s[:, 0], 0.0)
-    rows = np.arange(r)
-    out = []
-    for budget in budgets:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            lam = (a_cum - budget[:, None]) / b_cum
-        ok = (b_cum > 0) & (lam >= nxt)
-        first = np.argmax(ok, axis=1)
-        level = np.where(ok.any(1), lam[rows, first], 0.0)
-        out.append(np.clip(level, 0.0, top))
-    return tuple(out)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = (a_cum - budget[:, None]) / b_cum
+    ok = (b_cum > 0) & (lam >= nxt)
+    first = np.argmax(ok, axis=1)
+    level: FloatArray = np.where(ok.any(1), lam[np.arange(r), first], 0.0)
+    return level
 
 
 def _lagrange(
@@ -957,19 +1001,28 @@ def _fill(
         want = np.where(elig, _nearest_steps(rest / value[None, :]), 0.0)
         level = np.where(want > 0, (rest - value[None, :] / 2) / target, -np.inf)
     todo = want > 0
-    if not todo.any():
+    # only rows whose cash pays a step of some leg still wanting one take part
+    cheapest = np.where(todo, cost[None, :], np.inf).min(1) if m else np.full(r, np.inf)
+    rows = np.flatnonzero(left >= cheapest)
+    if not rows.size:
         return left
-    rows = np.arange(r)
-    order = np.argsort(-level, axis=1, kind="stable")
+    todo, want, cheapest = todo[rows], want[rows], cheapest[rows]
+    sub = steps[rows]
+    spare = left[rows]
+    order = np.argsort(-level[rows], axis=1, kind="stable")
+    at = np.arange(rows.size)
     for rank in range(m):
         j = order[:, rank]
-        open_ = todo[rows, j]
-        if not open_.any():
-            break
-        afford = np.floor(np.maximum(left, 0.0) / cost[j])
-        add = np.where(open_, np.minimum(want[rows, j], afford), 0.0)
-        steps[rows, j] += add
-        left = left - add * cost[j]
+        open_ = todo[at, j]
+        if not open_.any() or not (spare >= cheapest).any():
+            break  # the cash left pays no step any row still wants
+        afford = np.floor(np.maximum(spare, 0.0) / cost[j])
+        add = np.where(open_, np.minimum(want[at, j], afford), 0.0)
+        sub[at, j] += add
+        spare = spare - add * cost[j]
+    steps[rows] = sub
+    left = left.copy()
+    left[rows] = spare
     return left
 
 
@@ -991,7 +1044,10 @@ def _spend(
     # one (a dear step was refused): the greedy pass below would give it all to one leg
     again = elig & (rest > value[None, :] / 2) & (cost[None, :] <= left[:, None])
     again_cost = np.where(again, cost[None, :], 0.0).sum(1)
-    rows = np.flatnonzero((again.sum(1) > 1) & (left >= again_cost))
+    # legs that step in fine units (fractional shares) only ever leave a few units of cash:
+    # the greedy pass spends those as well as a level would
+    coarse = (again & (cost[None, :] > fine[:, None])).any(1)
+    rows = np.flatnonzero(coarse & (again.sum(1) > 1) & (left >= again_cost))
     if rows.size:
         more = _lagrange(rest[rows], target[rows], value, cost, left[rows], again[rows], fine[rows])
         steps[rows] += more
@@ -1011,6 +1067,92 @@ def _distance(
 
 
 def _allocate(
+    short: FloatArray,
+    target: FloatArray,
+    value: FloatArray,
+    cost: FloatArray,
+    avail: FloatArray,
+    margin: FloatArray,
+    elig: BoolArray,
+) -> FloatArray:
+    """Return the steps to buy per leg (see the module docstring, *Spending the cash*).
+
+    ``short`` is 0 off ``elig``; ``margin`` bounds the float error of a row's money. The search
+    is optimistic by the margin (the caller's exact check trims what does not fit). Rows whose
+    buy legs all step in fine units (worth at most a thousand margins: fractional shares, the
+    common case on a fractional broker) take the lean path of :func:`_allocate_fine`.
+    """
+    cap = avail + margin
+    fine = 1e3 * margin
+    lean = ~(elig & (cost[None, :] > fine[:, None])).any(1)
+    if lean.all():
+        return _allocate_fine(short, target, value, cost, cap, elig, margin)
+    if not lean.any():
+        return _allocate_coarse(short, target, value, cost, cap, elig, fine)
+    steps = np.zeros(short.shape)
+    rows = np.flatnonzero(lean)
+    steps[rows] = _allocate_fine(
+        short[rows], target[rows], value, cost, cap[rows], elig[rows], margin[rows]
+    )
+    rows = np.flatnonzero(~lean)
+    steps[rows] = _allocate_coarse(
+        short[rows], target[rows], value, cost, cap[rows], elig[rows], fine[rows]
+    )
+    return steps
+
+
+def _allocate_fine(
+    short: FloatArray,
+    target: FloatArray,
+    value: FloatArray,
+    cost: FloatArray,
+    cap: FloatArray,
+    elig: BoolArray,
+    margin: FloatArray,
+) -> FloatArray:
+    """Return the steps of rows whose buy legs all step in fine units.
+
+    The nearest units when they fit ``cap``; otherwise the unrounded water level truncated to
+    whole units, then the units that still fit the cash less a few float margins (so the
+    caller's exact check has nothing to trim), dearest leg first: the cash left is less than
+    one unit of every leg still short of its target, plus those margins. Which leg gets the last few
+    units is immaterial here, so no second level and no exchange is tried. The level is one
+    division when every leg stays above water (the usual case); the other rows, and rows whose
+    truncated units do not fit (float), take :func:`_lagrange`.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_units = short / value[None, :]
+    steps = _nearest_steps(s_units)
+    over = steps @ cost > cap
+    if not over.any() or not short.shape[1]:
+        return steps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_units = np.where(elig, target / value[None, :], 0.0)
+        per_level = t_units @ cost
+        level = np.maximum((s_units @ cost - cap) / per_level, 0.0)
+    level = np.where(over & (per_level > 0) & (cap >= 0), level, np.nan)
+    above = s_units - level[:, None] * t_units  # NaN on the rows that keep their steps
+    ok = over & (above.min(1) >= 0)  # every leg above water: the closed form holds
+    steps = np.where(ok[:, None], np.floor(above), steps)
+    ok &= steps @ cost <= cap
+    steps[over & ~ok] = 0.0
+    slow = np.flatnonzero(over & ~ok & (cap >= 0))
+    if slow.size:
+        steps[slow] = _lagrange(
+            short[slow], target[slow], value, cost, cap[slow], elig[slow], 1e3 * margin[slow]
+        )
+    # the units that still fit the cash less a few margins: certain, nothing to trim (a row
+    # the level spends to within those margins is an exact fit, or is checked exactly)
+    left = np.where(over, cap - 5 * margin, cap) - steps @ cost
+    for j in sorted(np.flatnonzero(elig.any(0)).tolist(), key=lambda j: (-cost[j], j)):
+        want = _nearest_steps(s_units[:, j] - steps[:, j])
+        add = np.minimum(want, np.floor(np.maximum(left, 0.0) / cost[j]))
+        steps[:, j] += add
+        left -= add * cost[j]
+    return steps
+
+
+def _allocate_coarse(
     short: FloatArray,
     target: FloatArray,
     value: FloatArray,
@@ -1064,33 +1206,6 @@ def _allocate(
         steps[open_rows] = alt
         left[open_rows] = alt_left
     return steps
-    for _ in range(_EXCHANGE_ROUNDS):
-        rest = short - steps * value[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            level = np.where(elig, (rest - value[None, :] / 2) / target, -np.inf)
-        cand = elig & coarse & (rest > value[None, :] / 2) & (cost[None, :] > left[:, None])
-        rows = np.flatnonzero(cand.any(1))
-        if not rows.size:
-            break
-        j = np.argmax(np.where(cand[rows], level[rows], -np.inf), axis=1)
-        fixed = steps[rows, j] + 1
-        cap2 = cap[rows] - fixed * cost[j]
-        ok = cap2 >= 0
-        rows, j, fixed, cap2 = rows[ok], j[ok], fixed[ok], cap2[ok]
-        if not rows.size:
-            break
-        elig2 = elig[rows].copy()
-        elig2[np.arange(rows.size), j] = False
-        alt, alt_left = _spend(short[rows], target[rows], value, cost, cap2, elig2, fine[rows])
-        alt[np.arange(rows.size), j] = fixed
-        before = _distance(steps[rows], short[rows], target[rows], value, elig[rows])
-        after = _distance(alt, short[rows], target[rows], value, elig[rows])
-        better = after < before * (1 - 1e-12)
-        if not better.any():
-            break
-        steps[rows[better]] = alt[better]
-        left[rows[better]] = alt_left[better]
-    return steps
 
 
 class _Planner:
@@ -1112,27 +1227,23 @@ class _Planner:
 
     # ---- exact confirmations near a float boundary -----------------------------------------
 
-    def _at_least(
-        self,
-        rows: IntArray,
-        cols: IntArray,
-        units: IntArray,
-        values: FloatArray,
-        threshold: Decimal,
+    def _below(
+        self, check: BoolArray, units: IntArray, values: FloatArray, threshold: Decimal
     ) -> BoolArray:
-        """Return, per (row, col), whether units' value >= threshold (exact near the boundary)."""
+        """Return where ``check`` holds and the units' value is below ``threshold`` (exact near
+        the boundary): a mask, so that only the few doubtful entries are looked at one by one."""
         if threshold <= 0:
-            return np.ones(values.shape, dtype=bool)
+            return np.zeros(check.shape, dtype=bool)
         thr = float(threshold)
-        ok = values >= thr * (1 + self.rel_one)
-        unsure = ~ok & (values > thr * (1 - self.rel_one))
+        below = check & (values < thr * (1 + self.rel_one))
+        unsure = below & (values > thr * (1 - self.rel_one))
         if unsure.any():
             unit_price = self.inp.unit_price_dec
-            for k in np.flatnonzero(unsure):
-                p = unit_price[int(cols[k])]
+            for i, j in zip(*np.nonzero(unsure), strict=True):
+                p = unit_price[int(j)]
                 assert p is not None
-                ok[k] = _CTX.multiply(Decimal(int(units[k])), p) >= threshold
-        return ok
+                below[i, j] = _CTX.multiply(Decimal(int(units[i, j])), p) < threshold
+        return below
 
     # ---- one block -------------------------------------------------------------------------
 
@@ -1190,7 +1301,7 @@ class _Planner:
             status[~alive] = _CODE[SkipReason.NO_VALUE]
         if inp.run_type is RunType.REBALANCE:
             # a held constituent no longer in the smallcase is sold whatever the band says
-            sellable_steps = np.where(inp.is_frac, sellable, sellable // inp.step)
+            sellable_steps = _by_leg(inp.is_frac, lambda: sellable, lambda: sellable // inp.step)
             removed = (has_price & (inp.w == 0))[None, :] & (sellable_steps > 0)
             within = alive & (drift <= self.band) & ~removed.any(1)
             status[within] = _CODE[SkipReason.WITHIN_DRIFT_BAND]
@@ -1213,6 +1324,8 @@ class _Planner:
         if inp.run_type is RunType.REBALANCE and self.mwc > 0:
             change = 100.0 * abs_delta / w_safe[:, None]
             hit = rule_free & (change < self.mwc)
+            if inp.policy.exempt_fresh_buys:  # a leg not held yet is bought however small
+                hit &= ~((eff == 0) & (delta > 0))
             skip[hit] = _CODE[SkipReason.BELOW_MIN_WEIGHT_CHANGE]
             skip_val[hit] = change[hit]
             free &= ~hit
@@ -1238,8 +1351,10 @@ class _Planner:
         if rebalance_like:
             s_act = active & (delta < 0)
             x = np.where(s_act, -delta / safe_up, 0.0)
-            q_s = np.where(is_frac, _floor_units(x), _floor_units(x / step + 0.5) * step)
-            cap = np.where(is_frac, sellable, (sellable // step) * step)
+            q_s = _by_leg(
+                is_frac, lambda: _floor_units(x), lambda: _floor_units(x / step + 0.5) * step
+            )
+            cap = _by_leg(is_frac, lambda: sellable, lambda: (sellable // step) * step)
             if liquidate is not None:
                 q_s = np.where(liquidate, cap, q_s)
             q_s = np.where(s_act, np.minimum(q_s, cap), 0)
@@ -1251,14 +1366,12 @@ class _Planner:
             sv = q_s * up
             if self.mtv > 0:
                 check = (q_s > 0) if liquidate is None else (q_s > 0) & ~liquidate
-                ri, ci = np.nonzero(check)
-                if ri.size:
-                    ok = self._at_least(ri, ci, q_s[ri, ci], sv[ri, ci], inp.policy.min_trade_value)
-                    bad_r, bad_c = ri[~ok], ci[~ok]
-                    skip[bad_r, bad_c] = _CODE[SkipReason.BELOW_MIN_TRADE_VALUE]
-                    skip_val[bad_r, bad_c] = sv[bad_r, bad_c]
-                    q_s[bad_r, bad_c] = 0
-                    sv[bad_r, bad_c] = 0.0
+                bad = self._below(check, q_s, sv, inp.policy.min_trade_value)
+                if bad.any():
+                    skip[bad] = _CODE[SkipReason.BELOW_MIN_TRADE_VALUE]
+                    skip_val[bad] = sv[bad]
+                    q_s[bad] = 0
+                    sv[bad] = 0.0
             q -= q_s
             proceeds = sv.sum(1)
 
@@ -1273,9 +1386,8 @@ class _Planner:
         value = np.where(has_price, inp.step_value, 1.0)  # unpriced legs never buy
         target = inp.w[None, :] * w_safe[:, None] / 100.0
         target = np.where(target > 0, target, desire)
-        # optimistic by the float margin: the exact check below trims what does not fit
         step_cost = value * (1 + f)
-        steps = _allocate(desire, target, value, step_cost, avail + margin, b_act, 1e3 * margin)
+        steps = _allocate(desire, target, value, step_cost, avail, margin, b_act)
         q_b = steps.astype(np.int64) * step[None, :]
 
         # ---- budget: certain in float, exact near the boundary ----
@@ -1309,18 +1421,14 @@ class _Planner:
         ):
             if threshold <= 0:
                 continue
-            ri, ci = np.nonzero(q_b > 0)
-            if not ri.size:
+            bad = self._below(q_b > 0, q_b, bv_final, threshold)
+            if not bad.any():
                 continue
-            ok = self._at_least(ri, ci, q_b[ri, ci], bv_final[ri, ci], threshold)
-            bad_r, bad_c = ri[~ok], ci[~ok]
-            code = np.where(
-                cut[bad_r, bad_c], _CODE[SkipReason.INSUFFICIENT_CASH], _CODE[reason]
-            ).astype(np.int8)
-            skip[bad_r, bad_c] = code
-            skip_val[bad_r, bad_c] = desire[bad_r, bad_c]
-            q_b[bad_r, bad_c] = 0
-            bv_final[bad_r, bad_c] = 0.0
+            skip[bad & cut] = _CODE[SkipReason.INSUFFICIENT_CASH]
+            skip[bad & ~cut] = _CODE[reason]
+            skip_val[bad] = desire[bad]
+            q_b[bad] = 0
+            bv_final[bad] = 0.0
         zero = b_act & (q_b == 0) & (skip == _NONE)
         too_small = zero & np.where(is_frac[None, :], ~cut, desire <= inp.step_value[None, :] / 2)
         # a buy that rounds to nothing is recorded only when the leg holds nothing at all (it
@@ -1395,14 +1503,15 @@ def plan_batch(
         signed[lo:hi], skip[lo:hi], skip_val[lo:hi] = q, s, sv
         status[lo:hi], cash_limited[lo:hi], drift[lo:hi] = st, cl, dr
 
-    sell_r, sell_c = np.nonzero(signed < 0)
-    buy_r, buy_c = np.nonzero(signed > 0)
-    rows_all = np.concatenate([sell_r, buy_r])
-    order = np.argsort(rows_all, kind="stable")
-    o_inv = rows_all[order].astype(np.int64)
-    o_leg = np.concatenate([sell_c, buy_c])[order].astype(np.int64)
-    o_buy = np.concatenate([np.zeros(sell_r.size, bool), np.ones(buy_r.size, bool)])[order]
-    o_units = np.abs(signed[o_inv, o_leg])
+    # orders by investment, sells before buys, then by leg: the C order of (n, side, m)
+    by_side = np.empty((n, 2, m), dtype=np.int64)
+    np.negative(signed, out=by_side[:, 0, :])
+    by_side[:, 1, :] = signed
+    mask = by_side > 0
+    o_inv, o_side, o_leg = (a.astype(np.int64, copy=False) for a in np.nonzero(mask))
+    o_buy = o_side.astype(bool)
+    o_units = by_side[mask]
+    del by_side, mask
     o_value = np.where(inp.has_price[o_leg], o_units * inp.unit_price[o_leg], np.nan)
     s_r, s_c = np.nonzero(skip >= 0)
     return BatchPlan(
@@ -1415,8 +1524,8 @@ def plan_batch(
         order_is_buy=o_buy,
         order_units=o_units,
         order_est_value=o_value,
-        skip_investment=s_r.astype(np.int64),
-        skip_leg=s_c.astype(np.int64),
+        skip_investment=s_r.astype(np.int64, copy=False),
+        skip_leg=s_c.astype(np.int64, copy=False),
         skip_reason=skip[s_r, s_c],
         skip_value=skip_val[s_r, s_c],
         changed=status == _NONE,

@@ -53,14 +53,14 @@ from saras.marketdata.validation import (
 )
 
 if TYPE_CHECKING:
-    from saras.marketdata.alpaca_source import AlpacaSource
-    from saras.marketdata.kite_source import KiteSource
+    from saras.brokers.alpaca.data import AlpacaSource
+    from saras.brokers.zerodha.data import KiteSource
     from saras.marketdata.yfinance_source import YFinanceSource
 
 _LAZY = {
     "YFinanceSource": "saras.marketdata.yfinance_source",
-    "AlpacaSource": "saras.marketdata.alpaca_source",
-    "KiteSource": "saras.marketdata.kite_source",
+    "AlpacaSource": "saras.brokers.alpaca.data",
+    "KiteSource": "saras.brokers.zerodha.data",
 }
 
 

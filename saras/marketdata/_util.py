@@ -240,21 +240,3 @@ def real_sleep(seconds: float) -> None:
     """Sleep for ``seconds`` (the default, injectable in tests)."""
     if seconds > 0:
         time.sleep(seconds)
-
-
-class IntervalLimiter:
-    """Space calls at least ``1 / rate`` seconds apart (e.g. Kite historical: 3 per second)."""
-
-    def __init__(self, rate_per_second: float, *, clock: Clock, sleep: Sleep):
-        self._interval = 0.0 if rate_per_second <= 0 else 1.0 / rate_per_second
-        self._clock = clock
-        self._sleep = sleep
-        self._next_at: float | None = None
-
-    def wait(self) -> None:
-        """Block until the next call is allowed, then reserve its slot."""
-        now = self._clock()
-        if self._next_at is not None and now < self._next_at:
-            self._sleep(self._next_at - now)
-            now = self._next_at
-        self._next_at = now + self._interval

@@ -201,3 +201,16 @@ def _instant_ns(exchange: str, name: str, now: datetime) -> int:
             f"{first}..{last}"
         )
     return int(ts.value)
+
+
+def next_close(exchange: str, now: datetime) -> datetime:
+    """Return the next market close strictly after ``now``, as an aware UTC datetime."""
+    name = calendar_for(exchange)
+    ns = _instant_ns(exchange, name, now)
+    _, closes = _opens_closes(name)
+    idx = int(np.searchsorted(closes, ns, side="right"))
+    if idx >= len(closes):
+        raise CalendarRangeError(
+            f"{exchange}: the {name} calendar knows no close after {now.isoformat()}"
+        )
+    return pd.Timestamp(int(closes[idx]), tz="UTC").to_pydatetime()

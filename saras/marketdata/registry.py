@@ -15,8 +15,8 @@ from saras.marketdata.base import BarRequest, FetchResult, MarketDataSource, Sou
 
 SOURCES: dict[str, tuple[str, str]] = {
     "yfinance": ("saras.marketdata.yfinance_source", "YFinanceSource"),
-    "alpaca": ("saras.marketdata.alpaca_source", "AlpacaSource"),
-    "kite": ("saras.marketdata.kite_source", "KiteSource"),
+    "alpaca": ("saras.brokers.alpaca.data", "AlpacaSource"),
+    "kite": ("saras.brokers.zerodha.data", "KiteSource"),
     "csv": ("saras.marketdata.csv", "CsvSource"),
     "simulated": ("saras.marketdata.simulated", "SimulatedSource"),
 }

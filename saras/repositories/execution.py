@@ -9,19 +9,21 @@ transaction, and every status change goes through the state tables with ``WHERE 
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, select, update
+from sqlalchemy import Connection, Table, bindparam, select, text, update
 from uuid_utils.compat import uuid7
 
 from models import (
     Asset,
     Portfolio,
     PortfolioHolding,
+    PositionAdjustment,
     SmallcaseExecutionOrder,
     SmallcaseExecutionRun,
     TradingTransaction,
@@ -188,6 +190,88 @@ def apply_order_event(
     return new
 
 
+@dataclass(frozen=True)
+class OrderChange:
+    """One event for one order, for :func:`apply_order_events` (arguments as in the single form)."""
+
+    order: OrderRow
+    event: OrderEvent
+    reason: str | None = None
+    broker_order_id: str | None = None
+    fill: FillState | None = None
+
+
+_BATCH_UPDATE = text(
+    """
+    UPDATE smallcase_execution_orders AS o
+       SET status = v.new_status,
+           order_metadata = CAST(v.metadata AS jsonb),
+           broker_order_id = coalesce(v.broker_order_id, o.broker_order_id),
+           updated_at = :now
+      FROM unnest(CAST(:ids AS uuid[]), CAST(:olds AS text[]), CAST(:news AS text[]),
+                  CAST(:metas AS text[]), CAST(:bids AS text[]))
+           AS v(id, old_status, new_status, metadata, broker_order_id)
+     WHERE o.id = v.id AND o.status = v.old_status
+    RETURNING o.id
+    """
+)
+
+
+def apply_order_events(conn: Connection, changes: list[OrderChange]) -> None:
+    """Apply many order events in one statement, in the caller's transaction.
+
+    The same guarded transitions as :func:`apply_order_event` (the state table, then ``WHERE
+    status = <the status we read>`` for every row), set-based on PostgreSQL: if any row was
+    changed by another executor, :class:`StaleStatusError` is raised naming it, and the caller's
+    transaction (which must then roll back) has written nothing that counts. The in-memory rows
+    are updated only once every row is written.
+    """
+    ids = [c.order.id for c in changes]
+    if conn.dialect.name != "postgresql" or len(changes) < 2 or len(set(ids)) != len(ids):
+        for c in changes:
+            apply_order_event(
+                conn,
+                c.order,
+                c.event,
+                reason=c.reason,
+                broker_order_id=c.broker_order_id,
+                fill=c.fill,
+            )
+        return
+    planned = []
+    for c in changes:
+        new = transition(c.order.status, c.event)  # an impossible event raises before any write
+        state = (c.fill or c.order.fill).with_reason(c.reason)
+        bid = c.broker_order_id if c.broker_order_id != c.order.broker_order_id else None
+        planned.append((c.order, new, state, bid or None))
+    written = set(
+        conn.execute(
+            _BATCH_UPDATE,
+            {
+                "now": utcnow(),
+                "ids": ids,
+                "olds": [o.status.value for o, *_ in planned],
+                "news": [new.value for _, new, _, _ in planned],
+                "metas": [json.dumps(st.to_metadata(o.extra)) for o, _, st, _ in planned],
+                "bids": [bid for *_, bid in planned],
+            },
+        ).scalars()
+    )
+    lost = [(c, o) for c, (o, *_) in zip(changes, planned, strict=True) if o.id not in written]
+    if lost:
+        c, o = lost[0]
+        raise StaleStatusError(
+            f"{len(lost)} of {len(changes)} orders were changed by another executor, e.g. order "
+            f"{o.id} ({o.side.value} {o.symbol}) is no longer {o.status.value}; event "
+            f"{c.event.value} not applied"
+        )
+    for order, new, state, bid in planned:
+        order.status = new
+        order.fill = state
+        if bid:
+            order.broker_order_id = bid
+
+
 def apply_run_event(
     conn: Connection,
     run_id: uuid.UUID,
@@ -224,26 +308,61 @@ def investment_position(
     conn: Connection, investment_id: uuid.UUID, asset_id: uuid.UUID
 ) -> tuple[Decimal, Decimal | None]:
     """Return an investment's recorded quantity and average price in one asset."""
+    return investment_positions(conn, investment_id, [asset_id])[asset_id]
+
+
+def investment_positions(
+    conn: Connection, investment_id: uuid.UUID, asset_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[Decimal, Decimal | None]]:
+    """Return an investment's recorded quantity and average price in each asset (one query each).
+
+    The ledger position: the fills plus the position adjustments (splits, bonus issues,
+    accepted differences). The average is the latest one recorded, by a fill or by an
+    adjustment (a split divides it by its ratio), so a buy after a split averages with the
+    split-adjusted position, not with the shares and price from before it.
+    """
     orders = conn.execute(
-        select(SmallcaseExecutionOrder.side, SmallcaseExecutionOrder.order_metadata)
+        select(
+            SmallcaseExecutionOrder.asset_id,
+            SmallcaseExecutionOrder.side,
+            SmallcaseExecutionOrder.order_metadata,
+        )
         .join(
             SmallcaseExecutionRun,
             SmallcaseExecutionRun.id == SmallcaseExecutionOrder.execution_run_id,
         )
         .where(
             SmallcaseExecutionRun.investment_id == investment_id,
-            SmallcaseExecutionOrder.asset_id == asset_id,
+            SmallcaseExecutionOrder.asset_id.in_(asset_ids),
         )
     ).all()
-    quantity = Decimal(0)
-    latest: tuple[datetime, Decimal] | None = None
-    for side, metadata in orders:
+    quantity = dict.fromkeys(asset_ids, Decimal(0))
+    latest: dict[uuid.UUID, tuple[datetime, Decimal]] = {}
+    for asset_id, side, metadata in orders:
         state = FillState.from_metadata(metadata)
-        quantity += state.filled_quantity if side == OrderSide.BUY.value else -state.filled_quantity
+        filled = state.filled_quantity
+        quantity[asset_id] += filled if side == OrderSide.BUY.value else -filled
         stamp, average = state.filled_at, state.position_average_price
-        if average is not None and stamp is not None and (latest is None or stamp > latest[0]):
-            latest = (stamp, average)  # compared as instants
-    return quantity, (latest[1] if latest else None)
+        seen = latest.get(asset_id)
+        if average is not None and stamp is not None and (seen is None or stamp > seen[0]):
+            latest[asset_id] = (stamp, average)  # compared as instants
+    adjustments = cast(Table, PositionAdjustment.__table__)
+    for asset_id, delta, average, stamp in conn.execute(
+        select(
+            adjustments.c.asset_id,
+            adjustments.c.quantity_delta,
+            adjustments.c.average_price,
+            adjustments.c.effective_at,
+        ).where(adjustments.c.investment_id == investment_id, adjustments.c.asset_id.in_(asset_ids))
+    ):
+        quantity[asset_id] += Decimal(str(delta or 0))
+        if average is None or stamp is None:
+            continue
+        stamp = stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+        seen = latest.get(asset_id)
+        if seen is None or stamp > seen[0]:
+            latest[asset_id] = (stamp, Decimal(str(average)))
+    return {a: (quantity[a], latest[a][1] if a in latest else None) for a in asset_ids}
 
 
 def record_fills(
@@ -259,174 +378,236 @@ def record_fills(
     portfolio's holding and cash. Nothing here writes the order row: the caller does, with its
     status, through :func:`apply_order_event`. Everything in the caller's transaction.
     """
+    return record_fills_many(conn, ctx, [(order, report)], now)[0]
+
+
+@dataclass(frozen=True)
+class _Fill:
+    """One fill to record: a ``trading_transactions`` row and its effect on the order."""
+
+    transaction_id: str
+    fill_id: str | None
+    quantity: Decimal
+    price: Decimal
+    fees: Decimal
+    filled_at: datetime
+
+
+def _fills_to_record(order: OrderRow, report: BrokerOrder, now: datetime) -> list[_Fill]:
+    """Return the broker's fills of an order that are not recorded yet, oldest first."""
     state = order.fill
     broker_order_id = report.broker_order_id or order.broker_order_id or str(order.id)
     per_fill = bool(report.fills) or report.fills_reported
     if per_fill and not (state.filled_quantity > 0 and not state.fill_ids):
         fresh = [f for f in report.fills if f.fill_id not in state.fill_ids and f.quantity > 0]
-        for fill in sorted(fresh, key=lambda f: (f.filled_at, f.fill_id)):
-            state = _record_fill(
-                conn,
-                ctx,
-                order,
-                state,
+        return [
+            _Fill(
                 transaction_id=f"{broker_order_id}:{fill.fill_id}",
                 fill_id=fill.fill_id,
                 quantity=fill.quantity.quantize(QTY_Q),
                 price=fill.price,
                 fees=fill.fees.quantize(MONEY_Q),
                 filled_at=fill.filled_at,
-                now=now,
             )
-        return state
+            for fill in sorted(fresh, key=lambda f: (f.filled_at, f.fill_id))
+        ]
     new_qty = Decimal(report.filled_quantity).quantize(QTY_Q)
     if new_qty <= state.filled_quantity or report.average_fill_price is None or state.fill_ids:
-        return state
+        return []
     delta = new_qty - state.filled_quantity
     cumulative_cost = Decimal(report.average_fill_price) * new_qty
     price = ((cumulative_cost - state.notional) / delta).quantize(PRICE_Q, ROUND_HALF_EVEN)
     fees = max(Decimal(report.fees) - state.fees, Decimal(0)).quantize(MONEY_Q)
-    return _record_fill(
-        conn,
-        ctx,
-        order,
-        state,
-        transaction_id=f"{broker_order_id}:{qty_text(new_qty)}",
-        fill_id=None,
-        quantity=delta,
-        price=price,
-        fees=fees,
-        filled_at=report.updated_at or now,
-        now=now,
-    )
+    return [
+        _Fill(
+            transaction_id=f"{broker_order_id}:{qty_text(new_qty)}",
+            fill_id=None,
+            quantity=delta,
+            price=price,
+            fees=fees,
+            filled_at=report.updated_at or now,
+        )
+    ]
 
 
-def _record_fill(
+def record_fills_many(
     conn: Connection,
     ctx: RunContext,
-    order: OrderRow,
-    state: FillState,
-    *,
-    transaction_id: str,
-    fill_id: str | None,
-    quantity: Decimal,
-    price: Decimal,
-    fees: Decimal,
-    filled_at: datetime,
+    answers: list[tuple[OrderRow, BrokerOrder]],
     now: datetime,
-) -> FillState:
-    exists = conn.execute(
-        select(TradingTransaction.id).where(
-            TradingTransaction.portfolio_id == ctx.portfolio_id,
-            TradingTransaction.broker_transaction_id == transaction_id,
-        )
-    ).first()
-    if exists is None:
+) -> list[FillState]:
+    """Record the new fills of many orders (one per asset) set-based; return their new states.
+
+    What :func:`record_fills` does for each order, with one read of the existing transaction
+    ids, the investment's positions and the portfolio's holdings (locked), then multi-row
+    writes. The orders must be of distinct assets: each one's position is read from the stored
+    orders, which the caller writes only afterwards.
+    """
+    assets = [o.asset_id for o, _ in answers]
+    if len(set(assets)) != len(assets):
+        raise ValueError("record_fills_many takes at most one order per asset")
+    plans = [_fills_to_record(o, r, now) for o, r in answers]
+    if not any(plans):
+        return [o.fill for o, _ in answers]
+    moved = [o.asset_id for (o, _), fills in zip(answers, plans, strict=True) if fills]
+    ids = [f.transaction_id for fills in plans for f in fills]
+    existing = set(
         conn.execute(
-            cast(Table, TradingTransaction.__table__)
-            .insert()
-            .values(
-                id=_uuid7(),
-                portfolio_id=ctx.portfolio_id,
-                asset_id=order.asset_id,
-                transaction_type=order.side.value,
-                quantity=quantity,
-                price=price,
-                fees=fees,
-                broker_transaction_id=transaction_id,
-                transaction_date=filled_at,
-                created_at=now,
-                updated_at=now,
+            select(TradingTransaction.broker_transaction_id).where(
+                TradingTransaction.portfolio_id == ctx.portfolio_id,
+                TradingTransaction.broker_transaction_id.in_(ids),
             )
-        )
-        _move_holding(conn, ctx.portfolio_id, order, quantity, price, now)
-        gross = (quantity * price).quantize(MONEY_Q, ROUND_HALF_EVEN)
-        cash_change = -(gross + fees) if order.side is OrderSide.BUY else gross - fees
+        ).scalars()
+    )
+    positions = investment_positions(conn, ctx.investment_id, moved)
+    holdings = _Holdings(conn, ctx.portfolio_id, moved)
+    rows: list[dict[str, Any]] = []
+    cash = Decimal(0)
+    states = []
+    for (order, _), fills in zip(answers, plans, strict=True):
+        state = order.fill
+        for f in fills:
+            if f.transaction_id not in existing:
+                existing.add(f.transaction_id)
+                rows.append(_transaction_row(ctx, order, f, now))
+                holdings.move(order, f.quantity, f.price, now)
+                gross = (f.quantity * f.price).quantize(MONEY_Q, ROUND_HALF_EVEN)
+                cash += -(gross + f.fees) if order.side is OrderSide.BUY else gross - f.fees
+            state = _after_fill(order, state, f, positions[order.asset_id])
+        states.append(state)
+    if rows:
+        conn.execute(cast(Table, TradingTransaction.__table__).insert(), rows)
+        holdings.write(conn, now)
         conn.execute(
             update(Portfolio)
             .where(Portfolio.id == ctx.portfolio_id)
-            .values(cash_balance=Portfolio.cash_balance + cash_change, updated_at=now)
+            .values(cash_balance=Portfolio.cash_balance + cash, updated_at=now)
         )
+    return states
 
-    position_qty, position_avg = investment_position(conn, ctx.investment_id, order.asset_id)
-    # investment_position reads the stored rows: add what this call recorded before the write
+
+def _transaction_row(ctx: RunContext, order: OrderRow, f: _Fill, now: datetime) -> dict[str, Any]:
+    return {
+        "id": _uuid7(),
+        "portfolio_id": ctx.portfolio_id,
+        "asset_id": order.asset_id,
+        "transaction_type": order.side.value,
+        "quantity": f.quantity,
+        "price": f.price,
+        "fees": f.fees,
+        "broker_transaction_id": f.transaction_id,
+        "transaction_date": f.filled_at,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _after_fill(
+    order: OrderRow, state: FillState, f: _Fill, stored: tuple[Decimal, Decimal | None]
+) -> FillState:
+    """Return the order's state once ``f`` is recorded (``stored``: the position as stored)."""
+    position_qty, position_avg = stored
+    # the stored position lacks what this call recorded before the caller's write: add it
     unstored = state.filled_quantity - order.fill.filled_quantity
     position_qty += unstored if order.side is OrderSide.BUY else -unstored
     if state.position_average_price is not None and unstored > 0:
         position_avg = state.position_average_price
     if order.side is OrderSide.BUY:
         base = position_qty * (position_avg or Decimal(0))
-        position_qty += quantity
-        position_avg = ((base + quantity * price) / position_qty).quantize(PRICE_Q)
+        position_qty += f.quantity
+        position_avg = ((base + f.quantity * f.price) / position_qty).quantize(PRICE_Q)
     else:
-        position_qty -= quantity
+        position_qty -= f.quantity
     return replace(
         state,
-        filled_quantity=state.filled_quantity + quantity,
-        notional=state.notional + quantity * price,
-        fees=state.fees + fees,
-        filled_at=filled_at,
-        fill_ids=state.fill_ids + ((fill_id,) if fill_id is not None else ()),
+        filled_quantity=state.filled_quantity + f.quantity,
+        notional=state.notional + f.quantity * f.price,
+        fees=state.fees + f.fees,
+        filled_at=f.filled_at,
+        fill_ids=state.fill_ids + ((f.fill_id,) if f.fill_id is not None else ()),
         position_quantity=position_qty,
         position_average_price=position_avg or Decimal(0),
     )
 
 
-def _move_holding(
-    conn: Connection,
-    portfolio_id: uuid.UUID,
-    order: OrderRow,
-    delta: Decimal,
-    price: Decimal,
-    now: datetime,
-) -> None:
-    holding = conn.execute(
-        select(PortfolioHolding.id, PortfolioHolding.quantity, PortfolioHolding.average_price)
-        .where(
-            PortfolioHolding.portfolio_id == portfolio_id,
-            PortfolioHolding.asset_id == order.asset_id,
-        )
-        .with_for_update()
-    ).first()
-    if holding is None:
-        if order.side is OrderSide.SELL:
-            raise ValueError(
-                f"sell fill of {order.symbol} for a portfolio that holds none (order {order.id})"
+class _Holdings:
+    """A portfolio's holdings of some assets, read once (locked), moved in memory, written once."""
+
+    def __init__(self, conn: Connection, portfolio_id: uuid.UUID, asset_ids: list[uuid.UUID]):
+        self.portfolio_id = portfolio_id
+        self.rows: dict[uuid.UUID, list[Any]] = {
+            r.asset_id: [r.id, Decimal(str(r.quantity)), Decimal(str(r.average_price or 0))]
+            for r in conn.execute(
+                select(
+                    PortfolioHolding.id,
+                    PortfolioHolding.asset_id,
+                    PortfolioHolding.quantity,
+                    PortfolioHolding.average_price,
+                )
+                .where(
+                    PortfolioHolding.portfolio_id == portfolio_id,
+                    PortfolioHolding.asset_id.in_(asset_ids),
+                )
+                .with_for_update()
             )
-        conn.execute(
-            cast(Table, PortfolioHolding.__table__)
-            .insert()
-            .values(
-                id=_uuid7(),
-                portfolio_id=portfolio_id,
-                asset_id=order.asset_id,
-                quantity=delta,
-                average_price=price,
-                current_price=price,
-                total_value=(delta * price).quantize(MONEY_Q),
-                unrealized_pnl=Decimal(0),
-                created_at=now,
-                updated_at=now,
+        }
+        self.new: dict[uuid.UUID, dict[str, Any]] = {}
+        self.changed: set[uuid.UUID] = set()
+
+    def move(self, order: OrderRow, delta: Decimal, price: Decimal, now: datetime) -> None:
+        """Apply one fill to the holding of its asset (a buy creates it)."""
+        row = self.rows.get(order.asset_id)
+        if row is None:
+            if order.side is OrderSide.SELL:
+                raise ValueError(
+                    f"sell fill of {order.symbol} for a portfolio that holds none "
+                    f"(order {order.id})"
+                )
+            hid = _uuid7()
+            self.rows[order.asset_id] = [hid, delta, price]
+            self.new[order.asset_id] = {
+                "id": hid,
+                "portfolio_id": self.portfolio_id,
+                "asset_id": order.asset_id,
+                "current_price": price,
+                "total_value": (delta * price).quantize(MONEY_Q),
+                "unrealized_pnl": Decimal(0),
+                "created_at": now,
+                "updated_at": now,
+            }
+            return
+        _, quantity, average = row
+        if order.side is OrderSide.BUY:
+            row[1] = quantity + delta
+            row[2] = ((quantity * average + delta * price) / row[1]).quantize(PRICE_Q)
+        else:
+            if quantity - delta < 0:
+                raise ValueError(
+                    f"sell fill of {delta} {order.symbol} exceeds the portfolio's {quantity}"
+                )
+            row[1] = quantity - delta
+        self.changed.add(order.asset_id)
+
+    def write(self, conn: Connection, now: datetime) -> None:
+        """Insert the new holdings and update the changed ones (multi-row statements)."""
+        if self.new:
+            values = [
+                {**v, "quantity": self.rows[a][1], "average_price": self.rows[a][2]}
+                for a, v in self.new.items()
+            ]
+            conn.execute(cast(Table, PortfolioHolding.__table__).insert(), values)
+        changed = [self.rows[a] for a in self.changed if a not in self.new]
+        if changed:
+            conn.execute(
+                update(PortfolioHolding)
+                .where(PortfolioHolding.id == bindparam("b_id"))
+                .values(
+                    quantity=bindparam("b_quantity"),
+                    average_price=bindparam("b_average"),
+                    updated_at=now,
+                ),
+                [{"b_id": i, "b_quantity": q, "b_average": a} for i, q, a in changed],
             )
-        )
-        return
-    quantity = Decimal(str(holding.quantity))
-    average = Decimal(str(holding.average_price or 0))
-    if order.side is OrderSide.BUY:
-        new_quantity = quantity + delta
-        new_average = ((quantity * average + delta * price) / new_quantity).quantize(PRICE_Q)
-    else:
-        new_quantity = quantity - delta
-        if new_quantity < 0:
-            raise ValueError(
-                f"sell fill of {delta} {order.symbol} exceeds the portfolio's {quantity}"
-            )
-        new_average = average
-    conn.execute(
-        update(PortfolioHolding)
-        .where(PortfolioHolding.id == holding.id)
-        .values(quantity=new_quantity, average_price=new_average, updated_at=now)
-    )
 
 
 def _uuid7() -> uuid.UUID:

@@ -21,6 +21,7 @@ from models import (
     User,
     UserBrokerConnection,
 )
+from saras.brokers.registry import broker_capabilities
 from saras.domain.enums import AssetType, BrokerType
 from saras.domain.inputs import (
     AssetInput,
@@ -175,7 +176,7 @@ def add_connection(
     if broker_type not in known:
         raise InvalidInputError(f"broker_type {broker_type!r}: expected one of {sorted(known)}")
     if paper_trading is None:
-        paper_trading = broker_type != BrokerType.ZERODHA
+        paper_trading = broker_capabilities(broker_type).paper_environment
     checked = parse(
         ConnectionInput, broker_type=broker_type, alias=alias, paper_trading=paper_trading
     )

@@ -14,7 +14,7 @@ from models import Asset, PriceHistory, UserBrokerConnection
 from models.base import utcnow
 from saras.brokers.base import Broker, BrokerCredentials, ConnectionConfig
 from saras.brokers.registry import capabilities, create_broker
-from saras.domain.enums import BrokerType, ConnectionStatus
+from saras.domain.enums import ConnectionStatus
 from saras.secrets import SecretBox, get_secret_box
 from saras.settings import get_settings
 
@@ -118,26 +118,30 @@ def open_broker(
             f"connection {connection.alias!r} can reach a live account and SARAS_LIVE_TRADING "
             "is off"
         )
-    extras: dict[str, Any] = {}
-    if connection.broker_type == BrokerType.PAPER.value:
-        from saras.services.corporate_actions import paper_action_feed
+    from saras.services.corporate_actions import paper_action_feed
 
-        extras = {
-            "engine": engine,
-            "price_lookup": latest_close_lookup(engine),
-            "corporate_actions": paper_action_feed(engine),  # the market's splits, dividends
-        }
-    elif connection.broker_type == BrokerType.ZERODHA.value:
-        connection_id = connection.id
+    connection_id = connection.id
 
-        def on_fatal(message: str) -> None:
-            mark_connection(engine, connection_id, ConnectionStatus.EXPIRED.value, message)
+    def on_fatal(message: str) -> None:
+        mark_connection(engine, connection_id, ConnectionStatus.EXPIRED.value, message)
 
-        # the executor polls every order anyway: skip Kite's read-back after each placement
-        extras = {"on_fatal": on_fatal, "confirm_placement": not for_trading}
-    extras.update(overrides)
+    # What the platform offers any adapter; each takes what its constructor names (the paper
+    # broker the database, prices and corporate actions; Kite the hook that marks its
+    # connection expired, and no read-back after each placement when the executor polls).
+    offered: dict[str, Any] = {
+        "engine": engine,
+        "price_lookup": latest_close_lookup(engine),
+        "corporate_actions": paper_action_feed(engine),  # the market's splits, dividends
+        "on_fatal": on_fatal,
+        "confirm_placement": not for_trading,
+    }
+    for name in overrides:
+        offered.pop(name, None)
     return create_broker(
-        connection_config(connection), connection_credentials(connection, box), **extras
+        connection_config(connection),
+        connection_credentials(connection, box),
+        offered=offered,
+        **overrides,
     )
 
 

@@ -19,11 +19,12 @@ from sqlalchemy.orm import Session
 from models import User, UserBrokerConnection
 from models.base import utcnow
 from saras.brokers.errors import BrokerError, FatalBrokerError
+from saras.brokers.registry import capabilities
 from saras.domain.enums import BrokerType, ConnectionStatus
 from saras.errors import InvalidInputError, NotFoundError
 from saras.secrets import SecretBox
 from saras.services import admin
-from saras.services.brokers import mark_connection, open_broker
+from saras.services.brokers import connection_config, mark_connection, open_broker
 
 #: the secrets a connection may carry; api_key and api_secret have their own columns
 SECRET_FIELDS = ("api_key", "api_secret", "access_token")
@@ -96,7 +97,7 @@ def renew_connection(
             "SARAS_BROKER_ACCESS_TOKEN, or pass a JSON object on stdin"
         )
     connection = find_connection(session, user, alias)
-    if connection.broker_type == BrokerType.PAPER.value:
+    if not capabilities(connection_config(connection)).needs_credentials:
         raise InvalidInputError(f"connection {alias!r} is a paper connection: it has no secrets")
     if connection.status == ConnectionStatus.REVOKED.value:
         raise InvalidInputError(f"connection {alias!r} is revoked: add a new connection instead")
@@ -173,7 +174,7 @@ def _check_one(
         open_broker(engine, connection, box=box).get_account()
     except FatalBrokerError as exc:  # our own key failing (SecretKeyError) is not: it raises
         outcome, reason = CheckOutcome.EXPIRED, str(exc)
-        if connection.broker_type != BrokerType.ZERODHA.value:
+        if not capabilities(connection_config(connection)).marks_connection_on_fatal:
             mark_connection(engine, connection.id, ConnectionStatus.ERROR.value, reason)
     except BrokerError as exc:  # retryable or a malformed answer: not the credentials' fault
         outcome, reason = CheckOutcome.UNREACHABLE, str(exc)

@@ -52,10 +52,10 @@ from models import (
     UserSmallcaseInvestment,
 )
 from models.base import utcnow
-from saras.brokers.paper import PaperCorporateAction, PaperSettings
+from saras.brokers.paper import PaperCorporateAction
+from saras.brokers.registry import UnknownBrokerError, broker_capabilities
 from saras.domain.enums import (
     AdjustmentKind,
-    BrokerType,
     CorporateActionStatus,
     CorporateActionType,
     TransactionType,
@@ -194,13 +194,10 @@ def _t(value: Any) -> Table:
 
 def _whole_shares(broker_type: str, metadata: Mapping[str, Any] | None) -> bool:
     """Whether a connection's broker can hold fractions of a share (else cash in lieu)."""
-    match broker_type:
-        case BrokerType.ALPACA.value:
-            return False
-        case BrokerType.PAPER.value:
-            return not PaperSettings.from_metadata(dict(metadata or {})).fractional
-        case _:
-            return True  # Kite, and any broker we know nothing about: whole shares
+    try:
+        return not broker_capabilities(broker_type, metadata=metadata).fractional
+    except UnknownBrokerError:
+        return True  # a broker we know nothing about: whole shares
 
 
 def _holders(conn: Connection, asset_id: uuid.UUID) -> list[uuid.UUID]:

@@ -102,6 +102,11 @@ class ExecutionSettings:
     absent and sent again) override the connection's ``connection_metadata`` values of the same
     names; unset, the connection's, else the adapter's defaults (horizon 30 s). The horizon is
     always longer than the request timeout.
+
+    ``batch_size``: how many orders are marked ``submitting`` in one commit, then sent, then
+    recorded in one transaction. Unset: ``LOCAL_BATCH_SIZE`` for a broker in our own database
+    (the paper broker, which places a batch in one transaction too), 1 for a remote broker,
+    whose requests, rate limit and lookups of orders in doubt cost more than our commits.
     """
 
     poll_interval: float = 1.0
@@ -112,8 +117,13 @@ class ExecutionSettings:
     cancel_unfilled_at_deadline: bool = True
     request_timeout: float | None = None
     lookup_horizon: float | None = None
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise InvalidInputError(
+                f"execution.batch_size must be at least 1, not {self.batch_size}"
+            )
         for name in ("request_timeout", "lookup_horizon"):
             value = getattr(self, name)
             if value is not None and not (0 < float(value) < float("inf")):
@@ -149,6 +159,9 @@ class RunOutcome:
 
 
 Checkpoint = Callable[[str], None]
+
+#: orders per batch for a broker that is not remote (see ``ExecutionSettings.batch_size``)
+LOCAL_BATCH_SIZE = 100
 
 
 def _no_checkpoint(_: str) -> None:
@@ -293,6 +306,7 @@ class RunExecutor:
         settings: ExecutionSettings,
         capabilities: BrokerCapabilities,
         lookup_horizon: float,
+        batch_size: int = 1,
         sleep: Callable[[float], None] = time.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = utcnow,
@@ -306,6 +320,7 @@ class RunExecutor:
         self.settings = settings
         self.capabilities = capabilities
         self.lookup_horizon = lookup_horizon
+        self.batch_size = max(1, batch_size)
         self.sleep = sleep
         self.monotonic = monotonic
         self.checkpoint = checkpoint
@@ -320,18 +335,38 @@ class RunExecutor:
 
     def record(self, order: repo.OrderRow, report: BrokerOrder) -> None:
         """Record an order's new fills and move it to what the broker reports, atomically."""
+        self.record_many([(order, report)])
+
+    def record_many(self, answers: list[tuple[repo.OrderRow, BrokerOrder]]) -> None:
+        """Record the broker's answers for many orders in one transaction (set-based statuses).
+
+        The fills go to the ledger set-based, then the status changes are written together,
+        guarded; orders of one asset go in separate steps (each needs the one before it stored).
+        """
+        if not answers:
+            return
+        segments: list[list[tuple[repo.OrderRow, BrokerOrder]]] = [[]]
+        for answer in answers:
+            if any(o.asset_id == answer[0].asset_id for o, _ in segments[-1]):
+                segments.append([])
+            segments[-1].append(answer)
+        now = utcnow()
         with self.engine.begin() as conn:
-            fill = repo.record_fills(conn, self.ctx, order, report, utcnow())
-            seen = _as_recorded(report, fill.filled_quantity)
-            event = _event_for(order.status, seen)
-            repo.apply_order_event(
-                conn,
-                order,
-                event,
-                reason=seen.reason,
-                broker_order_id=seen.broker_order_id,
-                fill=replace(fill, broker_status=report.status.value),
-            )
+            for segment in segments:
+                fills = repo.record_fills_many(conn, self.ctx, segment, now)
+                changes = []
+                for (order, report), fill in zip(segment, fills, strict=True):
+                    seen = _as_recorded(report, fill.filled_quantity)
+                    changes.append(
+                        repo.OrderChange(
+                            order,
+                            _event_for(order.status, seen),
+                            reason=seen.reason,
+                            broker_order_id=seen.broker_order_id,
+                            fill=replace(fill, broker_status=report.status.value),
+                        )
+                    )
+                repo.apply_order_events(conn, changes)
 
     def change(
         self,
@@ -370,27 +405,92 @@ class RunExecutor:
         if order.status in _IN_DOUBT:
             self.resolve(order)
             return
-        if order.status is not OrderStatus.PLANNED:
-            return
-        self.change(
-            order, OrderEvent.SUBMIT_STARTED, fill=replace(order.fill, send_started_at=self.now())
-        )
+        if order.status is OrderStatus.PLANNED:
+            self.submit_batch([order])
+
+    def submit_all(self, orders: list[repo.OrderRow]) -> None:
+        """Send the planned orders in batches of ``batch_size`` (orders in doubt: looked up)."""
+        for order in orders:
+            if order.status in _IN_DOUBT:
+                self.resolve(order)
+        planned = [o for o in orders if o.status is OrderStatus.PLANNED]
+        for start in range(0, len(planned), self.batch_size):
+            self.submit_batch(planned[start : start + self.batch_size])
+
+    def submit_batch(self, batch: list[repo.OrderRow]) -> None:
+        """Mark a batch ``submitting`` (one commit, durable before any send), send, record.
+
+        A crash after the mark leaves the batch in doubt: a resume looks each order up by our id
+        and sends only those the broker proves absent. Orders of the batch not handed to the
+        broker when a fatal error stops the run go back to ``planned`` (then cancelled unsent).
+        The answers are recorded in one transaction, even when the sending stopped half-way.
+        """
+        started = self.now()
+        with self.engine.begin() as conn:
+            repo.apply_order_events(
+                conn,
+                [
+                    repo.OrderChange(
+                        o, OrderEvent.SUBMIT_STARTED, fill=replace(o.fill, send_started_at=started)
+                    )
+                    for o in batch
+                ],
+            )
         self.checkpoint("marked_submitting")
+        answers: list[tuple[repo.OrderRow, BrokerOrder]] = []
+        handed = 0
+        try:
+            place_orders = getattr(self.broker, "place_orders", None)
+            if len(batch) > 1 and callable(place_orders):
+                handed = len(batch)
+                results = place_orders([self._request(o) for o in batch])
+                for order, result in zip(batch, results, strict=True):
+                    if isinstance(result, BrokerOrder):
+                        self.checkpoint("broker_answered")
+                        answers.append((order, result))
+                    else:
+                        self._refused(order, result)
+            else:
+                for order in batch:
+                    handed += 1
+                    report = self._send(order)
+                    if report is not None:
+                        self.checkpoint("broker_answered")
+                        answers.append((order, report))
+        except FatalBrokerError:
+            for order in batch[handed:]:
+                self.change(order, OrderEvent.RESOLVED_ABSENT, reason="not sent: the run stopped")
+            raise
+        finally:
+            self.record_many(answers)
+        for _ in answers:
+            self.checkpoint("answer_recorded")
+
+    def _refused(self, order: repo.OrderRow, exc: Exception) -> None:
+        """Record a batch placement's per-order failure: a rejection, or an order in doubt."""
+        if isinstance(exc, NonRetryableBrokerError):
+            self.change(order, OrderEvent.REJECT, reason=getattr(exc, "reason", str(exc)))
+            return
+        doubt = replace(order.fill, send_started_at=self.now())
+        self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc), fill=doubt)
+
+    def _send(self, order: repo.OrderRow) -> BrokerOrder | None:
+        """Send one order marked ``submitting``; return the answer, None when there is none."""
         request = self._request(order)
         resume = False
         for attempt in range(self.settings.submit_attempts):
             try:
-                report = self.broker.place_order(request, resume=resume)
+                return self.broker.place_order(request, resume=resume)
             except AmbiguousOrderError as exc:
                 # it may be at the broker: only lookups from here, until found or the horizon,
                 # which counts from now (the request left no earlier than this answer)
                 if order.status is not OrderStatus.UNKNOWN:
                     doubt = replace(order.fill, send_started_at=self.now())
                     self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc), fill=doubt)
-                return
+                return None
             except NonRetryableBrokerError as exc:
                 self.change(order, OrderEvent.REJECT, reason=getattr(exc, "reason", str(exc)))
-                return
+                return None
             except FatalBrokerError as exc:
                 if not resume:
                     # refused at the door (credentials, expired token): nothing was placed
@@ -401,17 +501,13 @@ class RunExecutor:
                 log.info("order %s: %s (attempt %d)", order.id, exc, attempt + 1)
                 resume = True
                 self.sleep(exc.retry_after or self.settings.retry_backoff * (2**attempt))
-                continue
-            self.checkpoint("broker_answered")
-            self.record(order, report)
-            self.checkpoint("answer_recorded")
-            return
         log.warning(
             "order %s still %s after %d attempts",
             order.id,
             order.status,
             self.settings.submit_attempts,
         )
+        return None
 
     def resolve(self, order: repo.OrderRow) -> None:
         """Look an order in doubt up at the broker; send it again only once proven absent.
@@ -533,6 +629,7 @@ class RunExecutor:
             if sizing.budget < planned_buys:
                 factor = sizing.budget / planned_buys if planned_buys > 0 else Decimal(0)
                 log.warning("run %s: %s", self.run_id, sizing.reason())
+            changes: list[repo.OrderChange] = []
             for order in buys:
                 if factor >= 1:
                     quantity = order.quantity
@@ -545,18 +642,19 @@ class RunExecutor:
                 if quantity <= 0 or (
                     order.price is not None and value < self.capabilities.min_order_value
                 ):
-                    repo.apply_order_event(
-                        conn, order, OrderEvent.CANCEL, reason="skipped: " + sizing.reason()
-                    )
+                    reason = "skipped: " + sizing.reason()
+                    changes.append(repo.OrderChange(order, OrderEvent.CANCEL, reason=reason))
                     continue
                 note = None if quantity == order.quantity else f"re-sized to {quantity:f}: "
-                repo.apply_order_event(
-                    conn,
-                    order,
-                    OrderEvent.SIZED,
-                    reason=None if note is None else note + sizing.reason(),
-                    fill=replace(order.fill, sized_quantity=quantity),
+                changes.append(
+                    repo.OrderChange(
+                        order,
+                        OrderEvent.SIZED,
+                        reason=None if note is None else note + sizing.reason(),
+                        fill=replace(order.fill, sized_quantity=quantity),
+                    )
                 )
+            repo.apply_order_events(conn, changes)
 
     # -- the run --------------------------------------------------------------------------
 
@@ -567,15 +665,13 @@ class RunExecutor:
                 self.resolve(order)
         sells = [o for o in orders if o.side is OrderSide.SELL]
         buys = [o for o in orders if o.side is OrderSide.BUY]
-        for order in sells:
-            self.submit(order)
+        self.submit_all(sells)
         self.settle(sells)
         self.checkpoint("sells_settled")
         if any(o.status in _IN_DOUBT for o in sells):
             return  # what the sells freed is not known yet: the run stays open, buys wait
         self.size_buys(sells, buys)
-        for order in buys:
-            self.submit(order)
+        self.submit_all(buys)
         self.settle(buys)
 
 
@@ -816,6 +912,7 @@ def execute_run(
             settings=settings,
             capabilities=caps,
             lookup_horizon=horizon,
+            batch_size=settings.batch_size or (1 if caps.remote else LOCAL_BATCH_SIZE),
             sleep=sleep,
             monotonic=monotonic,
             wall=wall,

@@ -18,7 +18,7 @@ import io
 import json
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -53,6 +53,7 @@ from models import (
 from models.base import utcnow
 from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.brokers.errors import BrokerError, FatalBrokerError
+from saras.brokers.registry import broker_capabilities
 from saras.domain import exchanges as xt
 from saras.domain.enums import (
     BrokerType,
@@ -377,12 +378,16 @@ def load_state(
     """Return positions and open orders (signed) per (investment, asset id), and spent cash."""
     run = SmallcaseExecutionRun
     order = SmallcaseExecutionOrder
+    # many ids (a chunk of the smallcase's investments): the smallcase's investments in the
+    # ids' range; what that reads beyond the ids is ignored by the caller
     invest_filter = (
         run.investment_id.in_(list(investment_ids))
         if len(investment_ids) < 1000
         else run.investment_id.in_(
             select(UserSmallcaseInvestment.id).where(
-                UserSmallcaseInvestment.smallcase_id == smallcase_id
+                UserSmallcaseInvestment.smallcase_id == smallcase_id,
+                UserSmallcaseInvestment.id >= min(investment_ids),
+                UserSmallcaseInvestment.id <= max(investment_ids),
             )
         )
     )
@@ -499,7 +504,7 @@ def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> d
         if inv.connection_status != ConnectionStatus.ACTIVE.value:
             bad[inv.connection_id] = f"connection {inv.connection_alias} is {inv.connection_status}"
             continue
-        if inv.broker_type == BrokerType.PAPER.value:
+        if not broker_capabilities(inv.broker_type).needs_credentials:
             continue  # the built-in paper broker cannot expire
         with Session(engine) as session:
             row = session.get(UserBrokerConnection, inv.connection_id)
@@ -507,7 +512,7 @@ def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> d
             try:
                 open_broker(engine, row).get_account()
             except FatalBrokerError as exc:
-                if inv.broker_type != BrokerType.ZERODHA.value:
+                if not broker_capabilities(inv.broker_type).marks_connection_on_fatal:
                     mark_connection(
                         engine, inv.connection_id, ConnectionStatus.ERROR.value, str(exc)
                     )
@@ -628,12 +633,229 @@ class PlanDraft:
     supersedes: Mapping[uuid.UUID, RunStatus]
 
 
+#: called with each batch plan, its investments and the assets by label (the plan report)
+BatchHook = Callable[[BatchPlan, Sequence[InvestmentRow], Mapping[str, PlanAsset]], None]
+
+
 def _fixed9(units: np.ndarray, decimals: int) -> list[str]:
     """Format int64 quantity units as 9-decimal strings (exact)."""
     scale = 10 ** (9 - decimals)
     scaled = units.astype(np.int64) * scale
     whole, frac = np.divmod(scaled, 10**9)
     return [f"{w}.{f:09d}" for w, f in zip(whole.tolist(), frac.tolist(), strict=True)]
+
+
+#: Investments planned (and, by :func:`plan_and_write`, written) at a time: their state, plan
+#: and order rows are in memory together, never the whole smallcase's.
+PLAN_CHUNK = 10_000
+
+
+@dataclass
+class _Planning:
+    """What planning a smallcase reads once, before its investments are planned in chunks."""
+
+    conn: Connection
+    run_type: RunType
+    policy: PlanningPolicy
+    amounts: Mapping[uuid.UUID, Decimal] | None
+    unusable: Mapping[uuid.UUID, str]
+    now: datetime
+    max_price_age_sessions: int
+    composition: tuple[Constituent, ...] | None
+    currency: str | None
+    target_rows: list[tuple[uuid.UUID, Decimal]]
+    investments: list[InvestmentRow]
+    waiting: dict[uuid.UUID, dict[uuid.UUID, RunStatus]]
+    busy: set[uuid.UUID]
+    by_id: dict[uuid.UUID, PlanAsset]
+    prices: dict[uuid.UUID, tuple[Decimal, Any]]
+    plan: _Builder
+    #: called with each batch plan, its investments and the assets by label (the plan report)
+    on_batch: BatchHook | None = None
+
+    @property
+    def target_weights(self) -> dict[str, Decimal]:
+        return {str(a): w for a, w in self.target_rows}
+
+    def add_assets(self, asset_ids: Iterable[uuid.UUID]) -> None:
+        """Load the assets not seen yet with their prices, and check the prices are fresh."""
+        new = [a for a in dict.fromkeys(asset_ids) if a not in self.by_id]
+        if not new:
+            return
+        found = load_assets(self.conn, new)
+        prices = latest_prices(self.conn, found)
+        check_prices(list(found.values()), prices, self.now, self.max_price_age_sessions)
+        self.by_id.update(found)
+        self.prices.update(prices)
+
+    def freeze(self) -> Plan:
+        assets = {a.label: a for a in self.by_id.values()}
+        return self.plan.freeze(assets, self.currency, self.composition)
+
+
+def _start_planning(
+    conn: Connection,
+    smallcase_id: uuid.UUID,
+    smallcase_name: str,
+    *,
+    run_type: RunType,
+    policy: PlanningPolicy | None,
+    investment_ids: Sequence[uuid.UUID] | None,
+    amounts: Mapping[uuid.UUID, Decimal] | None,
+    composition: tuple[Constituent, ...] | None,
+    unusable: Mapping[uuid.UUID, str] | None,
+    now: datetime | None,
+    max_price_age_sessions: int,
+    on_batch: BatchHook | None = None,
+) -> _Planning:
+    """Read what every chunk shares: targets, investments, waiting and busy runs, target prices."""
+    if composition is None:
+        target_rows = [
+            (_uuid(a), Decimal(str(w)))
+            for a, w in conn.execute(
+                select(SmallcaseConstituent.asset_id, SmallcaseConstituent.weight_percentage).where(
+                    SmallcaseConstituent.smallcase_id == smallcase_id
+                )
+            )
+        ]
+    else:
+        target_rows = [(c.asset_id, c.weight) for c in composition]
+    currency = composition[0].currency if composition else smallcase_currency(conn, smallcase_id)
+    planning = _Planning(
+        conn=conn,
+        run_type=run_type,
+        policy=policy or PlanningPolicy(),
+        amounts=amounts,
+        unusable=unusable or {},
+        now=now or utcnow(),
+        max_price_age_sessions=max_price_age_sessions,
+        composition=composition,
+        currency=currency,
+        target_rows=target_rows,
+        investments=load_investments(conn, smallcase_id, investment_ids),
+        waiting=defaultdict(dict),
+        busy=set(),
+        by_id={},
+        prices={},
+        plan=_Builder(smallcase_id, smallcase_name, run_type),
+        on_batch=on_batch,
+    )
+    planning.add_assets(a for a, _ in target_rows)
+    planning.plan.problems.extend(sorted(set(planning.unusable.values())))
+    for run_id, inv_id, status in runs_repo.open_runs(
+        conn, smallcase_id, (*runs_repo.SUPERSEDABLE, *runs_repo.IN_PROGRESS)
+    ):
+        if status in runs_repo.IN_PROGRESS:
+            planning.busy.add(inv_id)
+        else:
+            planning.waiting[inv_id][run_id] = status
+    return planning
+
+
+def _plan_chunk(
+    planning: _Planning, members: Sequence[InvestmentRow]
+) -> tuple[PlannedOrders, dict[uuid.UUID, RunStatus]]:
+    """Plan a chunk of investments into the plan; return its order rows and what it supersedes."""
+    conn, plan = planning.conn, planning.plan
+    ids = [i.id for i in members]
+    positions, open_orders, spent = load_state(conn, plan.smallcase_id, ids)
+    # corporate actions and reconciliation: adjustments to the ledger state, then the gates
+    positions, spent = ca_repo.adjust_planning_state(conn, ids, positions, spent)
+    gates = ca_repo.planning_gates(conn, ids, [a for a, _ in planning.target_rows])
+    planning.add_assets(a for (_, a), q in (*positions.items(), *open_orders.items()) if q)
+    groups: dict[tuple[bool, int, Decimal], list[InvestmentRow]] = defaultdict(list)
+    for inv in members:
+        if inv.connection_id in planning.unusable:
+            plan.skipped.setdefault("connection_unusable", []).append(str(inv.id))
+        elif inv.id in planning.busy:
+            # an approved or executing run is a commitment to trade: the next plan waits for it
+            plan.skipped.setdefault("run_in_progress", []).append(str(inv.id))
+        elif inv.id in gates:  # corporate_action_pending / reconciliation_difference
+            for reason in sorted({g.reason for g in gates[inv.id]}):
+                plan.skipped.setdefault(reason, []).append(str(inv.id))
+            plan.problems.extend(g.detail for g in gates[inv.id] if g.detail not in plan.problems)
+        else:
+            rules = rules_for(inv)
+            groups[(rules.fractional, rules.quantity_decimals, rules.min_order_value)].append(inv)
+    orders = PlannedOrders()
+    first_run = len(plan.runs)
+    for (fractional, decimals, minimum), group in groups.items():
+        rules = BrokerRules(fractional, decimals, minimum)
+        batch = _plan_group(planning, rules, group, positions, open_orders, spent)
+        assets = {a.label: a for a in planning.by_id.values()}
+        _collect(plan, batch, group, assets, orders, decimals=rules.unit_decimals)
+        if planning.on_batch is not None:  # the plan report (saras.services.plan_review)
+            planning.on_batch(batch, group, assets)
+    supersedes = {
+        run_id: status
+        for run in plan.runs[first_run:]
+        for run_id, status in planning.waiting.get(run.investment_id, {}).items()
+    }
+    return orders, supersedes
+
+
+def _plan_group(
+    planning: _Planning,
+    rules: BrokerRules,
+    members: list[InvestmentRow],
+    positions: Mapping[tuple[uuid.UUID, uuid.UUID], Decimal],
+    open_orders: Mapping[tuple[uuid.UUID, uuid.UUID], Decimal],
+    spent: Mapping[uuid.UUID, Decimal],
+) -> BatchPlan:
+    """Plan the investments of a chunk that share broker rules (one ``plan_batch``)."""
+    d = rules.unit_decimals
+    target_weights = planning.target_weights
+    instruments = {
+        a.label: Instrument(
+            a.label,
+            planning.prices[a.id][0] if a.id in planning.prices else None,
+            a.lot_size,
+            a.fractionable,
+        )
+        for a in planning.by_id.values()
+    }
+    index = {m.id: k for k, m in enumerate(members)}
+    in_group = {str(a) for (i, a), q in {**positions, **open_orders}.items() if q and i in index}
+    labels = tuple(sorted(set(target_weights) | in_group))
+    col = {s: j for j, s in enumerate(labels)}
+    held_units = np.zeros((len(members), len(labels)), dtype=np.int64)
+    open_units = np.zeros_like(held_units)
+    for (inv_id, a), q in positions.items():
+        k = index.get(inv_id)
+        if k is not None and q:
+            held_units[k, col[str(a)]] = int(
+                (q * (10**d)).to_integral_value(rounding="ROUND_FLOOR")
+            )
+    reserved: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
+    for (inv_id, a), q in open_orders.items():
+        k = index.get(inv_id)
+        if k is not None and q:
+            open_units[k, col[str(a)]] = int(
+                (q * (10**d)).to_integral_value(rounding="ROUND_FLOOR")
+            )
+            price = instruments[str(a)].price
+            if q > 0 and price:
+                reserved[inv_id] += q * price  # open buys hold cash
+    cash = tuple(
+        max(m.amount - spent.get(m.id, Decimal(0)) - reserved[m.id], Decimal(0)).quantize(
+            Decimal("0.0001")
+        )
+        for m in members
+    )
+    state = BatchState(tuple(str(m.id) for m in members), labels, cash, held_units, open_units, d)
+    group_amounts = None
+    if planning.run_type in (RunType.INVEST, RunType.TOPUP):
+        amounts = planning.amounts or {}
+        group_amounts = [Decimal(amounts.get(m.id, m.amount)) for m in members]
+    return plan_batch(
+        planning.run_type,
+        target_weights,
+        instruments,
+        rules,
+        planning.policy,
+        state,
+        group_amounts,
+    )
 
 
 def plan_smallcase(
@@ -649,121 +871,38 @@ def plan_smallcase(
     unusable: Mapping[uuid.UUID, str] | None = None,
     now: datetime | None = None,
     max_price_age_sessions: int = 1,
+    chunk: int = PLAN_CHUNK,
+    on_batch: BatchHook | None = None,
 ) -> PlanDraft:
     """Plan every active investment of a smallcase (or the given ones) from ``conn``'s view.
 
     Call it inside the planning lock (``lock_planning``) when the plan is to be written.
-    ``unusable`` maps broker connections already found unusable to the reason.
+    ``unusable`` maps broker connections already found unusable to the reason. The whole
+    plan's order rows are returned: :func:`plan_and_write` streams them instead.
     """
-    now = now or utcnow()
-    policy = policy or PlanningPolicy()
-    unusable = unusable or {}
-    if composition is None:
-        target_rows = [
-            (_uuid(a), Decimal(str(w)))
-            for a, w in conn.execute(
-                select(SmallcaseConstituent.asset_id, SmallcaseConstituent.weight_percentage).where(
-                    SmallcaseConstituent.smallcase_id == smallcase_id
-                )
-            )
-        ]
-    else:
-        target_rows = [(c.asset_id, c.weight) for c in composition]
-    investments = load_investments(conn, smallcase_id, investment_ids)
-    ids = [i.id for i in investments]
-    positions, open_orders, spent = load_state(conn, smallcase_id, ids)
-    # corporate actions and reconciliation: adjustments to the ledger state, then the gates
-    positions, spent = ca_repo.adjust_planning_state(conn, ids, positions, spent)
-    gates = ca_repo.planning_gates(conn, ids, [a for a, _ in target_rows])
-    held = {a for (_, a), q in positions.items() if q} | {
-        a for (_, a), q in open_orders.items() if q
-    }
-    by_id = load_assets(conn, [a for a, _ in target_rows] + list(held))
-    prices = latest_prices(conn, by_id)
-    check_prices(list(by_id.values()), prices, now, max_price_age_sessions)
-    currency = composition[0].currency if composition else smallcase_currency(conn, smallcase_id)
-    plan = _Builder(smallcase_id, smallcase_name, run_type)
-    plan.problems.extend(sorted(set(unusable.values())))
-    waiting: dict[uuid.UUID, dict[uuid.UUID, RunStatus]] = defaultdict(dict)
-    busy: set[uuid.UUID] = set()
-    for run_id, inv_id, status in runs_repo.open_runs(
-        conn, smallcase_id, (*runs_repo.SUPERSEDABLE, *runs_repo.IN_PROGRESS)
-    ):
-        if status in runs_repo.IN_PROGRESS:
-            busy.add(inv_id)
-        else:
-            waiting[inv_id][run_id] = status
-    groups: dict[tuple[bool, int, Decimal], list[InvestmentRow]] = defaultdict(list)
-    for inv in investments:
-        if inv.connection_id in unusable:
-            plan.skipped.setdefault("connection_unusable", []).append(str(inv.id))
-        elif inv.id in busy:
-            # an approved or executing run is a commitment to trade: the next plan waits for it
-            plan.skipped.setdefault("run_in_progress", []).append(str(inv.id))
-        elif inv.id in gates:  # corporate_action_pending / reconciliation_difference
-            for reason in sorted({g.reason for g in gates[inv.id]}):
-                plan.skipped.setdefault(reason, []).append(str(inv.id))
-            plan.problems.extend(g.detail for g in gates[inv.id] if g.detail not in plan.problems)
-        else:
-            rules = rules_for(inv)
-            groups[(rules.fractional, rules.quantity_decimals, rules.min_order_value)].append(inv)
-    assets = {a.label: a for a in by_id.values()}
-    target_weights = {str(a): w for a, w in target_rows}
-    instruments = {
-        a.label: Instrument(
-            a.label, prices[a.id][0] if a.id in prices else None, a.lot_size, a.fractionable
-        )
-        for a in by_id.values()
-    }
+    planning = _start_planning(
+        conn,
+        smallcase_id,
+        smallcase_name,
+        run_type=run_type,
+        policy=policy,
+        investment_ids=investment_ids,
+        amounts=amounts,
+        composition=composition,
+        unusable=unusable,
+        now=now,
+        max_price_age_sessions=max_price_age_sessions,
+        on_batch=on_batch,
+    )
     orders = PlannedOrders()
-    for (fractional, decimals, minimum), members in groups.items():
-        rules = BrokerRules(fractional, decimals, minimum)
-        d = rules.unit_decimals
-        index = {m.id: k for k, m in enumerate(members)}
-        in_group = {
-            str(a) for (i, a), q in {**positions, **open_orders}.items() if q and i in index
-        }
-        labels = tuple(sorted(set(target_weights) | in_group))
-        col = {s: j for j, s in enumerate(labels)}
-        held_units = np.zeros((len(members), len(labels)), dtype=np.int64)
-        open_units = np.zeros_like(held_units)
-        for (inv_id, a), q in positions.items():
-            k = index.get(inv_id)
-            if k is not None and q:
-                held_units[k, col[str(a)]] = int(
-                    (q * (10**d)).to_integral_value(rounding="ROUND_FLOOR")
-                )
-        reserved: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
-        for (inv_id, a), q in open_orders.items():
-            k = index.get(inv_id)
-            if k is not None and q:
-                open_units[k, col[str(a)]] = int(
-                    (q * (10**d)).to_integral_value(rounding="ROUND_FLOOR")
-                )
-                price = instruments[str(a)].price
-                if q > 0 and price:
-                    reserved[inv_id] += q * price  # open buys hold cash
-        cash = tuple(
-            max(m.amount - spent.get(m.id, Decimal(0)) - reserved[m.id], Decimal(0)).quantize(
-                Decimal("0.0001")
-            )
-            for m in members
-        )
-        state = BatchState(
-            tuple(str(m.id) for m in members), labels, cash, held_units, open_units, d
-        )
-        group_amounts = None
-        if run_type in (RunType.INVEST, RunType.TOPUP):
-            group_amounts = [Decimal((amounts or {}).get(m.id, m.amount)) for m in members]
-        batch = plan_batch(
-            run_type, target_weights, instruments, rules, policy, state, group_amounts
-        )
-        _collect(plan, batch, members, assets, orders, decimals=d)
-    planned = {r.investment_id for r in plan.runs}
-    supersedes = {
-        run_id: status for inv_id in planned for run_id, status in waiting.get(inv_id, {}).items()
-    }
-    return PlanDraft(plan.freeze(assets, currency, composition), orders, supersedes)
+    supersedes: dict[uuid.UUID, RunStatus] = {}
+    investments = planning.investments
+    for lo in range(0, len(investments), chunk):
+        part, replaced = _plan_chunk(planning, investments[lo : lo + chunk])
+        for name in ("ids", "run_ids", "asset_ids", "sides", "quantities", "prices"):
+            getattr(orders, name).extend(getattr(part, name))
+        supersedes.update(replaced)
+    return PlanDraft(planning.freeze(), orders, supersedes)
 
 
 def _collect(
@@ -890,14 +1029,34 @@ def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> Non
     cost of writing them).
     """
     plan = draft.plan
-    if not plan.runs:
+    _write_runs(
+        conn,
+        plan,
+        plan.runs,
+        draft.orders,
+        draft.supersedes,
+        auto_approve=auto_approve,
+    )
+
+
+def _write_runs(
+    conn: Connection,
+    plan: Plan | _Builder,
+    runs: Sequence[PlannedRun],
+    orders: PlannedOrders,
+    supersedes: Mapping[uuid.UUID, RunStatus],
+    *,
+    auto_approve: bool,
+) -> None:
+    """Write some runs of a plan and their order rows (see :func:`write_plan`)."""
+    if not runs:
         return
-    if draft.supersedes:
-        runs_repo.move_runs(conn, draft.supersedes, RunEvent.SUPERSEDED)
+    if supersedes:
+        runs_repo.move_runs(conn, supersedes, RunEvent.SUPERSEDED)
     now = utcnow().isoformat()
     status = runs_repo.born_status(auto_approve=auto_approve)
-    run_rows = []
-    for run in plan.runs:
+    run_rows: list[tuple[str, ...]] = []
+    for run in runs:
         body = run.body(plan.smallcase_id, plan.smallcase_name, plan.run_type)
         if auto_approve:
             body["approved_hash"] = run.plan_hash
@@ -915,94 +1074,106 @@ def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> Non
                 now,
             )
         )
-    orders = draft.orders
-    planned = OrderStatus.PLANNED.value
     if conn.dialect.name == "postgresql":
-        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        _copy(
-            cursor,
-            "smallcase_execution_runs",
-            (
-                "id",
-                "investment_id",
-                "broker_connection_id",
-                "run_type",
-                "status",
-                "total_amount",
-                "execution_plan",
-                "created_at",
-                "updated_at",
-            ),
-            run_rows,
-        )
-        # order fields are ids, codes and numbers (no tab, newline or backslash): one f-string
-        # per row is all COPY's text format needs
-        null = chr(92) + "N"
-        text = "".join(
-            f"{i}\t{r}\t{a}\t{s}\t{q}\t{p or null}\tmarket\t{planned}\t{now}\t{now}\n"
-            for i, r, a, s, q, p in zip(
-                orders.ids,
-                orders.run_ids,
-                orders.asset_ids,
-                orders.sides,
-                orders.quantities,
-                orders.prices,
-                strict=True,
-            )
-        )
-        columns = (
-            "id, execution_run_id, asset_id, side, quantity, price, order_type, status, "
-            "created_at, updated_at"
-        )
-        with cursor.copy(f"COPY smallcase_execution_orders ({columns}) FROM STDIN") as copy:
-            copy.write(text)
+        _copy_runs(conn, run_rows, orders, now)
     else:
-        stamp = utcnow()
+        _insert_runs(conn, run_rows, orders)
+
+
+def _copy_runs(
+    conn: Connection, run_rows: list[tuple[str, ...]], orders: PlannedOrders, now: str
+) -> None:
+    """COPY runs, then their orders (PostgreSQL)."""
+    planned = OrderStatus.PLANNED.value
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    _copy(
+        cursor,
+        "smallcase_execution_runs",
+        (
+            "id",
+            "investment_id",
+            "broker_connection_id",
+            "run_type",
+            "status",
+            "total_amount",
+            "execution_plan",
+            "created_at",
+            "updated_at",
+        ),
+        run_rows,
+    )
+    # order fields are ids, codes and numbers (no tab, newline or backslash): one f-string
+    # per row is all COPY's text format needs
+    null = chr(92) + "N"
+    text = "".join(
+        f"{i}\t{r}\t{a}\t{s}\t{q}\t{p or null}\tmarket\t{planned}\t{now}\t{now}\n"
+        for i, r, a, s, q, p in zip(
+            orders.ids,
+            orders.run_ids,
+            orders.asset_ids,
+            orders.sides,
+            orders.quantities,
+            orders.prices,
+            strict=True,
+        )
+    )
+    columns = (
+        "id, execution_run_id, asset_id, side, quantity, price, order_type, status, "
+        "created_at, updated_at"
+    )
+    with cursor.copy(f"COPY smallcase_execution_orders ({columns}) FROM STDIN") as copy:
+        copy.write(text)
+
+
+def _insert_runs(conn: Connection, run_rows: list[tuple[str, ...]], orders: PlannedOrders) -> None:
+    """INSERT runs, then their orders (SQLite)."""
+    planned = OrderStatus.PLANNED.value
+    stamp = utcnow()
+    conn.execute(
+        insert(SmallcaseExecutionRun),
+        [
+            {
+                "id": uuid.UUID(r[0]),
+                "investment_id": uuid.UUID(r[1]),
+                "broker_connection_id": uuid.UUID(r[2]),
+                "run_type": r[3],
+                "status": r[4],
+                "total_amount": Decimal(r[5]),
+                "execution_plan": json.loads(r[6]),
+                "created_at": stamp,
+                "updated_at": stamp,
+            }
+            for r in run_rows
+        ],
+    )
+    if len(orders):
         conn.execute(
-            insert(SmallcaseExecutionRun),
+            insert(SmallcaseExecutionOrder),
             [
                 {
-                    "id": uuid.UUID(r[0]),
-                    "investment_id": uuid.UUID(r[1]),
-                    "broker_connection_id": uuid.UUID(r[2]),
-                    "run_type": r[3],
-                    "status": r[4],
-                    "total_amount": Decimal(r[5]),
-                    "execution_plan": json.loads(r[6]),
+                    "id": uuid.UUID(i),
+                    "execution_run_id": uuid.UUID(r),
+                    "asset_id": uuid.UUID(a),
+                    "side": s,
+                    "quantity": Decimal(q),
+                    "price": Decimal(p) if p else None,
+                    "order_type": "market",
+                    "status": planned,
+                    "order_metadata": {},
                     "created_at": stamp,
                     "updated_at": stamp,
                 }
-                for r in run_rows
+                for i, r, a, s, q, p in zip(
+                    orders.ids,
+                    orders.run_ids,
+                    orders.asset_ids,
+                    orders.sides,
+                    orders.quantities,
+                    orders.prices,
+                    strict=True,
+                )
             ],
         )
-        if len(orders):
-            conn.execute(
-                insert(SmallcaseExecutionOrder),
-                [
-                    {
-                        "id": uuid.UUID(i),
-                        "execution_run_id": uuid.UUID(r),
-                        "asset_id": uuid.UUID(a),
-                        "side": s,
-                        "quantity": Decimal(q),
-                        "price": Decimal(p) if p else None,
-                        "order_type": "market",
-                        "status": planned,
-                        "order_metadata": {},
-                        "created_at": stamp,
-                        "updated_at": stamp,
-                    }
-                    for i, r, a, s, q, p in zip(
-                        orders.ids,
-                        orders.run_ids,
-                        orders.asset_ids,
-                        orders.sides,
-                        orders.quantities,
-                        orders.prices,
-                        strict=True,
-                    )
-                ],
-            )
 
 
 def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -1024,6 +1195,13 @@ def _copy(cursor: Any, table: str, columns: Sequence[str], rows: Iterable[Sequen
 # --- the entry points: each owns its transaction ----------------------------------------------
 
 
+def _flag(name: str, value: Any) -> bool:
+    """Return a JSON boolean policy value; anything else is bad input."""
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"policy {name} must be true or false, got {value!r}")
+    return value
+
+
 def parse_policy(policy: Mapping[str, Any] | None) -> PlanningPolicy:
     """Return a planning policy from JSON values; unknown keys are bad input, named."""
     values = dict(policy or {})
@@ -1033,8 +1211,11 @@ def parse_policy(policy: Mapping[str, Any] | None) -> PlanningPolicy:
         raise InvalidInputError(
             f"unknown policy key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
+    flags = {k for k, f in PlanningPolicy.__dataclass_fields__.items() if f.type == "bool"}
     try:
-        return PlanningPolicy(**{k: Decimal(str(v)) for k, v in values.items()})
+        return PlanningPolicy(
+            **{k: _flag(k, v) if k in flags else Decimal(str(v)) for k, v in values.items()}
+        )
     except (ArithmeticError, ValueError) as exc:
         raise InvalidInputError(f"bad policy {values!r}: {exc}") from exc
 
@@ -1053,6 +1234,7 @@ def plan_and_write(
     max_price_age_sessions: int = 1,
     check_brokers: bool = True,
     now: datetime | None = None,
+    on_batch: BatchHook | None = None,
 ) -> Plan:
     """Plan a smallcase (or some of its investments) and, unless dry, write the plan.
 
@@ -1078,7 +1260,7 @@ def plan_and_write(
     with engine.connect() if dry_run else engine.begin() as conn:
         if not dry_run:
             runs_repo.lock_planning(conn, smallcase_id, investment_ids)
-        draft = plan_smallcase(
+        planning = _start_planning(
             conn,
             smallcase_id,
             name,
@@ -1090,12 +1272,24 @@ def plan_and_write(
             unusable=unusable,
             now=now,
             max_price_age_sessions=max_price_age_sessions,
+            on_batch=on_batch,
         )
-        if not dry_run:  # a dry run's connection closes with a rollback: nothing written
-            write_plan(conn, draft, auto_approve=not require_approval)
-            if composition is not None and not require_approval:
-                apply_composition(conn, smallcase_id, composition)
-    return draft.plan
+        # a chunk of investments at a time: plan it, write its runs and orders, forget its
+        # rows; one transaction and one planning lock for all of them (a dry run's connection
+        # closes with a rollback: nothing written)
+        investments = planning.investments
+        for lo in range(0, len(investments), PLAN_CHUNK):
+            first = len(planning.plan.runs)
+            orders, supersedes = _plan_chunk(planning, investments[lo : lo + PLAN_CHUNK])
+            if not dry_run:
+                runs = planning.plan.runs[first:]
+                _write_runs(
+                    conn, planning.plan, runs, orders, supersedes, auto_approve=not require_approval
+                )
+            del orders
+        if not dry_run and composition is not None and not require_approval:
+            apply_composition(conn, smallcase_id, composition)
+    return planning.freeze()
 
 
 # --- approval ---------------------------------------------------------------------------------

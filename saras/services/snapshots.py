@@ -44,9 +44,8 @@ from saras.brokers.errors import (
     NonRetryableBrokerError,
     RetryableBrokerError,
 )
-from saras.brokers.registry import UnknownBrokerError
+from saras.brokers.registry import UnknownBrokerError, broker_capabilities
 from saras.domain.enums import (
-    BrokerType,
     ConnectionStatus,
     CorporateActionStatus,
     DifferenceClass,
@@ -376,7 +375,7 @@ def reconcile_connection(
         book = _book(broker, ours)
         account = broker.get_account()
     except FatalBrokerError as exc:
-        if ref.broker_type != BrokerType.ZERODHA.value:  # Kite marks itself expired
+        if not broker_capabilities(ref.broker_type).marks_connection_on_fatal:
             mark_connection(engine, ref.connection_id, ConnectionStatus.ERROR.value, str(exc))
         result.error = f"connection {ref.alias} failed: {exc}"
         return result

@@ -35,7 +35,7 @@ from saras.brokers.errors import (
 )
 from saras.brokers.ids import client_order_id
 from saras.domain.enums import OrderSide, OrderType
-from saras.testing.fake_alpaca import (
+from tests.fakes.fake_alpaca import (
     FAKE_KEY_ID,
     FAKE_SECRET,
     PROXY_ENVIRONMENT,

@@ -24,7 +24,7 @@ from saras.brokers.errors import (
 )
 from saras.brokers.ids import client_order_id
 from saras.domain.enums import OrderSide
-from saras.testing.fake_alpaca import (
+from tests.fakes.fake_alpaca import (
     PROXY_ENVIRONMENT,
     FakeAlpaca,
     FakeClock,

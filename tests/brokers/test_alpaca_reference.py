@@ -10,7 +10,6 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,15 +24,16 @@ from saras.brokers.errors import (
     RateLimitedError,
 )
 from saras.domain.enums import OrderSide, OrderType
-from saras.testing.fake_alpaca import (
+from tests.fakes.fake_alpaca import (
     PROXY_ENVIRONMENT,
     FakeAlpaca,
     FakeClock,
     Fault,
     alpaca_connection,
 )
+from tests.support.reference import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+REFERENCE = REFERENCE_DIR
 WIRE = REFERENCE / "wire" / "alpaca"
 SPEC = REFERENCE / "wire" / "alpaca-spec" / "data" / "webapi" / "entities"
 ERRORS = REFERENCE / "wire" / "errors"

@@ -32,16 +32,16 @@ from saras.brokers.errors import (
     is_retryable,
 )
 from saras.brokers.ids import kite_tag
+from saras.brokers.kit.rate import RateLimiter
 from saras.brokers.zerodha import (
     KiteMappingError,
     KiteRateLimiter,
-    SlidingWindowLimiter,
     ZerodhaBroker,
     map_kite_status,
     nse_market_clock,
 )
 from saras.domain.enums import OrderSide, OrderType
-from saras.testing.fake_kite import FakeKite, FillPolicy, at_ist
+from tests.fakes.fake_kite import FakeKite, FillPolicy, at_ist
 
 OPEN_TIME = at_ist(2026, 11, 25, 11, 0)  # a Wednesday session
 API_KEY = "kiteKEYsecret987"
@@ -832,7 +832,7 @@ def test_unknown_status_is_a_clear_error_not_a_rejection(
 
 def test_sliding_window_limiter_keeps_every_window_under_its_limit() -> None:
     ft = FakeTime()
-    limiter = SlidingWindowLimiter([(10, 1.0), (400, 60.0)], clock=ft.monotonic,
+    limiter = RateLimiter([(10, 1.0), (400, 60.0)], clock=ft.monotonic,
                                    sleep=ft.sleep, margin=0.05)  # fmt: skip
     stamps = []
     for _ in range(450):
@@ -876,9 +876,7 @@ def test_fake_throttles_clients_that_ignore_the_limit(
     fake.set_fill_policy(FillPolicy(mode="manual"))
     fake.rate_clock = lambda: 0.0  # frozen: every request falls in the same second
     fake.rate_limits["other"] = ((1000, 1.0),)
-    reckless = KiteRateLimiter(
-        orders=SlidingWindowLimiter([(1000, 1.0)]), other=SlidingWindowLimiter([(1000, 1.0)])
-    )
+    reckless = KiteRateLimiter(orders=RateLimiter([(1000, 1.0)]), other=RateLimiter([(1000, 1.0)]))
     broker = make_broker(rate_limiter=reckless)
 
     with pytest.raises(RateLimitedError):

@@ -13,7 +13,7 @@ import requests
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kex
 
-from saras.testing.fake_kite import FAULTS, FakeKite, FillPolicy
+from tests.fakes.fake_kite import FAULTS, FakeKite, FillPolicy
 
 
 @pytest.fixture

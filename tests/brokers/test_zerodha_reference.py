@@ -12,7 +12,6 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,9 +28,10 @@ from saras.brokers.errors import (
 )
 from saras.brokers.zerodha import KiteRateLimiter, ZerodhaBroker, map_kite_status
 from saras.domain.enums import OrderSide
-from saras.testing.fake_kite import FakeKite, at_ist, ist_datetime
+from tests.fakes.fake_kite import FakeKite, at_ist, ist_datetime
+from tests.support.reference import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference"
+REFERENCE = REFERENCE_DIR
 KITE = REFERENCE / "wire" / "kite"
 ERRORS = REFERENCE / "wire" / "errors"
 

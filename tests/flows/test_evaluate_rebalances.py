@@ -17,26 +17,10 @@ from flows.investments import invest_in_smallcase
 from flows.rebalance import rebalance_smallcase
 from models import AuditLog
 from saras.marketdata import calendars
-from saras.secrets import get_secret_box
 from saras.services import policy as policy_service
-from saras.services import prices
-from saras.services.demo import seed_demo
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 US = "US Tech Leaders"
-
-
-@pytest.fixture
-def platform(flow_db: Engine) -> Engine:
-    """The demo platform with fresh simulated prices up to the last completed sessions."""
-    get_secret_box(generate=True)
-    with Session(flow_db) as session, session.begin():
-        seed_demo(session)
-    now = datetime.now(UTC)
-    with Session(flow_db) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(flow_db, items, now=now)
-    return flow_db
 
 
 @pytest.fixture(scope="module")

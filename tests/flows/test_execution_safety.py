@@ -40,9 +40,9 @@ from saras.brokers.zerodha import ZerodhaBroker, nse_market_clock
 from saras.domain.enums import OrderSide, OrderStatus, RunStatus, RunType
 from saras.secrets import generate_key
 from saras.settings import get_settings
-from saras.testing.fake_alpaca import PROXY_ENVIRONMENT
-from saras.testing.fake_kite import FakeKite, FillPolicy
-from tests.reliability.conftest import Clock, Platform, build_platform, kite_market_time
+from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT
+from tests.fakes.fake_kite import FakeKite, FillPolicy
+from tests.support.execution import Clock, Platform, build_platform, kite_market_time
 
 # fast polling; a short request timeout and a lookup horizon longer than it
 EXECUTION: dict[str, Any] = {
@@ -55,15 +55,17 @@ EXECUTION: dict[str, Any] = {
 
 
 @pytest.fixture
-def db(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Engine]:
+def flow_env() -> dict[str, str | None]:
+    """A secret key in the environment; live trading off until a test turns it on."""
+    return {"SARAS_SECRET_KEYS": generate_key(), "SARAS_LIVE_TRADING": None}
+
+
+@pytest.fixture
+def db(monkeypatch: pytest.MonkeyPatch, pg_flow_db: Engine) -> Engine:
     """A committed PostgreSQL database with a secret key; no proxy for the local fakes."""
     for name in PROXY_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SARAS_SECRET_KEYS", generate_key())
-    monkeypatch.delenv("SARAS_LIVE_TRADING", raising=False)
-    engine: Engine = request.getfixturevalue("pg_flow_db")
-    yield engine
-    get_settings.cache_clear()
+    return pg_flow_db
 
 
 def live_trading(monkeypatch: pytest.MonkeyPatch, on: bool) -> None:

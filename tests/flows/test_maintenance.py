@@ -40,10 +40,7 @@ from models import (
     UserSmallcaseInvestment,
 )
 from saras.brokers.paper import PaperBroker, ensure_paper_schema, paper_fills, paper_orders
-from saras.secrets import get_secret_box
-from saras.services import prices
 from saras.services.brokers import mark_connection, open_broker
-from saras.services.demo import seed_demo
 from saras.services.execution import ExecutionSettings, run_lock
 from saras.services.maintenance import RunAction, lock_is_free, review_approved
 from saras.settings import get_settings
@@ -79,18 +76,11 @@ print("not killed", flush=True)
 
 
 @pytest.fixture
-def platform(flow_db: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
-    """The demo platform with fresh simulated prices; maintenance starts runs without grace."""
+def platform(platform: Engine, monkeypatch: pytest.MonkeyPatch) -> Engine:
+    """The demo platform (tests/flows/conftest.py); maintenance starts runs without grace."""
     monkeypatch.setenv("SARAS_APPROVAL_START_GRACE_SECONDS", "0")
     get_settings.cache_clear()
-    get_secret_box(generate=True)
-    with Session(flow_db) as session, session.begin():
-        seed_demo(session)
-    now = datetime.now(UTC)
-    with Session(flow_db) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(flow_db, items, now=now)
-    return flow_db
+    return platform
 
 
 def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:

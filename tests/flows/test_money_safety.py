@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -32,9 +31,8 @@ from models import (
     UserSmallcaseInvestment,
 )
 from saras.secrets import get_secret_box
-from saras.services import admin, prices
-from saras.services.demo import seed_demo
-from saras.testing.fake_alpaca import (
+from saras.services import admin
+from tests.fakes.fake_alpaca import (
     FAKE_KEY_ID,
     FAKE_SECRET,
     PROXY_ENVIRONMENT,
@@ -42,35 +40,20 @@ from saras.testing.fake_alpaca import (
     Fault,
     RecordedRequest,
 )
-from tests.flows.conftest import when_paused
+from tests.support.flows import when_paused
+from tests.support.platform import seed_demo_platform
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
-    {"symbol": "AAPL", "weight": "30", "rationale": "a"},
-    {"symbol": "MSFT", "weight": "30", "rationale": "b"},
-    {"symbol": "NVDA", "weight": "25", "rationale": "c"},
-    {"symbol": "GOOGL", "weight": "15", "rationale": "d"},
+    {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "30", "rationale": "a"},
+    {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "30", "rationale": "b"},
+    {"symbol": "NVDA", "exchange": "NASDAQ", "weight": "25", "rationale": "c"},
+    {"symbol": "GOOGL", "exchange": "NASDAQ", "weight": "15", "rationale": "d"},
 ]
 US_PRICES = {"AAPL": "190", "MSFT": "410", "NVDA": "120", "GOOGL": "170", "AMZN": "180"}
 
 
-def _seed(engine: Engine, extra: Any = None) -> None:
-    get_secret_box(generate=True)
-    with Session(engine) as session, session.begin():
-        seed_demo(session)
-        if extra is not None:
-            extra(session)
-    now = datetime.now(UTC)
-    with Session(engine) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(engine, items, now=now)
-
-
-@pytest.fixture
-def platform(flow_db: Engine) -> Engine:
-    """The demo platform with fresh simulated prices (both backends)."""
-    _seed(flow_db)
-    return flow_db
+_seed = seed_demo_platform
 
 
 def _weights(engine: Engine, smallcase: str) -> dict[tuple[str, str], Decimal]:
@@ -409,7 +392,7 @@ def test_a_composition_in_another_currency_is_refused(platform: Engine) -> None:
     invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
     before = _weights(platform, "US Tech Leaders")
     mixed = [
-        {"symbol": "AAPL", "weight": "50"},
+        {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "50"},
         {"symbol": "INFY", "weight": "30", "exchange": "NSE"},
         {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
     ]
@@ -438,7 +421,11 @@ def test_a_composition_in_another_currency_is_refused(platform: Engine) -> None:
 def test_a_new_composition_applies_only_when_approved(platform: Engine, decision: str) -> None:
     invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
     before = _weights(platform, "US Tech Leaders")
-    answer = {"approve": {"approve": True}, "reject": {"approve": False}, "timeout": None}[decision]
+    answer = {
+        "approve": {"approve": True, "approver_email": "asha@example.com"},
+        "reject": {"approve": False},
+        "timeout": None,
+    }[decision]
     if answer is not None:
         _when_paused(lambda run_id: resume_flow_run(run_id, run_input=answer))
     state = rebalance_smallcase(
@@ -483,7 +470,10 @@ def test_approving_a_superseded_plan_is_a_clear_rejection(platform: Engine) -> N
     # a newer plan (toward the current composition) supersedes the waiting one
     newer = rebalance_smallcase(
         "US Tech Leaders",
-        constituents=[{"symbol": "AAPL", "weight": "50"}, {"symbol": "MSFT", "weight": "50"}],
+        constituents=[
+            {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "50"},
+            {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "50"},
+        ],
         require_approval=False,
         dry_run=False,
         execution=FAST,

@@ -10,7 +10,11 @@ from urllib.parse import unquote, urlparse
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 
 from saras.settings import get_settings
 from tasks.plan_report import publish_plan_report
@@ -26,7 +30,8 @@ def test_plan_report_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("SARAS_DATA_DIR", str(tmp_path))
     get_settings.cache_clear()
     try:
-        path = Path(_publish())
+        state = _publish(return_state=True)
+        path = Path(state.result())
     finally:
         get_settings.cache_clear()
     assert path.parent == tmp_path / "plans"
@@ -37,6 +42,7 @@ def test_plan_report_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             a.key: a
             for a in client.read_artifacts(
                 artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]),
                     key=ArtifactFilterKey(
                         any_=[
                             "rebalance-plan-investments",
@@ -44,7 +50,7 @@ def test_plan_report_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                             "rebalance-plan-totals",
                             "rebalance-plan-csv",
                         ]
-                    )
+                    ),
                 )
             )
         }

@@ -41,9 +41,9 @@ from saras.domain.enums import OrderSide
 from saras.secrets import get_secret_box
 from saras.services.admin import add_connection
 from saras.services.brokers import open_broker
-from saras.testing.fake_kite import FakeKite
 from tasks.snapshots import reconcile_connection
 from tests import factories as f
+from tests.fakes.fake_kite import FakeKite
 
 DAY = date(2024, 3, 15)  # a Friday: an NYSE and NSE session
 FILLED_AT = datetime(2024, 3, 14, 15, tzinfo=UTC)

@@ -15,8 +15,8 @@ from saras.marketdata import calendars
 from saras.secrets import generate_key, get_secret_box
 from saras.services import admin
 from saras.settings import get_settings
-from saras.testing.fake_alpaca import PROXY_ENVIRONMENT
-from saras.testing.fake_kite import FakeKite
+from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT
+from tests.fakes.fake_kite import FakeKite
 
 
 @pytest.fixture

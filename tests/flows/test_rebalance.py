@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,32 +27,16 @@ from models import (
     UserSmallcaseInvestment,
 )
 from saras.brokers.paper import PaperBroker
-from saras.secrets import get_secret_box
-from saras.services import prices
 from saras.services.brokers import open_broker
-from saras.services.demo import seed_demo
-from tests.flows.conftest import when_paused
+from tests.support.flows import when_paused
 
 FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
 NEW_US = [
-    {"symbol": "AAPL", "weight": "30", "rationale": "a"},
-    {"symbol": "MSFT", "weight": "30", "rationale": "b"},
-    {"symbol": "NVDA", "weight": "25", "rationale": "c"},
-    {"symbol": "GOOGL", "weight": "15", "rationale": "d"},
+    {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "30", "rationale": "a"},
+    {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "30", "rationale": "b"},
+    {"symbol": "NVDA", "exchange": "NASDAQ", "weight": "25", "rationale": "c"},
+    {"symbol": "GOOGL", "exchange": "NASDAQ", "weight": "15", "rationale": "d"},
 ]
-
-
-@pytest.fixture
-def platform(flow_db: Engine) -> Engine:
-    """The demo platform with fresh simulated prices up to the last completed sessions."""
-    get_secret_box(generate=True)
-    with Session(flow_db) as session, session.begin():
-        seed_demo(session)
-    now = datetime.now(UTC)
-    with Session(flow_db) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(flow_db, items, now=now)
-    return flow_db
 
 
 def _result(state: Any) -> dict[str, Any]:
@@ -172,11 +155,16 @@ def test_dry_run_and_bad_input_change_nothing(platform: Engine) -> None:
     data = _result(state)
     assert state.is_completed() and data["plan"]["summary"]["orders"] > 0
 
-    bad = [{"symbol": "AAPL", "weight": "60"}, {"symbol": "MSFT", "weight": "30"}]
+    bad = [
+        {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "60"},
+        {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "30"},
+    ]
     state = rebalance_smallcase("US Tech Leaders", constituents=bad, return_state=True)
     assert state.is_failed() and "weights sum to 90" in state.message
     state = rebalance_smallcase(
-        "US Tech Leaders", constituents=[{"symbol": "NOPE", "weight": "100"}], return_state=True
+        "US Tech Leaders",
+        constituents=[{"symbol": "NOPE", "exchange": "NASDAQ", "weight": "100"}],
+        return_state=True,
     )
     assert state.is_failed() and "unknown symbol 'NOPE'" in state.message
     state = rebalance_smallcase("No Such Smallcase", return_state=True)
@@ -230,7 +218,7 @@ def _resume_when_paused(answer: dict[str, Any] | None) -> threading.Thread:
 def test_approval_in_the_ui(platform: Engine, decision: str) -> None:
     invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=FAST)
     answers: dict[str, dict[str, Any] | None] = {
-        "approve": {"approve": True, "note": "looks right"},
+        "approve": {"approve": True, "note": "looks right", "approver_email": "asha@example.com"},
         "wrong_hash": {"approve": True, "plan_hash": "0" * 64},
         "reject": {"approve": False, "note": "not today"},
         "timeout": None,

@@ -15,7 +15,6 @@ from flows.repair import repair_run
 from models import SmallcaseExecutionRun
 from saras.services import rebalance
 from saras.services import repair as repair_service
-from tests.flows.conftest import when_paused
 from tests.flows.test_maintenance import (
     ASHA,
     FAST,
@@ -31,6 +30,7 @@ from tests.flows.test_maintenance import (
     set_env,
     set_paper,
 )
+from tests.support.flows import when_paused
 
 __all__ = ["platform"]  # the fixture, shared with the maintenance tests
 
@@ -46,7 +46,7 @@ def test_an_approved_repair_finishes_what_the_run_left_unfilled(platform: Engine
     assert unfilled == {"cancelled"}  # half of every order filled, the rest cancelled
     set_paper(platform, ASHA, fill_mode="immediate")  # the account fills in full again
 
-    thread = approve_when_paused({"approve": True, "note": "finish it"})
+    thread = approve_when_paused({"approve": True, "note": "finish it", "approver_email": ASHA})
     state = repair_run(
         str(original.id),
         require_approval=True,
@@ -132,7 +132,7 @@ def test_the_repair_flow_shows_the_repair_maintenance_left_waiting(
     assert waiting.status == "awaiting_approval"
     set_paper(platform, ASHA, fill_mode="immediate")
 
-    thread = approve_when_paused({"approve": True})
+    thread = approve_when_paused({"approve": True, "approver_email": ASHA})
     state = repair_run(
         str(original.id), approval_timeout_seconds=60, approval_poll_seconds=1, return_state=True
     )

@@ -20,7 +20,7 @@ from saras.services.brokers import connection_credentials
 from saras.services.demo import seed_demo
 from saras.services.keys import rotate_all
 from saras.settings import Settings, get_settings
-from saras.testing.fake_alpaca import FakeAlpaca
+from tests.fakes.fake_alpaca import FakeAlpaca
 
 KEY_ID = "PKSECRETPLAINKEY0042"
 SECRET = "plain-secret-value-do-not-leak-7e1c"

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from flows.investments import invest_in_smallcase
 from flows.rebalance import rebalance_smallcase
-from saras.secrets import get_secret_box
 from saras.services import policy as policy_service
-from saras.services import prices
-from saras.services.demo import seed_demo
 
 NEW_US = [
     {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "30", "rationale": "a"},
@@ -22,18 +17,6 @@ NEW_US = [
     {"symbol": "NVDA", "exchange": "NASDAQ", "weight": "25", "rationale": "c"},
     {"symbol": "GOOGL", "exchange": "NASDAQ", "weight": "15", "rationale": "d"},
 ]
-
-
-@pytest.fixture
-def platform(flow_db: Engine) -> Engine:
-    get_secret_box(generate=True)
-    with Session(flow_db) as session, session.begin():
-        seed_demo(session)
-    now = datetime.now(UTC)
-    with Session(flow_db) as session:
-        items, _ = prices.plan_ingestion(session, now=now, source="simulated")
-    prices.ingest_batch(flow_db, items, now=now)
-    return flow_db
 
 
 def _buys(**kwargs: Any) -> int:
@@ -58,4 +41,4 @@ def test_stored_policy_is_the_default_and_a_run_overrides_it(platform: Engine) -
         )
     assert _buys() == 0
     # a run's own policy replaces the stored one
-    assert _buys(policy={"min_trade_value": "1"}) > 0
+    assert _buys(policy={"min_trade_value": {"USD": "1"}}) > 0

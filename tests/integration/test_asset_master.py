@@ -11,8 +11,8 @@ from saras.brokers.alpaca import AlpacaBroker
 from saras.brokers.base import BrokerCredentials, ConnectionConfig
 from saras.brokers.zerodha import ZerodhaBroker
 from saras.services.asset_master import import_assets
-from saras.testing.fake_alpaca import FakeAlpaca, alpaca_connection
-from saras.testing.fake_kite import FakeKite
+from tests.fakes.fake_alpaca import FakeAlpaca, alpaca_connection
+from tests.fakes.fake_kite import FakeKite
 
 
 def test_alpaca_assets_carry_fractionable(db: Session) -> None:

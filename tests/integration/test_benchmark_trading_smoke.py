@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 if TYPE_CHECKING:
-    from tests.conftest import PostgresServer
+    from tests.support.databases import PostgresServer
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 

@@ -14,12 +14,11 @@ from typer.testing import CliRunner, Result
 
 from models import UserBrokerConnection
 from saras import db as saras_db
-from saras import migrations
 from saras.cli import app
 from saras.secrets import generate_key
 from saras.settings import get_settings
-from saras.testing.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
-from saras.testing.fake_kite import FakeKite
+from tests.fakes.fake_alpaca import FAKE_KEY_ID, FAKE_SECRET, PROXY_ENVIRONMENT, FakeAlpaca
+from tests.fakes.fake_kite import FakeKite
 
 runner = CliRunner()
 USER = "kiran@example.in"
@@ -28,29 +27,27 @@ NEW_TOKEN = "renewed-kite-token-7f3a9c"
 
 @pytest.fixture(params=["postgresql", "sqlite"])
 def database(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    migrated_url: Any,
 ) -> Iterator[str]:
     """A fresh migrated database of each backend in settings, with an encryption key."""
     for name in PROXY_ENVIRONMENT:  # the fakes are on 127.0.0.1: never through a proxy
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SARAS_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("SARAS_SECRET_KEYS", generate_key())
-    url = None
     if request.param == "postgresql":
-        pg = request.getfixturevalue("pg_server")
-        url = pg.create_database("saras_conn")
-        monkeypatch.setenv("SARAS_DATABASE_URL", url)
+        monkeypatch.setenv("SARAS_DATABASE_URL", migrated_url("postgresql", "saras_conn"))
     else:
         monkeypatch.delenv("SARAS_DATABASE_URL", raising=False)
+        migrated_url("sqlite", directory=tmp_path)  # the data dir's embedded database
     get_settings.cache_clear()
     saras_db._engine_for.cache_clear()
-    migrations.upgrade("head", saras_db.get_engine())
     yield request.param
     saras_db.get_engine().dispose()
     saras_db._engine_for.cache_clear()
     get_settings.cache_clear()
-    if url:
-        request.getfixturevalue("pg_server").drop_database(url)
 
 
 def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:

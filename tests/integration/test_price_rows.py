@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from models import Asset, PriceHistory
-from saras import migrations
 from saras.db import make_engine
 from saras.services import admin
 from saras.services.prices import ingest_batch, plan_ingestion
@@ -21,19 +21,11 @@ GOOD = "Date,Open,High,Low,Close,Volume\n2024-03-04,10,11,9,10.5,100\n2024-03-05
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def committed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+def committed(request: pytest.FixtureRequest, migrated_url: Any) -> Iterator[Engine]:
     """A fresh migrated database whose commits are real (ingestion commits per batch)."""
-    if request.param == "postgresql":
-        server = request.getfixturevalue("pg_server")
-        url = server.create_database("saras_price_rows")
-    else:
-        url = f"sqlite:///{tmp_path / 'saras.sqlite3'}"
-    engine = make_engine(url)
-    migrations.upgrade("head", engine)
+    engine = make_engine(migrated_url(request.param, "saras_price_rows"))
     yield engine
     engine.dispose()
-    if request.param == "postgresql":
-        server.drop_database(url)
 
 
 def test_one_price_of_1e30_rejects_its_row_and_the_batch_is_written(

@@ -1,9 +1,13 @@
 """Saras on a real Prefect server, wired as README "Deployments" says, end to end.
 
 `prefect server start` (its own PREFECT_HOME, its database on PostgreSQL as in production),
-deployments/bootstrap.sh, a process worker on the `saras` pool; then the `nightly-prices`
-deployment runs (simulated source) and writes its rows, its completion triggers
-`nightly-positions`, and a failing run fires the failure alert at a local webhook.
+deployments/bootstrap.sh, two process workers on the `saras` pool; then the `nightly-prices`
+deployment runs (simulated source) and writes its rows, each run of the batch executed once by
+one worker, its completion triggers `nightly-positions`, and a failing run fires the failure
+alert at a local webhook. Last, an analyst rebalances the demo's US smallcase (paper broker)
+through the `rebalance` deployment as the UI does it: the run is created with typed parameters,
+pauses, the plan artifact is read, and the run is resumed with the approval form's fields
+(read from the paused run's input schema) as `run_input`; the orders and fills are then rows.
 """
 
 from __future__ import annotations
@@ -17,26 +21,42 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from models import AuditLog, PriceHistory
+from flows.demo import FAST_EXECUTION, US_REBALANCE
+from models import (
+    Asset,
+    AuditLog,
+    PriceHistory,
+    Smallcase,
+    SmallcaseConstituent,
+    SmallcaseExecutionOrder,
+    SmallcaseExecutionRun,
+    TradingTransaction,
+    UserSmallcaseInvestment,
+)
 from saras import migrations
 from saras.db import make_engine
 from saras.secrets import generate_key
 from saras.services import admin
+from saras.services.demo import US_ASSETS, seed_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 SYMBOLS = ("AAPL", "MSFT")
+ANALYST = "analyst@example.com"  # a Saras user: the approver the form names
+US_SMALLCASE = "US Tech Leaders"  # the demo's
 T = TypeVar("T")
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -107,14 +127,14 @@ def _tail(log: Path) -> str:
 
 @pytest.fixture
 def platform(pg_server: Any, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Saras' database (migrated, two assets) and an empty one for the Prefect server."""
+    """Saras' database (migrated, the demo seeded, an analyst) and an empty one for Prefect."""
     saras_url = pg_server.create_database("saras_real")
     prefect_url = pg_server.create_database("prefect_real")
     engine = make_engine(saras_url)
     migrations.upgrade("head", engine)
     with Session(engine) as s, s.begin():
-        for symbol in SYMBOLS:
-            admin.add_asset(s, symbol, "NASDAQ", "USD", metadata={"fractionable": True})
+        seed_demo(s)  # SYMBOLS are among its NASDAQ assets
+        admin.add_user(s, ANALYST, "Ana", "Lyst")
     engine.dispose()
     async_url = make_url(prefect_url).set(drivername="postgresql+asyncpg")
     yield {
@@ -253,6 +273,36 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
         )
         for flow_run in (prices, again):
             assert client.get(f"/flow_runs/{flow_run}").json()["run_count"] == 1
+        # the runs' reports: a row per symbol; the two runs of one window (at once, on two
+        # workers) inserted each session once between them, and each saw all 21
+        artifacts = client.post(
+            "/artifacts/filter", json={"flow_runs": {"id": {"any_": [prices, again]}}}
+        ).json()
+        reports = [json.loads(a["data"]) for a in artifacts if a["key"] == "price-ingestion"]
+        assert len(reports) == 2, [a["key"] for a in artifacts]
+        for symbol in SYMBOLS:
+            rows_of = [next(r for r in report if r["symbol"] == symbol) for report in reports]
+            assert sum(int(r["inserted"]) for r in rows_of) == 21, rows_of
+            assert all(int(r["inserted"]) + int(r["unchanged"]) == 21 for r in rows_of), rows_of
+
+        def submissions() -> dict[str, list[str]] | None:
+            logs = client.post(
+                "/logs/filter",
+                json={"logs": {"flow_run_id": {"any_": [prices, again]}}, "limit": 200},
+            ).json()
+            found: dict[str, list[str]] = {prices: [], again: []}
+            for log in logs:
+                if "submitting flow run" in log["message"]:
+                    found[str(log["flow_run_id"])].append(log["message"].split("'")[1])
+            return found if all(found.values()) else None
+
+        # ... and submitted by one worker only (the worker's own log line in the run's logs)
+        by_worker = _wait("the workers' submission logs", submissions, timeout=60)
+        assert all(len(names) == 1 for names in by_worker.values()), by_worker
+        assert {n for names in by_worker.values() for n in names} <= {
+            "saras-test-0",
+            "saras-test-1",
+        }
 
         failed = _wait("the failing run", lambda: finished(failing), timeout=300)
         assert failed["type"] == "FAILED", failed
@@ -276,8 +326,162 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
             timeout=120,
         )
         assert "Failed" in alert[0]["subject"], alert
+
+        _analyst_rebalance(api, platform["saras"], finished)
     finally:
         for worker in workers:
             _stop(worker)
         _stop(server)
         webhook.close()
+
+
+def _approval_input(schema: dict[str, Any], plan_hash: str) -> dict[str, Any]:
+    """Fill the approval form as an analyst does in the UI: each field by its name.
+
+    The UI renders the paused run's input schema and submits its fields as ``run_input``;
+    fields this test does not know keep the default the form shows.
+    """
+    values: dict[str, Any] = {}
+    for name, field in schema.get("properties", {}).items():
+        if name == "approve":
+            values[name] = True
+        elif name == "plan_hash":
+            assert field.get("default") == plan_hash, (field, plan_hash)  # pre-filled
+            values[name] = field["default"]
+        elif "email" in name or name in {"approver", "approved_by"}:
+            values[name] = ANALYST
+        elif name in {"note", "reason", "comment"}:
+            values[name] = "approved in the real-server test"
+        elif "default" in field:
+            values[name] = field["default"]
+        else:
+            raise AssertionError(f"the approval form has a field the test cannot fill: {name}")
+    missing = set(schema.get("required", [])) - set(values)
+    assert not missing, (missing, schema)
+    assert values.get("approve") is True, schema  # the form has an approval to give
+    return values
+
+
+def _analyst_rebalance(
+    api: str, saras_url: str, finished: Callable[[str], dict[str, Any] | None]
+) -> None:
+    """Rebalance the demo's US smallcase through the deployment, approved as the UI does."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    us_symbols = [symbol for symbol, _, _ in US_ASSETS]
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+
+        def run(deployment: str, parameters: dict[str, Any]) -> uuid.UUID:
+            found = client.read_deployment_by_name(deployment)
+            return client.create_flow_run_from_deployment(found.id, parameters=parameters).id
+
+        def completed(flow_run_id: uuid.UUID, what: str) -> None:
+            state = _wait(what, functools.partial(finished, str(flow_run_id)), timeout=300)
+            assert state["name"] == "Completed", state
+
+        # recent prices for every constituent, then Asha invests through her paper broker
+        recent = datetime.now(UTC).date() - timedelta(days=20)
+        prices = run(
+            "ingest-price-history/nightly-prices",
+            {"symbols": us_symbols, "start": recent.isoformat(), "source": "simulated"},
+        )
+        completed(prices, "recent prices")
+        invest = run(
+            "invest-in-smallcase/invest",
+            {
+                "user": "asha@example.com",
+                "smallcase": US_SMALLCASE,
+                "amount": "10000",
+                "execution": FAST_EXECUTION,
+            },
+        )
+        completed(invest, "the investment")
+
+        # the analyst's run, created as the UI's "Run" form does: typed parameters
+        rebalance = run(
+            "rebalance-smallcase/rebalance",
+            {
+                "smallcase": US_SMALLCASE,
+                "constituents": US_REBALANCE,
+                "require_approval": True,
+                "approval_timeout_seconds": 900,
+                "approval_poll_seconds": 2,
+                "execution": FAST_EXECUTION,
+            },
+        )
+
+        def paused() -> Any:
+            state = client.read_flow_run(rebalance).state
+            if state is not None and state.type.value in {"COMPLETED", "FAILED", "CRASHED"}:
+                raise AssertionError(f"the rebalance ended without pausing: {state}")
+            return state if state is not None and state.type.value == "PAUSED" else None
+
+        state = _wait("the rebalance to pause for approval", paused, timeout=300)
+        keyset = state.state_details.run_input_keyset
+        assert keyset, state.state_details  # it waits for input: the UI shows a form
+
+        # what the analyst reviews: the plan artifacts of the paused run
+        artifacts = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[rebalance]))
+        )
+        by_key = {a.key: a for a in artifacts if a.key}
+        assert {"rebalance-plan", "rebalance-plan-summary"} <= set(by_key), list(by_key)
+        summary = str(by_key["rebalance-plan-summary"].data)
+        assert US_SMALLCASE in summary, summary
+        plan_hash = summary.split("plan hash: `")[1].split("`")[0]
+        rows = json.loads(str(by_key["rebalance-plan"].data))
+        assert {r["symbol"] for r in rows} >= {"AMZN"}, rows  # AMZN leaves the smallcase
+
+        schema = json.loads(client.read_flow_run_input(rebalance, keyset["schema"]))
+        result = client.resume_flow_run(rebalance, run_input=_approval_input(schema, plan_hash))
+        assert result.status == SetStateStatus.ACCEPT, result.details
+        completed(rebalance, "the approved rebalance")
+
+    engine = make_engine(saras_url)
+    try:
+        _check_rebalance_rows(engine, rebalance)
+    finally:
+        engine.dispose()
+
+
+def _check_rebalance_rows(engine: Any, flow_run_id: uuid.UUID) -> None:
+    """The approved plan's orders were filled by the paper broker and booked."""
+    with Session(engine) as s:
+        sc = s.scalars(select(Smallcase).where(Smallcase.name == US_SMALLCASE)).one()
+        runs = s.scalars(
+            select(SmallcaseExecutionRun)
+            .join(
+                UserSmallcaseInvestment,
+                UserSmallcaseInvestment.id == SmallcaseExecutionRun.investment_id,
+            )
+            .where(
+                UserSmallcaseInvestment.smallcase_id == sc.id,
+                SmallcaseExecutionRun.run_type == "rebalance",
+            )
+        ).all()
+        assert [r.status for r in runs] == ["completed"], [(r.id, r.status) for r in runs]
+        orders = s.scalars(
+            select(SmallcaseExecutionOrder).where(
+                SmallcaseExecutionOrder.execution_run_id == runs[0].id
+            )
+        ).all()
+        assert orders and {o.status for o in orders} == {"filled"}, [o.status for o in orders]
+        assert {o.side for o in orders} == {"buy", "sell"}  # AMZN sold, the others bought
+        booked = s.scalar(
+            select(func.count())
+            .select_from(TradingTransaction)
+            .where(TradingTransaction.transaction_type.in_(["buy", "sell"]))
+        )
+        assert booked and booked >= len(orders)
+        symbols = s.scalars(
+            select(Asset.symbol)
+            .join(SmallcaseConstituent, SmallcaseConstituent.asset_id == Asset.id)
+            .where(SmallcaseConstituent.smallcase_id == sc.id)
+        ).all()
+        assert set(symbols) == {c["symbol"] for c in US_REBALANCE}, symbols  # applied
+        audits = s.scalars(
+            select(AuditLog.event_type).where(AuditLog.request_id == flow_run_id)
+        ).all()
+        assert "flow.rebalance_smallcase" in [str(a) for a in audits], audits

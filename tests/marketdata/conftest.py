@@ -1,4 +1,6 @@
-"""Fixtures for the market-data tests: local fake servers, yfinance isolation, reference data.
+"""Fixtures for the market-data tests: local fake servers and yfinance isolation.
+
+``reference_dir`` (the shared reference data, or skip) is tests/conftest.py's.
 
 ``fakes.py`` is loaded by path under a unique module name so that it never collides with a
 ``fakes`` module of another test directory (the test tree has no ``__init__.py`` files).
@@ -15,7 +17,6 @@ from types import ModuleType
 import pytest
 
 _HERE = Path(__file__).resolve().parent
-REFERENCE_DIR = _HERE.parents[1] / ".." / "shared" / "reference"
 
 
 def _load_fakes() -> ModuleType:
@@ -34,15 +35,6 @@ def _load_fakes() -> ModuleType:
 def fakes() -> ModuleType:
     """The fake-server module (classes and canned error answers)."""
     return _load_fakes()
-
-
-@pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """The shared reference data directory; skip the test when it is absent."""
-    path = REFERENCE_DIR.resolve()
-    if not path.is_dir():
-        pytest.skip(f"reference data not available at {path}")
-    return path
 
 
 @pytest.fixture(scope="session")

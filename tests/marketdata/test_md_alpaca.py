@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from saras.brokers.alpaca.data import AlpacaSource
 from saras.marketdata import (
     BarRequest,
     SourceAuthError,
@@ -18,7 +19,6 @@ from saras.marketdata import (
     get_source,
     is_retryable,
 )
-from saras.marketdata.alpaca_source import AlpacaSource
 
 ACME = [  # winter dates: bars stamped 05:00Z
     ("2024-01-02", 50.0, 51.0, 49.0, 50.5, 100_000),

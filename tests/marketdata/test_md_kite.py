@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from saras.brokers.zerodha.data import KiteSource, day_spans
 from saras.marketdata import (
     BarRequest,
     SourceAuthError,
@@ -16,7 +17,6 @@ from saras.marketdata import (
     SourceUnavailableError,
     get_source,
 )
-from saras.marketdata.kite_source import KiteSource, day_spans
 from saras.marketdata.validation import validate_bars
 
 RELIANCE = [

@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from saras.brokers.zerodha.data import KiteSource
 from saras.marketdata import BarRequest, calendars
 from saras.marketdata.csv import CsvSource
-from saras.marketdata.kite_source import KiteSource
 from saras.marketdata.validation import missing_sessions, validate_bars
 from saras.marketdata.yfinance_source import YFinanceSource
 

@@ -1,6 +1,6 @@
 """Execute one run in a child process and SIGKILL it at a checkpoint (reliability tests).
 
-Usage: ``python crash_runner.py RUN_ID CHECKPOINT OCCURRENCE``
+Usage: ``python crash_runner.py RUN_ID CHECKPOINT OCCURRENCE [BATCH_SIZE]``
 
 The process kills itself with SIGKILL when ``execute_run`` reaches ``CHECKPOINT`` for the
 ``OCCURRENCE``-th time: no ``finally`` block runs, no transaction is rolled back politely, the
@@ -22,10 +22,11 @@ from collections import Counter
 
 def main(argv: list[str]) -> int:
     """Run the execution, dying at the requested checkpoint."""
-    if len(argv) != 4:
+    if len(argv) not in (4, 5):
         print(__doc__, file=sys.stderr)
         return 2
     run_id, checkpoint, occurrence = uuid.UUID(argv[1]), argv[2], int(argv[3])
+    batch_size = int(argv[4]) if len(argv) == 5 else None
 
     from sqlalchemy.orm import Session
 
@@ -52,7 +53,11 @@ def main(argv: list[str]) -> int:
         run_id,
         broker=broker,
         settings=ExecutionSettings(
-            poll_interval=0.01, deadline_seconds=8, retry_backoff=0.01, lookup_horizon=3.0
+            poll_interval=0.01,
+            deadline_seconds=8,
+            retry_backoff=0.01,
+            lookup_horizon=3.0,
+            batch_size=batch_size,
         ),
         checkpoint=hook,
     )

@@ -12,8 +12,8 @@ from sqlalchemy import Engine
 
 from saras.domain.enums import ConnectionStatus, OrderStatus, RunStatus
 from saras.services.execution import ExecutionSettings, MarketClosedError, RunRefused, execute_run
-from saras.testing.fake_alpaca import FakeAlpaca, Fault, FillRule
-from tests.reliability.conftest import (
+from tests.fakes.fake_alpaca import FakeAlpaca, Fault, FillRule
+from tests.support.execution import (
     FAST,
     Checkpoints,
     Clock,

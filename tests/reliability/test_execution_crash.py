@@ -20,7 +20,7 @@ import pytest
 
 from saras.domain.enums import OrderSide, OrderStatus, RunStatus, RunType
 from saras.services.execution import RunOutcome, RunRefused
-from tests.reliability.conftest import Platform, assert_invariants
+from tests.support.execution import Platform, assert_invariants
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
 REPO = Path(__file__).resolve().parents[2]

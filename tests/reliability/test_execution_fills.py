@@ -13,8 +13,8 @@ from decimal import Decimal
 import pytest
 
 from saras.domain.enums import OrderSide, OrderStatus, RunType
-from saras.testing.fake_alpaca import FillRule
-from tests.reliability.conftest import Clock, Platform, assert_invariants
+from tests.fakes.fake_alpaca import FillRule
+from tests.support.execution import Clock, Platform, assert_invariants
 
 
 @pytest.fixture(autouse=True)

@@ -15,8 +15,8 @@ from sqlalchemy import update
 from models import UserBrokerConnection
 from saras.domain.enums import ConnectionStatus, OrderStatus, RunStatus
 from saras.services.execution import ExecutionSettings, execute_run
-from saras.testing.fake_kite import FillPolicy
-from tests.reliability.conftest import (
+from tests.fakes.fake_kite import FillPolicy
+from tests.support.execution import (
     Checkpoints,
     Clock,
     Crash,

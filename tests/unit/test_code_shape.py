@@ -21,7 +21,6 @@ ALLOWED = {
     ("saras/services/rebalance.py", "plan_smallcase"),
     ("saras/services/rebalance.py", "_collect"),
     ("saras/services/rebalance.py", "write_plan"),
-    ("saras/testing/fake_alpaca.py", "_create_order"),
 }
 
 

@@ -27,6 +27,12 @@ def test_defaults_follow_smallcase_and_alpaca_minimums() -> None:
     assert policy.planning_policy("USD") == PlanningPolicy()
 
 
+def test_the_fresh_buy_exemption_reaches_the_planner() -> None:
+    assert RebalancePolicy().planning_policy("USD").exempt_fresh_buys is True
+    off = RebalancePolicy(exempt_fresh_buys=False).planning_policy("USD")
+    assert off == PlanningPolicy(exempt_fresh_buys=False)
+
+
 def test_every_field_is_described() -> None:
     for model in (RebalancePolicy, Constituent, ExecutionParameters):
         for name, field in model.model_fields.items():

@@ -288,6 +288,39 @@ def test_below_min_weight_change() -> None:
     assert "0.5000 pp" in plan.skipped[0].detail
 
 
+@pytest.mark.parametrize("exempt", [True, False])
+def test_a_fresh_buy_is_exempt_from_the_minimum_weight_change(exempt: bool) -> None:
+    """A new 0.5% constituent is bought on a rebalance (exempt_fresh_buys, the default); a held
+    leg 0.5 pp short is not; without the exemption both are noise."""
+    insts = instruments(("AAA", "1"), ("BBB", "1"), ("NEW", "1"))
+    st = state("0", {"AAA": "600", "BBB": "400"})
+    targets = {"AAA": D("50"), "BBB": D("49.5"), "NEW": D("0.5")}
+    policy = PlanningPolicy(
+        D(0), D(0), drift_band_pct=D(0), min_weight_change_pct=D(1), exempt_fresh_buys=exempt
+    )
+    plan = plan_investment(RunType.REBALANCE, targets, st, insts, WHOLE, policy)
+    if exempt:
+        assert orders(plan) == [("AAA", SELL, D(100)), ("BBB", BUY, D(95)), ("NEW", BUY, D(5))]
+        assert reasons(plan) == {}
+    else:
+        assert orders(plan) == [("AAA", SELL, D(100)), ("BBB", BUY, D(95))]
+        assert reasons(plan) == {"NEW": SkipReason.BELOW_MIN_WEIGHT_CHANGE}
+    assert PlanningPolicy().exempt_fresh_buys is True
+
+
+def test_a_held_leg_is_not_a_fresh_buy() -> None:
+    """The exemption is for legs held not at all: a held leg short by less than the minimum
+    weight change stays noise."""
+    insts = instruments(("AAA", "1"), ("BBB", "1"))
+    st = state("0", {"AAA": "505", "BBB": "495"})
+    policy = PlanningPolicy(D(0), D(0), drift_band_pct=D(0), min_weight_change_pct=D(1))
+    plan = plan_investment(
+        RunType.REBALANCE, {"AAA": D(50), "BBB": D(50)}, st, insts, WHOLE, policy
+    )
+    assert orders(plan) == []
+    assert set(reasons(plan).values()) == {SkipReason.BELOW_MIN_WEIGHT_CHANGE}
+
+
 def test_not_fractionable_too_small() -> None:
     insts = instruments(("AAA", "5000"), ("BBB", "10"))
     plan = plan_investment(

@@ -42,9 +42,9 @@ import requests
 from kiteconnect import KiteConnect
 from kiteconnect import exceptions as kite_ex
 
+from saras.brokers.kit.rate import RateLimiter
 from saras.marketdata._util import (
     Clock,
-    IntervalLimiter,
     Options,
     RetryPolicy,
     Sleep,
@@ -137,7 +137,9 @@ class KiteSource:
             raise opts.error("instrument_tokens", f"tokens must be integers ({exc})") from exc
         self._adjusted = opts.bool_("adjusted", True)
         self._sleep = sleep
-        self._limiter = IntervalLimiter(self._rate, clock=clock, sleep=sleep)
+        self._limiter = RateLimiter(
+            interval=1.0 / self._rate if self._rate > 0 else None, clock=clock, sleep=sleep
+        )
         self._tokens: dict[str, dict[str, int]] = {}
         self._kite: KiteConnect | None = None
 
@@ -253,7 +255,7 @@ class KiteSource:
         """Call the SDK within the rate limit, retrying transient errors with backoff."""
         reason = "no attempt made"
         for attempt in range(self._retry.max_retries + 1):
-            self._limiter.wait()
+            self._limiter.acquire()
             try:
                 return fn()
             except (kite_ex.TokenException, kite_ex.PermissionException) as exc:

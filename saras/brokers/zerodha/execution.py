@@ -45,18 +45,11 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
-from datetime import time as dtime
-from decimal import Decimal, InvalidOperation
-from enum import Enum
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
-from zoneinfo import ZoneInfo
-
-import requests
-import urllib3.exceptions
 
 from saras.brokers.base import (
     DEFAULT_LOOKUP_HORIZON,
@@ -86,6 +79,31 @@ from saras.brokers.errors import (
     RetryableBrokerError,
 )
 from saras.brokers.ids import kite_tag
+from saras.brokers.kit.clock import market_clock
+from saras.brokers.kit.rate import Budget, RateLimiter, shared
+from saras.brokers.kit.resend import SendLog, place_once, resolve
+from saras.brokers.zerodha.capabilities import capabilities as kite_capabilities
+from saras.brokers.zerodha.config import (
+    _EXCHANGES,
+    _SUFFIXES,
+    BROKER,
+    DEFAULT_TIMEOUT,
+    NSE_HOURS,
+    ORDERS_PER_DAY,
+    ORDERS_PER_MINUTE,
+)
+from saras.brokers.zerodha.errors import KiteMappingError, _classify, _Kind, _Outcome, _sdk_errors
+from saras.brokers.zerodha.parsing import (
+    _EPOCH,
+    _decimal,
+    _empty_row,
+    _fill,
+    _has_tag,
+    _kite_time,
+    _map_side,
+    _required,
+    map_kite_status,
+)
 from saras.domain.enums import OrderSide, OrderType
 
 if TYPE_CHECKING:
@@ -94,7 +112,6 @@ if TYPE_CHECKING:
 __all__ = [
     "KiteMappingError",
     "KiteRateLimiter",
-    "SlidingWindowLimiter",
     "ZerodhaBroker",
     "map_kite_status",
     "nse_market_clock",
@@ -102,76 +119,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BROKER = "zerodha"
-IST = ZoneInfo("Asia/Kolkata")
-_EXCHANGES = frozenset({"NSE", "BSE"})
-_SUFFIXES = {".NS": "NSE", ".BO": "BSE"}
-_NSE_OPEN = dtime(9, 15)
-_NSE_CLOSE = dtime(15, 30)
-DEFAULT_TIMEOUT = 7.0
 _T = TypeVar("_T")
-
-
-class KiteMappingError(BrokerError):
-    """Kite sent a value we have no mapping for (an unknown order status or side).
-
-    Neither retryable nor a rejection: the order's state is unknown to us, so a caller must not
-    mark it rejected, and must not place it again.
-    """
 
 
 # --------------------------------------------------------------------------- rate limiting
 
 
-class SlidingWindowLimiter:
-    """Allow at most ``n`` calls in any window of ``w`` seconds, for every ``(n, w)`` given.
-
-    A sliding window rather than a token bucket: a bucket of capacity N refilled at N/W lets 2N
-    calls through in some window of W seconds, which is exactly what Kite throttles. ``margin``
-    seconds are added to every window so that network jitter cannot make the server count N+1.
-    Thread-safe; ``clock`` (monotonic seconds) and ``sleep`` are injectable for tests.
-    """
-
-    def __init__(
-        self,
-        limits: Iterable[tuple[int, float]],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        margin: float = 0.05,
-    ):
-        self._limits = [(int(n), float(w) + margin) for n, w in limits]
-        if any(n <= 0 for n, _ in self._limits):
-            raise ValueError("rate limits need a positive number of calls")
-        self._events = [deque[float](maxlen=n) for n, _ in self._limits]
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-
-    def acquire(self) -> float:
-        """Wait until one more call fits every window, record it, and return the seconds waited."""
-        waited = 0.0
-        with self._lock:
-            while True:
-                now = self._clock()
-                wait = 0.0
-                for (n, window), events in zip(self._limits, self._events, strict=True):
-                    if len(events) == n:
-                        wait = max(wait, events[0] + window - now)
-                if wait <= 0:
-                    for events in self._events:
-                        events.append(now)
-                    return waited
-                self._sleep(wait)
-                waited += wait
-
-
 @dataclass(frozen=True)
 class KiteRateLimiter:
-    """Client-side limits of one Kite account: orders 10/s and 400/min, other calls 10/s."""
+    """Client-side limits of one Kite account: orders 10/s, 400/min and 5,000/day; reads 10/s.
 
-    orders: SlidingWindowLimiter
-    other: SlidingWindowLimiter
+    Built on the kit's one ``RateLimiter`` (sliding windows, as Kite counts). With an account key
+    the order limits are also declared as shared budgets ``broker:<connection id>:orders`` and
+    ``...:orders-day``, which every process honours when a shared backend is installed.
+    """
+
+    orders: RateLimiter
+    other: RateLimiter
 
     @classmethod
     def create(
@@ -180,266 +144,50 @@ class KiteRateLimiter:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         margin: float = 0.05,
+        account_key: str | None = None,
     ) -> KiteRateLimiter:
         """Build the limiter pair with Kite's published limits."""
+        budgets = (
+            ()
+            if account_key is None
+            else (
+                Budget(f"broker:{account_key}:orders", ORDERS_PER_MINUTE, 60.0),
+                Budget(f"broker:{account_key}:orders-day", ORDERS_PER_DAY, 86_400.0),
+            )
+        )
         return cls(
-            orders=SlidingWindowLimiter(
-                [(10, 1.0), (400, 60.0)], clock=clock, sleep=sleep, margin=margin
+            orders=RateLimiter(
+                [(10, 1.0), (ORDERS_PER_MINUTE, 60.0), (ORDERS_PER_DAY, 86_400.0)],
+                clock=clock,
+                sleep=sleep,
+                margin=margin,
+                budgets=budgets,
             ),
-            other=SlidingWindowLimiter([(10, 1.0)], clock=clock, sleep=sleep, margin=margin),
+            other=RateLimiter([(10, 1.0)], clock=clock, sleep=sleep, margin=margin),
         )
 
     @classmethod
     def for_account(cls, account_key: str) -> KiteRateLimiter:
         """Return the process-wide limiter shared by every adapter of one account."""
-        with _SHARED_LOCK:
-            limiter = _SHARED_LIMITERS.get(account_key)
-            if limiter is None:
-                limiter = _SHARED_LIMITERS[account_key] = cls.create()
-            return limiter
-
-
-_SHARED_LIMITERS: dict[str, KiteRateLimiter] = {}
-_SHARED_LOCK = threading.Lock()
+        return shared(f"kite:{account_key}", lambda: cls.create(account_key=account_key))
 
 
 # --------------------------------------------------------------------------- market calendar
 
 
-@functools.lru_cache(maxsize=1)
-def _xbom_calendar() -> Any:
-    """Load the Indian (BSE, same holidays as NSE) calendar once, on first use."""
-    import exchange_calendars  # heavy import (pandas): only when a clock is first asked for
-
-    return exchange_calendars.get_calendar("XBOM", start="2018-01-01")
-
-
-def _weekday_clock(now: datetime) -> MarketClock:
-    """Tell open/closed from weekdays 09:15-15:30 IST only (beyond the calendar's known years)."""
-    local = now.astimezone(IST)
-
-    def session(day: date) -> tuple[datetime, datetime]:
-        return (
-            datetime.combine(day, _NSE_OPEN, tzinfo=IST),
-            datetime.combine(day, _NSE_CLOSE, tzinfo=IST),
-        )
-
-    day = local.date()
-    opens, closes = session(day)
-    is_open = day.weekday() < 5 and opens <= local < closes
-    if day.weekday() >= 5 or local >= opens:
-        day += timedelta(days=1)
-        while day.weekday() >= 5:
-            day += timedelta(days=1)
-    next_open, next_open_close = session(day)
-    return MarketClock(
-        is_open=is_open,
-        next_open=next_open.astimezone(UTC),
-        next_close=(closes if is_open else next_open_close).astimezone(UTC),
-    )
-
-
 def nse_market_clock(now: datetime) -> MarketClock:
     """Return whether the Indian equity market is open at ``now`` (aware) and its next open/close.
 
-    Uses exchange_calendars' XBOM calendar (NSE and BSE share sessions and holidays). Beyond the
-    years whose holidays the calendar records, it falls back to weekdays 09:15-15:30 IST.
-    Special sessions (Muhurat trading) are not modelled.
+    The kit's market clock on the NSE calendar (XBOM: NSE and BSE share sessions and holidays);
+    beyond its recorded years, weekdays 09:15-15:30 IST. Muhurat sessions are not modelled.
     """
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    import pandas as pd
-    from exchange_calendars.errors import MinuteOutOfBounds
-
-    cal = _xbom_calendar()
-    minute = pd.Timestamp(now).tz_convert(UTC).floor("min")
-    try:
-        is_open = bool(cal.is_open_on_minute(minute))
-        next_open = cal.next_open(minute).to_pydatetime()
-        next_close = cal.next_close(minute).to_pydatetime()
-    except (MinuteOutOfBounds, ValueError):
-        return _weekday_clock(now)
-    return MarketClock(
-        is_open=is_open,
-        next_open=next_open.astimezone(UTC),
-        next_close=next_close.astimezone(UTC),
-    )
+    return market_clock("NSE", now, fallback=NSE_HOURS)
 
 
 # --------------------------------------------------------------------------- mapping
 
 
-def map_kite_status(status: str, filled_quantity: Decimal) -> BrokerOrderStatus:
-    """Map a Kite order status (and the filled quantity) to ours; unknown statuses raise."""
-    partially = filled_quantity > 0
-    match status.strip().upper():
-        case "COMPLETE":
-            return BrokerOrderStatus.FILLED
-        case "REJECTED":
-            return BrokerOrderStatus.REJECTED
-        case "CANCELLED" | "CANCELLED AMO":
-            return BrokerOrderStatus.CANCELLED
-        case "LAPSED" | "EXPIRED":
-            return BrokerOrderStatus.EXPIRED
-        case "PUT ORDER REQ RECEIVED" | "VALIDATION PENDING" | "OPEN PENDING" | "AMO REQ RECEIVED":
-            return BrokerOrderStatus.PARTIALLY_FILLED if partially else BrokerOrderStatus.PENDING
-        case (
-            "OPEN"
-            | "TRIGGER PENDING"
-            | "MODIFY VALIDATION PENDING"
-            | "MODIFY PENDING"
-            | "MODIFIED"
-            | "CANCEL PENDING"
-        ):
-            return BrokerOrderStatus.PARTIALLY_FILLED if partially else BrokerOrderStatus.OPEN
-        case _:
-            raise KiteMappingError(f"unknown Kite order status {status!r}", broker=BROKER)
-
-
-def _map_side(value: object) -> OrderSide:
-    match str(value).upper():
-        case "BUY":
-            return OrderSide.BUY
-        case "SELL":
-            return OrderSide.SELL
-        case _:
-            raise KiteMappingError(f"unknown Kite transaction type {value!r}", broker=BROKER)
-
-
-def _decimal(value: object) -> Decimal:
-    """Turn a Kite number (int, float, str) into a Decimal via its string form."""
-    if value is None or value == "":
-        return Decimal("0")
-    try:
-        return Decimal(str(value))
-    except InvalidOperation as exc:
-        raise KiteMappingError(f"Kite sent a non-numeric amount {value!r}", broker=BROKER) from exc
-
-
-def _kite_time(value: object) -> datetime | None:
-    """Turn Kite's naive IST timestamp (str or SDK-parsed datetime) into aware UTC."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None  # e.g. the bare "09:16:39" order_timestamp on trades
-    else:
-        return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=IST)
-    return parsed.astimezone(UTC)
-
-
-def _required(row: Mapping[str, Any], name: str) -> str:
-    """Return a field Kite always sends, or fail clearly when it did not."""
-    value = row.get(name)
-    if value is None or value == "":
-        raise KiteMappingError(f"Kite sent a row without {name!r}", broker=BROKER)
-    return str(value)
-
-
-def _has_tag(order: Mapping[str, Any], tag: str) -> bool:
-    tags = order.get("tags") or ()
-    return order.get("tag") == tag or (isinstance(tags, list) and tag in tags)
-
-
 # --------------------------------------------------------------------------- error classification
-
-
-class _Kind(Enum):
-    FATAL = "fatal"  # credentials: stop, never retry
-    CONFIG = "config"  # the connection's settings are unusable
-    REJECTED = "rejected"  # Kite refused this request (4xx, input/order error)
-    REJECTED_5XX = "rejected_5xx"  # a rejection type, but a 5xx status: check the book first
-    RATE_LIMITED = "rate_limited"  # 429: nothing happened
-    NOT_SENT = "not_sent"  # the request never left (connection refused, connect timeout)
-    AMBIGUOUS = "ambiguous"  # it may have reached Kite
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    kind: _Kind
-    message: str
-    status_code: int | None = None
-    token: bool = False  # a TokenException (expired / revoked access token)
-
-
-def _never_sent(exc: requests.RequestException) -> bool:
-    """Tell whether the request failed before any byte reached the server."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    for arg in exc.args:
-        reason = getattr(arg, "reason", arg)
-        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):  # incl. NewConnectionError
-            return True
-    return False
-
-
-def _short(text: object, limit: int = 200) -> str:
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _classify(exc: BaseException) -> _Outcome:
-    """Sort an SDK or transport exception into one of the outcomes above."""
-    from kiteconnect import exceptions as kex
-
-    if isinstance(exc, kex.KiteException):
-        code = getattr(exc, "code", None)
-        text = _short(exc)
-        if isinstance(exc, kex.TokenException):
-            return _Outcome(_Kind.FATAL, text, code, token=True)
-        if isinstance(exc, kex.PermissionException):
-            return _Outcome(_Kind.FATAL, text, code)
-        if code == 429 or "too many requests" in text.lower():
-            return _Outcome(_Kind.RATE_LIMITED, text, code)
-        if isinstance(exc, kex.InputException | kex.OrderException):
-            kind = _Kind.REJECTED_5XX if code is not None and code >= 500 else _Kind.REJECTED
-            return _Outcome(kind, text, code)
-        if isinstance(exc, kex.NetworkException | kex.DataException):
-            return _Outcome(_Kind.AMBIGUOUS, text, code)
-        # GeneralException and unknown error types (e.g. MarginException) land here.
-        if code is not None and 400 <= code < 500:
-            return _Outcome(_Kind.REJECTED_5XX, text, code)
-        return _Outcome(_Kind.AMBIGUOUS, text, code)
-    if isinstance(
-        exc,
-        requests.exceptions.InvalidURL
-        | requests.exceptions.MissingSchema
-        | requests.exceptions.InvalidSchema,
-    ):
-        return _Outcome(_Kind.CONFIG, f"invalid Kite root URL ({type(exc).__name__})")
-    if isinstance(exc, requests.RequestException):
-        if _never_sent(exc):
-            return _Outcome(_Kind.NOT_SENT, f"could not connect to Kite ({type(exc).__name__})")
-        return _Outcome(_Kind.AMBIGUOUS, f"no usable answer from Kite ({type(exc).__name__})")
-    # The SDK trips over a body it cannot read (no content type, JSON that is not an object...).
-    return _Outcome(_Kind.AMBIGUOUS, f"unreadable answer from Kite ({type(exc).__name__})")
-
-
-@functools.cache
-def _sdk_errors() -> tuple[type[BaseException], ...]:
-    """Return what an SDK call may raise; anything else is a bug and propagates untouched.
-
-    Besides Kite's own exceptions and raw ``requests`` errors, the SDK trips over bodies it
-    cannot read with KeyError (no Content-Type), AttributeError (JSON that is not an object),
-    UnboundLocalError (``data: null``) and the like: all of them mean "no usable answer".
-    """
-    from kiteconnect import exceptions as kex  # imports twisted: keep it off our import path
-
-    return (
-        kex.KiteException,
-        requests.RequestException,
-        KeyError,
-        TypeError,
-        AttributeError,
-        ValueError,
-        UnboundLocalError,
-    )
 
 
 @dataclass(frozen=True)
@@ -511,14 +259,8 @@ class ZerodhaBroker:
 
     @classmethod
     def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
-        """Return Kite's capabilities: always real money (Kite has no paper environment)."""
-        return BrokerCapabilities(
-            real_money=True,
-            fractional=False,
-            quantity_decimals=0,
-            orders_outside_hours=True,
-            marks_connection_on_fatal=True,
-        )
+        """Return Kite's capabilities (see ``capabilities.py``)."""
+        return kite_capabilities(config)
 
     def __init__(
         self,
@@ -567,7 +309,7 @@ class ZerodhaBroker:
         self._sdk: KiteConnect | None = None
         self._fatal: str | None = None
         # tag -> when this adapter last sent it (monotonic): not re-sent inside the horizon
-        self._sent_tags: dict[str, float] = {}
+        self._sent = SendLog(self._monotonic)
 
     @property
     def request_timeout(self) -> float:
@@ -662,33 +404,27 @@ class ZerodhaBroker:
         read first and a matching order is returned instead of placing again.
         """
         spec = self._spec(request)
-        with self._lock:
-            sent_at = self._sent_tags.get(spec.tag)
-        if resume or sent_at is not None:
-            found = self._find(spec)
-            if found is not None:
-                return found
-            waited = None if sent_at is None else self._monotonic() - sent_at
-            if waited is not None and waited < self._lookup_horizon:
-                # Kite may still be processing it: "absent" only after the horizon
-                raise AmbiguousOrderError(
-                    f"order {spec.client_order_id} (tag {spec.tag}) is not in Kite's book "
-                    f"{waited:.1f} s after it was sent; not sending it again before "
-                    f"{self._lookup_horizon:g} s",
-                    client_order_id=spec.client_order_id,
-                    broker=BROKER,
-                )
+        return place_once(
+            key=spec.tag,
+            client_order_id=spec.client_order_id,
+            broker=BROKER,
+            resume=resume,
+            find=lambda: self._find(spec),
+            send=lambda: self._send(spec),
+            sent=self._sent,
+            horizon=self._lookup_horizon,
+        )
+
+    def _send(self, spec: _Spec) -> BrokerOrder:
+        """Send the order once (regular in market hours, AMO outside them) and read the answer."""
         variety = "regular" if self.get_clock().is_open else "amo"
         params = spec.params(variety)
         kite = self._kite()
         self._limiter.orders.acquire()
-        with self._lock:
-            self._sent_tags[spec.tag] = self._monotonic()
         try:
             order_id = kite.place_order(**params)
         except _sdk_errors() as exc:
-            outcome = _classify(exc)
-            return self._placement_failed(spec, outcome)
+            return self._placement_failed(spec, _classify(exc))
         if not isinstance(order_id, str | int) or not str(order_id):
             return self._placement_failed(
                 spec, _Outcome(_Kind.AMBIGUOUS, "Kite answered without an order id")
@@ -844,36 +580,11 @@ class ZerodhaBroker:
         return min(matches, key=lambda o: _kite_time(o.get("order_timestamp")) or _EPOCH)
 
     def _placement_failed(self, spec: _Spec, outcome: _Outcome) -> BrokerOrder:
+        """Raise what a failed placement means; an ambiguous one is looked up first."""
         cid = spec.client_order_id
-        match outcome.kind:
-            case _Kind.FATAL | _Kind.CONFIG:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise self._fatal_error(outcome)
-            case _Kind.RATE_LIMITED:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise RateLimitedError(
-                    f"order {cid}: Kite throttled the placement ({outcome.message}); not placed",
-                    broker=BROKER,
-                    status_code=outcome.status_code or 429,
-                    retry_after=1.0,
-                )
-            case _Kind.NOT_SENT:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise RetryableBrokerError(
-                    f"order {cid}: {outcome.message}; nothing was sent", broker=BROKER
-                )
-            case _Kind.REJECTED:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise OrderRejectedError(
-                    f"order {cid}: Kite rejected it: {outcome.message}",
-                    reason=outcome.message,
-                    broker=BROKER,
-                    status_code=outcome.status_code,
-                )
+        if outcome.kind is not _Kind.AMBIGUOUS and outcome.kind is not _Kind.REJECTED_5XX:
+            self._sent.forget(spec.tag)  # the venue's answer proves nothing was placed
+            raise self._refusal(cid, outcome)
         # AMBIGUOUS or REJECTED_5XX: the order may exist; read the book before anything else.
         log.warning(
             "kite placement of %s (tag %s) got an ambiguous answer: %s; checking the order book",
@@ -881,34 +592,22 @@ class ZerodhaBroker:
             spec.tag,
             outcome.message,
         )
-        lookup_error: BrokerError | None = None
-        for attempt, delay in enumerate(self._lookup_delays):
-            if delay > 0:
-                self._sleep(delay)
-            try:
-                found = self._find(spec)
-            except (FatalBrokerError, NonRetryableBrokerError, KiteMappingError):
-                raise
-            except RetryableBrokerError as exc:
-                lookup_error = exc
-                continue
-            if found is not None:
-                log.info("kite order %s found by tag %s after an ambiguous answer", cid, spec.tag)
-                return found
-            lookup_error = None
-            if outcome.kind is _Kind.REJECTED_5XX:
-                with self._lock:
-                    self._sent_tags.pop(spec.tag, None)
-                raise OrderRejectedError(
-                    f"order {cid}: Kite rejected it: {outcome.message}",
-                    reason=outcome.message,
-                    broker=BROKER,
-                    status_code=outcome.status_code,
-                )
-            log.debug("kite order %s not in the book (lookup %d)", cid, attempt + 1)
+        lookup = resolve(
+            lambda: self._find(spec),
+            delays=self._lookup_delays,
+            sleep=self._sleep,
+            final=(FatalBrokerError, NonRetryableBrokerError, KiteMappingError),
+            stop_when_absent=outcome.kind is _Kind.REJECTED_5XX,
+        )
+        if lookup.order is not None:
+            log.info("kite order %s found by tag %s after an ambiguous answer", cid, spec.tag)
+            return lookup.order
+        if outcome.kind is _Kind.REJECTED_5XX and lookup.error is None:
+            self._sent.forget(spec.tag)
+            raise self._refusal(cid, replace(outcome, kind=_Kind.REJECTED))
         detail = (
-            f"the order book could not be read ({lookup_error})"
-            if lookup_error is not None
+            f"the order book could not be read ({lookup.error})"
+            if lookup.error is not None
             else "it is not in the order book yet"
         )
         raise AmbiguousOrderError(
@@ -917,6 +616,32 @@ class ZerodhaBroker:
             client_order_id=cid,
             broker=BROKER,
         )
+
+    def _refusal(self, cid: str, outcome: _Outcome) -> BrokerError:
+        """Return the error of a placement Kite answered clearly without placing it."""
+        match outcome.kind:
+            case _Kind.FATAL | _Kind.CONFIG:
+                return self._fatal_error(outcome)
+            case _Kind.RATE_LIMITED:
+                return RateLimitedError(
+                    f"order {cid}: Kite throttled the placement ({outcome.message}); not placed",
+                    broker=BROKER,
+                    status_code=outcome.status_code or 429,
+                    retry_after=1.0,
+                )
+            case _Kind.NOT_SENT:
+                return RetryableBrokerError(
+                    f"order {cid}: {outcome.message}; nothing was sent", broker=BROKER
+                )
+            case _Kind.REJECTED:
+                return OrderRejectedError(
+                    f"order {cid}: Kite rejected it: {outcome.message}",
+                    reason=outcome.message,
+                    broker=BROKER,
+                    status_code=outcome.status_code,
+                )
+            case _:
+                raise AssertionError(f"not a refusal: {outcome.kind}")
 
     def _after_placement(self, spec: _Spec, order_id: str) -> BrokerOrder:
         """Return the order as Kite now reports it, or PENDING if it cannot be read right now.
@@ -1106,32 +831,3 @@ class ZerodhaBroker:
             return order
         trades = self._read("order_trades", lambda k: k.order_trades(order.broker_order_id)) or []
         return replace(order, fills=tuple(_fill(t) for t in trades), fills_reported=True)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def _fill(trade: Mapping[str, Any]) -> Fill:
-    filled_at = (
-        _kite_time(trade.get("fill_timestamp"))
-        or _kite_time(trade.get("exchange_timestamp"))
-        or _EPOCH
-    )
-    return Fill(
-        fill_id=str(trade.get("trade_id")),
-        quantity=_decimal(trade.get("quantity")),
-        price=_decimal(trade.get("average_price")),
-        fees=Decimal("0"),
-        filled_at=filled_at,
-    )
-
-
-def _empty_row(source: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "exchange": str(source.get("exchange") or "NSE"),
-        "held": Decimal("0"),
-        "held_cost": Decimal("0"),
-        "today": Decimal("0"),
-        "today_cost": Decimal("0"),
-        "last": Decimal("0"),
-    }

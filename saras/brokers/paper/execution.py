@@ -47,21 +47,19 @@ How it behaves:
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
-from enum import StrEnum
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Dialect, Engine, RowMapping
+from sqlalchemy.engine import Connection, Engine
 
 from saras.brokers.base import (
-    TERMINAL_BROKER_STATUSES,
     AccountInfo,
+    BrokerCapabilities,
     BrokerCredentials,
     BrokerOrder,
     BrokerOrderStatus,
@@ -71,12 +69,27 @@ from saras.brokers.base import (
     MarketClock,
     OrderRequest,
 )
-from saras.brokers.errors import NonRetryableBrokerError, OrderNotFoundError, OrderRejectedError
-from saras.domain.enums import BrokerType, OrderSide, OrderType
+from saras.brokers.errors import OrderRejectedError
+from saras.brokers.kit.clock import market_clock
+from saras.brokers.paper.capabilities import capabilities as paper_capabilities
+from saras.brokers.paper.config import (
+    _BPS,
+    _MONEY_Q,
+    _PRICE_Q,
+    _QTY_Q,
+    _ZERO,
+    BROKER,
+    QUANTITY_SCALE,
+    PaperFillMode,
+    PaperMarketHours,
+    PaperSettings,
+)
+from saras.brokers.paper.data import PriceLookup, _by_asset
+from saras.brokers.paper.errors import not_found, refused, rejected
+from saras.brokers.paper.parsing import _money_type, _Order, _quantity_type, _UTCDateTime
+from saras.domain.enums import OrderSide, OrderType
 
 __all__ = [
-    "METADATA_KEYS",
-    "PAPER_TABLE_PREFIX",
     "PaperActionResult",
     "PaperBroker",
     "PaperCorporateAction",
@@ -92,84 +105,10 @@ __all__ = [
     "paper_positions",
 ]
 
-BROKER = BrokerType.PAPER.value
-PAPER_TABLE_PREFIX = "paper_"
-
-PRICE_SCALE = 6
-MONEY_SCALE = 4
-QUANTITY_SCALE = 9
-_PRICE_Q = Decimal(1).scaleb(-PRICE_SCALE)
-_MONEY_Q = Decimal(1).scaleb(-MONEY_SCALE)
-_QTY_Q = Decimal(1).scaleb(-QUANTITY_SCALE)
-_BPS = Decimal(10_000)
-_ZERO = Decimal(0)
-
 
 # --------------------------------------------------------------------------------------------
 # Storage
 # --------------------------------------------------------------------------------------------
-
-
-class _Dec(sa.types.TypeDecorator[Decimal]):
-    """``Numeric(p, s)`` that binds and returns ``Decimal`` quantized to the column's scale.
-
-    SQLite has no decimal type: SQLAlchemy hands back ``Decimal`` made from a float, so the value
-    is quantized again on the way out to drop the float noise.
-    """
-
-    impl = sa.Numeric
-    cache_ok = True
-
-    def __init__(self, precision: int, scale: int) -> None:
-        super().__init__(precision=precision, scale=scale, asdecimal=True)
-        # Attributes named like the __init__ arguments make them part of the statement cache key.
-        self.precision = precision
-        self.scale = scale
-        self._quantum = Decimal(1).scaleb(-scale)
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Decimal | None:
-        """Quantize a bound value to the column's scale."""
-        if value is None:
-            return None
-        return Decimal(str(value)).quantize(self._quantum, rounding=ROUND_HALF_UP)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        """Return a stored value as a ``Decimal`` at the column's scale."""
-        if value is None:
-            return None
-        return Decimal(str(value)).quantize(self._quantum, rounding=ROUND_HALF_UP)
-
-
-class _UTCDateTime(sa.types.TypeDecorator[datetime]):
-    """An aware timestamp, stored in UTC and always read back aware (SQLite drops the zone)."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
-        """Refuse naive datetimes; store aware ones in UTC."""
-        if value is None:
-            return None
-        if not isinstance(value, datetime) or value.tzinfo is None:
-            raise ValueError(f"paper broker timestamps must be aware datetimes, got {value!r}")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        """Return a stored timestamp as an aware UTC datetime."""
-        if value is None:
-            return None
-        stamp: datetime = value
-        if stamp.tzinfo is None:
-            return stamp.replace(tzinfo=UTC)
-        return stamp.astimezone(UTC)
-
-
-def _quantity_type() -> _Dec:
-    return _Dec(24, QUANTITY_SCALE)
-
-
-def _money_type() -> _Dec:
-    return _Dec(20, 6)
 
 
 paper_metadata = sa.MetaData(
@@ -374,125 +313,6 @@ def ensure_paper_schema(engine: Engine) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class PaperFillMode(StrEnum):
-    """How the paper broker fills an order."""
-
-    IMMEDIATE = "immediate"
-    DELAYED = "delayed"
-    PARTIAL = "partial"
-
-
-class PaperMarketHours(StrEnum):
-    """When the paper market is open."""
-
-    ALWAYS = "always"
-    NEVER = "never"
-    CALENDAR = "calendar"  # the exchange calendar named by ``PaperSettings.calendar``
-
-
-@dataclass(frozen=True)
-class PaperSettings:
-    """How a paper account trades; every field can be overridden by connection metadata."""
-
-    starting_cash: Decimal = Decimal("100000")
-    currency: str = "USD"
-    slippage_bps: Decimal = Decimal("0")
-    fee_bps: Decimal = Decimal("0")
-    min_fee: Decimal = Decimal("0")
-    fill_mode: PaperFillMode = PaperFillMode.IMMEDIATE
-    fill_delay_polls: int = 1
-    partial_fill_ratio: Decimal = Decimal("0.5")
-    market_open: PaperMarketHours = PaperMarketHours.ALWAYS
-    calendar: str = "XNYS"
-    fractional: bool = True
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.name))
-        if self.starting_cash < 0:
-            raise ValueError("paper starting_cash must not be negative")
-        if self.slippage_bps < 0 or self.fee_bps < 0 or self.min_fee < 0:
-            raise ValueError("paper slippage_bps, fee_bps and min_fee must not be negative")
-        if self.slippage_bps >= _BPS:
-            raise ValueError("paper slippage_bps must be below 10000")
-        if self.fill_delay_polls < 0:
-            raise ValueError("paper fill_delay_polls must not be negative")
-        if not Decimal(0) < self.partial_fill_ratio < Decimal(1):
-            raise ValueError("paper partial_fill_ratio must be between 0 and 1 (exclusive)")
-        if not self.currency.strip():
-            raise ValueError("paper currency must not be empty")
-        if not self.calendar.strip():
-            raise ValueError("paper calendar must not be empty")
-
-    @classmethod
-    def from_metadata(
-        cls, metadata: Mapping[str, object], base: PaperSettings | None = None
-    ) -> PaperSettings:
-        """Return ``base`` (or the defaults) overridden by ``paper_*`` connection metadata keys."""
-        settings = base or cls()
-        overrides: dict[str, Any] = {}
-        for key, value in metadata.items():
-            if not key.startswith("paper_"):
-                continue
-            name = METADATA_KEYS.get(key)
-            if name is None:
-                known = ", ".join(sorted(METADATA_KEYS))
-                raise ValueError(f"unknown paper broker setting {key!r} (known: {known})")
-            overrides[name] = _coerce(name, value, key)
-        return replace(settings, **overrides) if overrides else settings
-
-
-#: Connection metadata keys and the ``PaperSettings`` field each one sets.
-METADATA_KEYS: dict[str, str] = {f"paper_{f.name}": f.name for f in fields(PaperSettings)}
-
-_BOOL_WORDS = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "on": True,
-    "false": False,
-    "0": False,
-    "no": False,
-    "off": False,
-}
-
-
-def _coerce(name: str, value: object, label: str) -> Any:
-    """Convert a settings value (from code or JSON metadata) to the field's type."""
-    try:
-        match name:
-            case "starting_cash" | "slippage_bps" | "fee_bps" | "min_fee" | "partial_fill_ratio":
-                if isinstance(value, bool):
-                    raise TypeError
-                number = value if isinstance(value, Decimal) else Decimal(str(value).strip())
-                if not number.is_finite():
-                    raise ValueError
-                return number
-            case "fill_delay_polls":
-                if isinstance(value, bool) or not isinstance(value, int | str):
-                    raise TypeError
-                return int(value)
-            case "fill_mode":
-                return PaperFillMode(str(value).strip().lower())
-            case "market_open":
-                return PaperMarketHours(str(value).strip().lower())
-            case "fractional":
-                if isinstance(value, bool):
-                    return value
-                return _BOOL_WORDS[str(value).strip().lower()]
-            case "currency":
-                if not isinstance(value, str):
-                    raise TypeError
-                return value.strip().upper()
-            case "calendar":
-                if not isinstance(value, str):
-                    raise TypeError
-                return value.strip().upper()
-    except (TypeError, ValueError, KeyError, InvalidOperation) as exc:
-        raise ValueError(f"invalid paper broker setting {label}={value!r}") from exc
-    raise ValueError(f"unknown paper broker setting {label!r}")
-
-
 # --------------------------------------------------------------------------------------------
 # Arithmetic
 # --------------------------------------------------------------------------------------------
@@ -524,30 +344,6 @@ def _fill_id(broker_order_id: str, sequence: int) -> str:
 # --------------------------------------------------------------------------------------------
 # The broker
 # --------------------------------------------------------------------------------------------
-
-
-#: ``(symbol, exchange) -> latest stored price``; a one-argument ``symbol -> price`` callable is
-#: accepted too (it cannot tell two exchanges apart, so use it only with unique symbols).
-PriceLookup = Callable[[str, str | None], Decimal | None] | Callable[[str], Decimal | None]
-
-
-def _by_asset(lookup: PriceLookup) -> Callable[[str, str | None], Decimal | None]:
-    """Return ``lookup`` as a (symbol, exchange) callable, wrapping a symbol-only one."""
-    try:
-        parameters = list(inspect.signature(lookup).parameters.values())
-    except (TypeError, ValueError):  # no signature to read: call it as it always was
-        parameters = []
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if sum(p.kind in positional for p in parameters) >= 2 or any(
-        p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
-    ):
-        return lookup  # type: ignore[return-value]
-    by_symbol = lookup
-
-    def by_asset(symbol: str, exchange: str | None) -> Decimal | None:
-        return by_symbol(symbol)  # type: ignore[call-arg]
-
-    return by_asset
 
 
 @dataclass(frozen=True)
@@ -586,52 +382,6 @@ class PaperActionResult:
     applied: bool  # False: the action had been applied before, nothing changed
 
 
-@dataclass
-class _Order:
-    """A paper order row, worked on in Python inside one transaction."""
-
-    broker_order_id: str
-    account_id: str
-    client_order_id: str
-    symbol: str
-    exchange: str | None
-    side: OrderSide
-    quantity: Decimal | None
-    notional: Decimal | None
-    order_type: OrderType
-    limit_price: Decimal | None
-    status: BrokerOrderStatus
-    filled_quantity: Decimal
-    average_fill_price: Decimal | None
-    fees: Decimal
-    reason: str | None
-    polls_seen: int
-    fill_mode: PaperFillMode
-    fill_delay_polls: int
-    fill_ratio: Decimal
-    fractional: bool
-    submitted_at: datetime
-    updated_at: datetime
-
-    @classmethod
-    def from_row(cls, row: RowMapping) -> _Order:
-        """Build an order from a ``paper_orders`` row."""
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["side"] = OrderSide(values["side"])
-        values["order_type"] = OrderType(values["order_type"])
-        values["status"] = BrokerOrderStatus(values["status"])
-        values["fill_mode"] = PaperFillMode(values["fill_mode"])
-        return cls(**values)
-
-    def values(self) -> dict[str, Any]:
-        """Return the row's column values."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL_BROKER_STATUSES
-
-
 class PaperBroker:
     """A simulated broker account with its own persistent book, filling at stored prices.
 
@@ -642,6 +392,11 @@ class PaperBroker:
     """
 
     broker_type: str = BROKER
+
+    @classmethod
+    def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
+        """Return the paper broker's capabilities (see ``capabilities.py``)."""
+        return paper_capabilities(config)
 
     def __init__(
         self,
@@ -762,12 +517,199 @@ class PaperBroker:
             return self._to_broker_orders([existing])[0]
         result = self._load(order.broker_order_id)
         if placed and result.status is BrokerOrderStatus.REJECTED:
-            raise OrderRejectedError(
-                f"paper order {request.client_order_id} rejected: {result.reason}",
-                reason=result.reason,
-                broker=BROKER,
-            )
+            raise rejected(request.client_order_id, result.reason)
         return result
+
+    def place_orders(self, requests: Sequence[OrderRequest]) -> list[BrokerOrder | Exception]:
+        """Place many orders in one transaction; per request, its order or its rejection.
+
+        The same rules as ``place_order`` (an id already in the book returns that order, never a
+        second one; a rejection is persisted and returned as ``OrderRejectedError``), with the
+        account locked once for the whole batch: an executor's batch costs one commit.
+        """
+        self._prepare()
+        if not self._caught_up:
+            self._catch_up()
+        now = self._now()
+        market_open = self._is_market_open(now)
+        prices = {
+            (r.symbol, r.exchange): self._lookup_price(r.symbol, r.exchange) for r in requests
+        }
+        with self._engine.begin() as conn:
+            self._lock_account(conn)
+            known = {
+                row.client_order_id: row.broker_order_id
+                for row in conn.execute(
+                    sa.select(paper_orders.c.client_order_id, paper_orders.c.broker_order_id).where(
+                        paper_orders.c.account_id == self.account_id,
+                        paper_orders.c.client_order_id.in_([r.client_order_id for r in requests]),
+                    )
+                )
+            }
+            fresh = list(
+                {r.client_order_id: r for r in requests if r.client_order_id not in known}.values()
+            )
+            batch = [(r, prices[(r.symbol, r.exchange)]) for r in fresh]
+            if market_open and self._fill_at_once(conn, batch, now):
+                fresh = []
+            for request in fresh:
+                order = self._new_order(request, now)
+                price = prices[(request.symbol, request.exchange)]
+                reason = self._check_new_order(conn, order, request, price, market_open)
+                if reason is not None:
+                    order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+                conn.execute(sa.insert(paper_orders).values(**order.values()))
+                if reason is None:
+                    self._advance(conn, order, price, market_open, now)
+                    self._save(conn, order)
+            for request in requests:
+                known[request.client_order_id] = _broker_order_id(
+                    self.account_id, request.client_order_id
+                )
+            placed = {r.client_order_id for r, _ in batch}
+            rows = conn.execute(
+                sa.select(paper_orders).where(paper_orders.c.broker_order_id.in_(known.values()))
+            ).mappings()
+            stored = {o.client_order_id: o for o in map(_Order.from_row, rows)}
+        reports = {r.client_order_id: r for r in self._to_broker_orders(list(stored.values()))}
+        results: list[BrokerOrder | Exception] = []
+        for request in requests:
+            report = reports[request.client_order_id]
+            if request.client_order_id in placed and report.status is BrokerOrderStatus.REJECTED:
+                results.append(
+                    OrderRejectedError(
+                        f"paper order {request.client_order_id} rejected: {report.reason}",
+                        reason=report.reason,
+                        broker=BROKER,
+                    )
+                )
+            else:
+                results.append(report)
+        return results
+
+    def _fill_at_once(
+        self, conn: Connection, batch: Sequence[tuple[OrderRequest, Decimal | None]], now: datetime
+    ) -> bool:
+        """Place and fill a batch of new market orders set-based; False when it does not apply.
+
+        The common case of an executor's batch (immediate fills, market orders by quantity, one
+        order per asset, no position booked without an exchange), with the same checks, prices,
+        fees and book changes as placing them one by one, in order, under the caller's lock.
+        """
+        venues = {(r.symbol, r.exchange or "") for r, _ in batch}
+        if (
+            not batch
+            or self.settings.fill_mode is not PaperFillMode.IMMEDIATE
+            or len(venues) != len(batch)
+            or any(r.order_type is not OrderType.MARKET or r.quantity is None for r, _ in batch)
+        ):
+            return False
+        mine = paper_positions.c.account_id == self.account_id
+        held = {
+            (row.symbol, row.exchange): (row.quantity, row.average_price)
+            for row in conn.execute(
+                sa.select(paper_positions).where(
+                    mine, paper_positions.c.symbol.in_({s for s, _ in venues})
+                )
+            )
+        }
+        if any(e and (s, "") in held for s, e in venues):
+            return False  # a legacy position to claim: the one-by-one path does that
+        cash = start = self._cash(conn)
+        orders, fills, moved = [], [], {}
+        for request, price in batch:
+            order = self._new_order(request, now)
+            orders.append(order)
+            key = (request.symbol, request.exchange or "")
+            quantity, average = held.get(key, (_ZERO, None))
+            q = order.quantity
+            assert q is not None
+            reason = self._quantity_problem(order, q)
+            if reason is None and price is None:
+                reason = f"unknown symbol {request.symbol}: no price available"
+            if reason is not None or price is None:
+                order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+                continue
+            executed = self._fill_price(order, price)
+            assert executed is not None
+            gross = _money(q * executed)
+            fee = self._order_fee(gross)
+            if order.side is OrderSide.BUY and gross + fee > cash:
+                order.status, order.reason = (
+                    BrokerOrderStatus.REJECTED,
+                    (
+                        f"insufficient cash: buying {q} {order.symbol} needs {gross + fee} "
+                        f"{self.settings.currency} including fees, cash is {cash} "
+                        f"{self.settings.currency}"
+                    ),
+                )
+                continue
+            if order.side is OrderSide.SELL and q > quantity:
+                order.status, order.reason = (
+                    BrokerOrderStatus.REJECTED,
+                    (f"insufficient position: selling {q} {order.symbol}, holding {quantity}"),
+                )
+                continue
+            if order.side is OrderSide.BUY:
+                cash -= gross + fee
+                cost = quantity * (average or executed) + q * executed
+                moved[key] = (quantity + q, _price(cost / (quantity + q)))
+            else:
+                cash += gross - fee
+                moved[key] = (quantity - q, average)
+            order.filled_quantity, order.average_fill_price = q, _price(executed)
+            order.fees, order.status = fee, BrokerOrderStatus.FILLED
+            fill_id = _fill_id(order.broker_order_id, 1)
+            fills.append(
+                {
+                    "fill_id": fill_id,
+                    "broker_order_id": order.broker_order_id,
+                    "sequence": 1,
+                    "quantity": q,
+                    "price": executed,
+                    "fees": fee,
+                    "filled_at": now,
+                }
+            )
+        self._write_batch(conn, orders, fills, moved, set(held), now)
+        if cash != start:
+            self._set_cash(conn, cash, now)
+        return True
+
+    def _write_batch(
+        self,
+        conn: Connection,
+        orders: Sequence[_Order],
+        fills: Sequence[dict[str, Any]],
+        moved: Mapping[tuple[str, str], tuple[Decimal, Decimal | None]],
+        existing: set[tuple[str, str]],
+        now: datetime,
+    ) -> None:
+        """Write a batch's orders, fills and positions (multi-row statements)."""
+        conn.execute(sa.insert(paper_orders), [o.values() for o in orders])
+        if fills:
+            conn.execute(sa.insert(paper_fills), list(fills))
+        new = [k for k in moved if k not in existing and moved[k][0] > 0]
+        if new:
+            conn.execute(
+                sa.insert(paper_positions),
+                [
+                    {
+                        "account_id": self.account_id,
+                        "symbol": s,
+                        "exchange": e,
+                        "quantity": moved[(s, e)][0],
+                        "average_price": moved[(s, e)][1],
+                        "updated_at": now,
+                    }
+                    for s, e in new
+                ],
+            )
+        for (symbol, venue), (quantity, average) in moved.items():
+            if (symbol, venue) in existing:
+                self._write_position(
+                    conn, symbol, venue or None, quantity, average, now, exists=True
+                )
 
     def get_order_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """Look an order up by our id (counts as a poll); None when the book has no such order."""
@@ -782,7 +724,7 @@ class PaperBroker:
         self._prepare()
         order = self._find(broker_order_id=broker_order_id)
         if order is None:
-            raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+            raise not_found(broker_order_id)
         return self._poll([order])[0]
 
     def list_orders(self, since: datetime) -> Sequence[BrokerOrder]:
@@ -816,14 +758,12 @@ class PaperBroker:
             self._lock_account(conn)
             order = self._select_order(conn, broker_order_id=broker_order_id)
             if order is None:
-                raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+                raise not_found(broker_order_id)
             if order.status is BrokerOrderStatus.CANCELLED:
                 return
             if order.terminal:
                 reason = f"order is {order.status.value} and cannot be cancelled"
-                raise NonRetryableBrokerError(
-                    f"paper order {broker_order_id}: {reason}", reason=reason, broker=BROKER
-                )
+                raise refused(broker_order_id, reason)
             order.status, order.reason, order.updated_at = (
                 BrokerOrderStatus.CANCELLED,
                 "cancelled on request",
@@ -840,7 +780,7 @@ class PaperBroker:
             case PaperMarketHours.NEVER:
                 return MarketClock(is_open=False, next_open=None, next_close=None)
             case PaperMarketHours.CALENDAR:
-                return _calendar_clock(self.settings.calendar, now)
+                return market_clock(self.settings.calendar, now)
 
     # ---- helpers for tests and the demo -----------------------------------------------------
 
@@ -1020,7 +960,7 @@ class PaperBroker:
             case PaperMarketHours.NEVER:
                 return False
             case PaperMarketHours.CALENDAR:
-                return _calendar_clock(self.settings.calendar, now).is_open
+                return market_clock(self.settings.calendar, now).is_open
 
     def _lock_account(self, conn: Connection) -> None:
         """Lock the account row: every writer goes through it, so book changes serialize."""
@@ -1158,7 +1098,7 @@ class PaperBroker:
     def _load(self, broker_order_id: str) -> BrokerOrder:
         order = self._find(broker_order_id=broker_order_id)
         if order is None:  # pragma: no cover - the order was just written
-            raise OrderNotFoundError(f"paper order {broker_order_id} not found", broker=BROKER)
+            raise not_found(broker_order_id)
         return self._to_broker_orders([order])[0]
 
     def _to_broker_orders(self, orders: Sequence[_Order]) -> list[BrokerOrder]:
@@ -1250,12 +1190,9 @@ class PaperBroker:
         """Return why a real broker would reject this new order, or None."""
         quantity, notional = request.quantity, request.notional
         if quantity is not None:
-            if quantity <= 0:
-                return f"quantity must be positive, got {quantity}"
-            if quantity != quantity.quantize(_QTY_Q, rounding=ROUND_DOWN):
-                return f"quantity {quantity} has more than {QUANTITY_SCALE} decimal places"
-            if not order.fractional and quantity != quantity.to_integral_value():
-                return f"fractional quantity {quantity} not allowed: whole shares only"
+            problem = self._quantity_problem(order, quantity)
+            if problem is not None:
+                return problem
         elif notional is None or notional <= 0:
             return f"notional must be positive, got {notional}"
         if request.order_type is OrderType.LIMIT and (
@@ -1275,6 +1212,16 @@ class PaperBroker:
             if quantity <= 0:
                 return f"notional {notional} buys no {request.symbol} at {estimate}"
         return self._check_funds(conn, order, quantity, estimate, already_charged=_ZERO)
+
+    def _quantity_problem(self, order: _Order, quantity: Decimal) -> str | None:
+        """Return why a real broker would reject this quantity, or None."""
+        if quantity <= 0:
+            return f"quantity must be positive, got {quantity}"
+        if quantity != quantity.quantize(_QTY_Q, rounding=ROUND_DOWN):
+            return f"quantity {quantity} has more than {QUANTITY_SCALE} decimal places"
+        if not order.fractional and quantity != quantity.to_integral_value():
+            return f"fractional quantity {quantity} not allowed: whole shares only"
+        return None
 
     def _check_funds(
         self,
@@ -1399,6 +1346,23 @@ class PaperBroker:
         cash = cash - gross - fee if order.side is OrderSide.BUY else cash + gross - fee
         self._set_cash(conn, cash, now)
 
+        self._book_position(conn, order, chunk, executed, now)
+
+        filled_value = sum((f.quantity * f.price for f in previous), _ZERO) + chunk * executed
+        order.filled_quantity += chunk
+        order.average_fill_price = _price(filled_value / order.filled_quantity)
+        order.fees += fee
+        order.status = (
+            BrokerOrderStatus.FILLED
+            if order.filled_quantity == order.quantity
+            else BrokerOrderStatus.PARTIALLY_FILLED
+        )
+        order.updated_at = now
+
+    def _book_position(
+        self, conn: Connection, order: _Order, chunk: Decimal, executed: Decimal, now: datetime
+    ) -> None:
+        """Move the account's position by one fill (average cost on buys)."""
         held, held_average = self._position(conn, order.symbol, order.exchange)
         held_quantity = held or _ZERO
         if order.side is OrderSide.BUY:
@@ -1417,17 +1381,6 @@ class PaperBroker:
             now,
             exists=held is not None,
         )
-
-        filled_value = sum((f.quantity * f.price for f in previous), _ZERO) + chunk * executed
-        order.filled_quantity += chunk
-        order.average_fill_price = _price(filled_value / order.filled_quantity)
-        order.fees += fee
-        order.status = (
-            BrokerOrderStatus.FILLED
-            if order.filled_quantity == order.quantity
-            else BrokerOrderStatus.PARTIALLY_FILLED
-        )
-        order.updated_at = now
 
 
 def _utc_now() -> datetime:
@@ -1451,19 +1404,3 @@ def _insert_ignoring_conflict(conn: Connection, table: sa.Table, values: dict[st
                     conn.execute(sa.insert(table).values(**values))
             except sa_exc.IntegrityError:
                 pass
-
-
-def _calendar_clock(calendar_name: str, now: datetime) -> MarketClock:
-    """Return the market clock of an exchange calendar (e.g. XNYS, XNSE) at ``now``."""
-    import exchange_calendars
-    import pandas as pd
-
-    calendar = exchange_calendars.get_calendar(calendar_name)
-    minute = pd.Timestamp(now).floor("min")
-    try:
-        is_open = bool(calendar.is_open_on_minute(minute))
-        next_open = calendar.next_open(minute).to_pydatetime()
-        next_close = calendar.next_close(minute).to_pydatetime()
-    except ValueError as exc:  # outside the calendar's bounds
-        raise ValueError(f"{now.isoformat()} is outside calendar {calendar_name}") from exc
-    return MarketClock(is_open=is_open, next_open=next_open, next_close=next_close)

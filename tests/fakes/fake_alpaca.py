@@ -118,7 +118,7 @@ __all__ = [
 ]
 
 FAKE_KEY_ID = "PKFAKE7QX2ALPACA0001"
-FAKE_SECRET = "fake-secret-9b1f6e0c4d2a47e8a3c5d7f9b1e3a5c7"  # noqa: S105 - a test value
+FAKE_SECRET = "fake-secret-9b1f6e0c4d2a47e8a3c5d7f9b1e3a5c7"
 DEFAULT_PRICE = Decimal("100")
 #: Variables that would send requests to 127.0.0.1 through a proxy: clear them in tests.
 PROXY_ENVIRONMENT = tuple(

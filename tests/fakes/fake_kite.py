@@ -129,7 +129,7 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9]{1,20}$")
 _QTY_RE = re.compile(r"^[0-9]+$")
 
 # Error texts. Quoted from Kite (docs, forum, SDK tests) unless marked modelled.
-MSG_TOKEN = "Incorrect `api_key` or `access_token`."  # noqa: S105 - an error text
+MSG_TOKEN = "Incorrect `api_key` or `access_token`."
 MSG_TOO_MANY = "Too many requests"
 MSG_MARKET_PROTECTION = (
     "Market orders without market protection are not allowed via API. "
@@ -354,7 +354,7 @@ class FakeKite:
         self,
         *,
         api_key: str = "fakekiteapikey",
-        access_token: str = "fakekiteaccesstoken",  # noqa: S107 - a fake's own token
+        access_token: str = "fakekiteaccesstoken",
         cash: Decimal | str | int | float = Decimal("1000000"),
         prices: Mapping[str, Decimal | str | int | float] | None = None,
         fill_policy: FillPolicy | None = None,

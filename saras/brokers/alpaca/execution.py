@@ -38,31 +38,58 @@ Decisions:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
 import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
-from email.utils import parsedate_to_datetime
-from enum import Enum
+from decimal import Decimal
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import requests
-import urllib3.exceptions
-from alpaca.common.enums import BaseURL, Sort
-from alpaca.common.exceptions import APIError
+from alpaca.common.enums import Sort
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide as AlpacaOrderSide
 from alpaca.trading.enums import QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 from pydantic import SecretStr
 
+from saras.brokers.alpaca.capabilities import capabilities as alpaca_capabilities
+from saras.brokers.alpaca.config import (
+    ACTIVITY_PAGE_SIZE,
+    BROKER,
+    DEFAULT_REQUESTS_PER_MINUTE,
+    DEFAULT_TIMEOUT,
+    MAX_CLIENT_ORDER_ID,
+    MAX_DECIMALS,
+    MAX_PAGES,
+    MIN_BUY_VALUE,
+    PAGE_SIZE,
+    _base_url,
+)
+from saras.brokers.alpaca.errors import (
+    _TRANSPORT_ERRORS,
+    AlpacaResponseError,
+    _BadPayload,
+    _Failure,
+    _header_number,
+    _Kind,
+    classify,
+    scrub,
+    to_error,
+)
+from saras.brokers.alpaca.parsing import (
+    _decimal_places,
+    _parse_account,
+    _parse_clock,
+    _parse_fill_activities,
+    _parse_order,
+    _parse_order_page,
+    _parse_positions,
+)
 from saras.brokers.base import (
     REQUEST_TIMEOUT_KEY,
     AccountInfo,
@@ -85,60 +112,36 @@ from saras.brokers.errors import (
     NonRetryableBrokerError,
     OrderNotFoundError,
     OrderRejectedError,
-    RateLimitedError,
-    RetryableBrokerError,
 )
-from saras.domain.enums import BrokerType, OrderSide, OrderType
+from saras.brokers.kit.rate import Budget, RateLimiter, shared
+from saras.brokers.kit.resend import place_once, resolve
+from saras.domain.enums import OrderSide, OrderType
 
 __all__ = [
     "AlpacaBroker",
     "AlpacaRateLimiter",
-    "AlpacaResponseError",
-    "map_order_status",
     "shared_rate_limiter",
 ]
 
 log = logging.getLogger(__name__)
 
-BROKER = BrokerType.ALPACA.value
-PAGE_SIZE = 500  # Alpaca's maximum for GET /v2/orders
-MAX_CLIENT_ORDER_ID = 48
-MAX_DECIMALS = 9  # Alpaca takes quantities and notionals to 9 decimal places
-MIN_BUY_VALUE = Decimal("1")
-DEFAULT_TIMEOUT = 10.0
-#: Alpaca's paper endpoint; every other alpaca.markets trading host moves real money
-PAPER_HOST = "paper-api.alpaca.markets"
-ALPACA_DOMAIN = "alpaca.markets"
-CODE_DUPLICATE_CLIENT_ORDER_ID = 40010001
-CODE_INSUFFICIENT = 40310000  # 403: insufficient buying power / quantity / cost basis
-DEFAULT_REQUESTS_PER_MINUTE = 200
-MAX_PAGES = 2_000
-ACTIVITY_PAGE_SIZE = 100  # Alpaca's maximum for GET /v2/account/activities
 
 T = TypeVar("T")
-_TRANSPORT_ERRORS = (APIError, requests.RequestException)
-
-
-class AlpacaResponseError(NonRetryableBrokerError):
-    """Alpaca answered something this adapter cannot read (unknown status, missing field)."""
-
-
-class _BadPayload(ValueError):
-    """A response body that does not have the shape of Alpaca's entities."""
 
 
 # --------------------------------------------------------------------------- rate limiting
 
 
-class AlpacaRateLimiter:
+class AlpacaRateLimiter(RateLimiter):
     """Pace the requests of one Alpaca account, and honour the server's rate-limit headers.
 
-    A token bucket (GCRA form) lets ``burst`` requests through at once, then one every
-    ``60 / (requests_per_minute * utilisation)`` seconds: any rolling minute then holds at most
-    ``burst + requests_per_minute * utilisation`` requests (195 of Alpaca's 200 by default), so a
-    single process never draws a 429. When Alpaca reports ``X-RateLimit-Remaining: 0`` (or a 429
-    asks to wait) every request waits until ``X-RateLimit-Reset``, capped at ``max_wait``.
-    Thread-safe; the sleeping happens outside the lock.
+    The kit's limiter in its pacing form: ``burst`` requests at once, then one every
+    ``60 / (requests_per_minute * utilisation)`` seconds, so any rolling minute holds at most
+    ``burst + requests_per_minute * utilisation`` requests (195 of Alpaca's 200 by default) and
+    a single process never draws a 429. When Alpaca reports ``X-RateLimit-Remaining: 0`` (or a
+    429 asks to wait) every request waits until ``X-RateLimit-Reset``, capped at ``max_wait``.
+    With ``account_key`` the budget ``broker:<connection id>`` (200/min) is shared across
+    processes when a shared backend is installed.
     """
 
     def __init__(
@@ -149,69 +152,42 @@ class AlpacaRateLimiter:
         burst: int = 5,
         clock: Callable[[], float] = time.time,
         max_wait: float = 60.0,
+        account_key: str | None = None,
     ) -> None:
         if requests_per_minute <= 0 or not 0 < utilisation <= 1 or burst < 1:
             raise ValueError("requests_per_minute > 0, 0 < utilisation <= 1 and burst >= 1")
+        budgets = (
+            ()
+            if account_key is None
+            else (Budget(f"broker:{account_key}", DEFAULT_REQUESTS_PER_MINUTE, 60.0),)
+        )
+        super().__init__(
+            interval=60.0 / (requests_per_minute * utilisation),
+            burst=burst,
+            clock=clock,
+            max_wait=max_wait,
+            budgets=budgets,
+        )
         self.requests_per_minute = requests_per_minute
-        self.interval = 60.0 / (requests_per_minute * utilisation)
-        self._tolerance = (burst - 1) * self.interval
-        self._clock = clock
-        self._max_wait = max_wait
-        self._lock = threading.Lock()
-        self._tat = -math.inf  # theoretical arrival time of the next request
-        self._not_before = -math.inf  # set by the server's headers or a 429
         self.remaining: int | None = None
         self.reset_at: float | None = None
-
-    def reserve(self) -> float:
-        """Reserve the next request slot; return how many seconds to wait before sending."""
-        with self._lock:
-            now = self._clock()
-            send_at = max(now, self._not_before, self._tat - self._tolerance)
-            self._tat = max(self._tat, send_at) + self.interval
-            return max(send_at - now, 0.0)
-
-    def acquire(self, sleep: Callable[[float], None]) -> float:
-        """Wait (through ``sleep``) until a request may be sent; return the seconds waited."""
-        wait = self.reserve()
-        if wait > 0:
-            log.debug("alpaca rate limit: waiting %.3f s", wait)
-            sleep(wait)
-        return wait
 
     def observe(self, headers: Mapping[str, str]) -> None:
         """Read ``X-RateLimit-Remaining``/``X-RateLimit-Reset`` from a response."""
         remaining = _header_number(headers, "X-RateLimit-Remaining")
         reset = _header_number(headers, "X-RateLimit-Reset")
-        with self._lock:
-            if remaining is not None:
-                self.remaining = int(remaining)
-            if reset is not None:
-                self.reset_at = reset
-            if remaining is not None and remaining <= 0 and reset is not None:
-                now = self._clock()
-                self._not_before = max(self._not_before, min(reset, now + self._max_wait))
-
-    def defer(self, seconds: float) -> None:
-        """Hold every request back for ``seconds`` from now (after a 429)."""
-        with self._lock:
-            now = self._clock()
-            wait = min(max(seconds, 0.0), self._max_wait)
-            self._not_before = max(self._not_before, now + wait)
+        if remaining is not None:
+            self.remaining = int(remaining)
+        if reset is not None:
+            self.reset_at = reset
+        if remaining is not None and remaining <= 0 and reset is not None:
+            self.hold_until(reset)
 
 
-_SHARED_LIMITERS: dict[str, AlpacaRateLimiter] = {}
-_SHARED_LOCK = threading.Lock()
-
-
-def shared_rate_limiter(api_key_id: str, base_url: str) -> AlpacaRateLimiter:
+def shared_rate_limiter(api_key_id: str, base_url: str, connection_id: str) -> AlpacaRateLimiter:
     """Return the process-wide limiter of one Alpaca account (real clock)."""
     key = hashlib.sha256(f"{base_url}\x00{api_key_id}".encode()).hexdigest()
-    with _SHARED_LOCK:
-        limiter = _SHARED_LIMITERS.get(key)
-        if limiter is None:
-            limiter = _SHARED_LIMITERS[key] = AlpacaRateLimiter()
-        return limiter
+    return shared(f"alpaca:{key}", lambda: AlpacaRateLimiter(account_key=connection_id))
 
 
 class _GuardedSession(requests.Session):
@@ -236,26 +212,6 @@ class _GuardedSession(requests.Session):
 
 
 # --------------------------------------------------------------------------- error classification
-
-
-class _Kind(Enum):
-    RETRY = "retry"  # nothing happened; trying again may work
-    RATE_LIMITED = "rate_limited"
-    AMBIGUOUS = "ambiguous"  # an order submission may or may not have been placed
-    DUPLICATE = "duplicate"  # 422 40010001: an order with this client_order_id exists
-    NOT_FOUND = "not_found"
-    REJECTED = "rejected"
-    FATAL = "fatal"
-    INVALID = "invalid"
-
-
-@dataclass(frozen=True)
-class _Failure:
-    kind: _Kind
-    detail: str
-    status: int | None = None
-    reason: str | None = None
-    retry_after: float | None = None
 
 
 # --------------------------------------------------------------------------- the adapter
@@ -311,7 +267,7 @@ class AlpacaBroker:
             # Share one bucket per account across the process when time is real; an injected
             # clock (tests, benchmarks) gets its own.
             rate_limiter = (
-                shared_rate_limiter(key.get_secret_value(), self.base_url)
+                shared_rate_limiter(key.get_secret_value(), self.base_url, config.connection_id)
                 if clock is time.time
                 else AlpacaRateLimiter(clock=clock)
             )
@@ -321,13 +277,8 @@ class AlpacaBroker:
 
     @classmethod
     def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
-        """Return Alpaca's capabilities; live whenever the endpoint is not Alpaca's paper one."""
-        return BrokerCapabilities(
-            real_money=reaches_real_money(config),
-            fractional=True,
-            quantity_decimals=MAX_DECIMALS,
-            min_order_value=MIN_BUY_VALUE,
-        )
+        """Return Alpaca's capabilities (see ``capabilities.py``)."""
+        return alpaca_capabilities(config)
 
     @property
     def request_timeout(self) -> float:
@@ -425,16 +376,27 @@ class AlpacaBroker:
     def place_order(self, request: OrderRequest, *, resume: bool = False) -> BrokerOrder:
         """Place an order exactly once (see the module docstring for how)."""
         client_id = request.client_order_id
-        what = f"place order {client_id}"
         sdk_request = self._sdk_order_request(request)  # local checks: nothing sent on failure
-        if resume:
-            existing = self._find_by_client_id(client_id, attempts=self._max_attempts)
-            if existing is not None:
-                log.info(
-                    "alpaca order %s already placed as %s", client_id, existing.broker_order_id
-                )
-                return self._same_order(existing, request)
-        outcome = self._submit(what, sdk_request)
+
+        def find() -> BrokerOrder | None:
+            found = self._find_by_client_id(client_id, attempts=self._max_attempts)
+            return None if found is None else self._same_order(found, request)
+
+        return place_once(
+            key=client_id,
+            client_order_id=client_id,
+            broker=BROKER,
+            resume=resume,
+            find=find,
+            send=lambda: self._send(request, sdk_request),
+        )
+
+    def _send(
+        self, request: OrderRequest, sdk_request: MarketOrderRequest | LimitOrderRequest
+    ) -> BrokerOrder:
+        """Send the order once and read Alpaca's answer (an unclear one is looked up)."""
+        client_id = request.client_order_id
+        outcome = self._submit(f"place order {client_id}", sdk_request)
         if isinstance(outcome, _Failure):
             return self._resolve(request, outcome)
         try:
@@ -557,21 +519,18 @@ class AlpacaBroker:
             client_id,
             self._scrub(failure.detail),
         )
-        for attempt in range(self._lookup_attempts):
-            if attempt:
-                self._sleep(self._lookup_wait * attempt)
-            try:
-                found = self._find_by_client_id(client_id, attempts=1)
-            except FatalBrokerError:
-                raise
-            except BrokerError as exc:
-                log.info("alpaca order %s: lookup %d failed: %s", client_id, attempt + 1, exc)
-                continue
-            if found is not None:
-                log.info(
-                    "alpaca order %s resolved: it exists as %s", client_id, found.broker_order_id
-                )
-                return self._same_order(found, request)
+        lookup = resolve(
+            lambda: self._find_by_client_id(client_id, attempts=1),
+            delays=[self._lookup_wait * attempt for attempt in range(self._lookup_attempts)],
+            sleep=self._sleep,
+        )
+        if lookup.order is not None:
+            log.info(
+                "alpaca order %s resolved: it exists as %s",
+                client_id,
+                lookup.order.broker_order_id,
+            )
+            return self._same_order(lookup.order, request)
         # Not found (yet). Sending it again here would be safe, as Alpaca refuses a second use of
         # the client_order_id (422 40010001), but the protocol leaves that decision to the caller:
         # a later place_order(..., resume=True) looks it up once more and sends it only if absent.
@@ -728,133 +687,17 @@ class AlpacaBroker:
             raise AlpacaResponseError(self._scrub(f"alpaca {what}: {exc}"), broker=BROKER) from None
 
     def _classify(self, exc: Exception, *, order_submit: bool) -> _Failure:
-        """Sort an SDK or transport exception into one of our outcomes."""
-        unknown = _Kind.AMBIGUOUS if order_submit else _Kind.RETRY
-        if isinstance(exc, requests.exceptions.JSONDecodeError):
-            return _Failure(unknown, "the answer is not valid JSON")
-        if isinstance(exc, APIError):
-            return self._classify_http(exc, order_submit=order_submit)
-        if isinstance(
-            exc,
-            requests.exceptions.InvalidURL
-            | requests.exceptions.MissingSchema
-            | requests.exceptions.InvalidSchema,
-        ):
-            return _Failure(_Kind.FATAL, f"the base URL is not usable ({type(exc).__name__})")
-        if _never_sent(exc):
-            return _Failure(_Kind.RETRY, f"could not connect ({_connect_reason(exc)})")
-        if isinstance(exc, requests.Timeout):
-            return _Failure(unknown, f"no answer within {self._timeout:g} s")
-        return _Failure(unknown, f"connection lost before the answer ({_connect_reason(exc)})")
-
-    def _classify_http(self, exc: APIError, *, order_submit: bool) -> _Failure:
-        status = exc.status_code  # safe: unlike .code/.message it does not parse the body
-        response = exc.response
-        text = response.text if response is not None else str(exc)
-        code, message = _error_body(text)
-        headers: Mapping[str, str] = response.headers if response is not None else {}
-        detail = f"HTTP {status}"
-        detail += f" {message}" if message else " (no JSON error body)"
-        if code is not None:
-            detail += f" (code {code})"
-        lowered = (message or "").lower()
-        unknown = _Kind.AMBIGUOUS if order_submit else _Kind.RETRY
-        match status:
-            case 429:
-                retry_after = _retry_after(headers, self._clock())
-                return _Failure(_Kind.RATE_LIMITED, detail, 429, retry_after=retry_after)
-            case 401:
-                return _Failure(_Kind.FATAL, detail, 401)
-            case 403 if code == CODE_INSUFFICIENT or "insufficient" in lowered:
-                return _Failure(_Kind.REJECTED, detail, 403, reason=message or detail)
-            case 403:
-                return _Failure(_Kind.FATAL, detail, 403)
-            case 404:
-                return _Failure(_Kind.NOT_FOUND, detail, 404, reason=message or "not found")
-            case 422 if order_submit and (
-                code == CODE_DUPLICATE_CLIENT_ORDER_ID
-                or "client_order_id must be unique" in lowered
-            ):
-                return _Failure(_Kind.DUPLICATE, detail, 422)
-            case 400 | 422:
-                return _Failure(_Kind.REJECTED, detail, status, reason=message or detail)
-            case 408 | None:
-                return _Failure(unknown, detail, status)
-            case int() if status >= 500:
-                return _Failure(unknown, detail, status)
-        return _Failure(_Kind.INVALID, detail, status, reason=message or detail)
+        return classify(exc, order_submit=order_submit, timeout=self._timeout, clock=self._clock)
 
     def _error(self, what: str, failure: _Failure, *, order: bool = False) -> BrokerError:
-        """Turn a failure into one of our exceptions (secrets scrubbed)."""
-        message = self._scrub(f"alpaca {what}: {failure.detail}")
-        reason = self._scrub(failure.reason) if failure.reason else None
-        status = failure.status
-        match failure.kind:
-            case _Kind.RATE_LIMITED:
-                return RateLimitedError(
-                    message, broker=BROKER, status_code=status, retry_after=failure.retry_after
-                )
-            case _Kind.RETRY | _Kind.AMBIGUOUS:
-                return RetryableBrokerError(message, broker=BROKER, status_code=status)
-            case _Kind.FATAL:
-                return FatalBrokerError(message, broker=BROKER, status_code=status)
-            case _Kind.NOT_FOUND:
-                return OrderNotFoundError(message, reason=reason, broker=BROKER, status_code=status)
-            case _Kind.REJECTED if order:
-                return OrderRejectedError(message, reason=reason, broker=BROKER, status_code=status)
-            case _Kind.REJECTED | _Kind.INVALID | _Kind.DUPLICATE:
-                return NonRetryableBrokerError(
-                    message, reason=reason, broker=BROKER, status_code=status
-                )
-        raise AssertionError(f"unhandled failure kind {failure.kind}")  # pragma: no cover
+        return to_error(what, failure, order=order, scrub=self._scrub)
 
     def _scrub(self, text: str) -> str:
         """Mask the credentials in text that came from outside (defence in depth)."""
-        for secret in (self._key.get_secret_value(), self._secret.get_secret_value()):
-            if secret and secret in text:
-                text = text.replace(secret, "**********")
-        return text
+        return scrub(text, (self._key.get_secret_value(), self._secret.get_secret_value()))
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def reaches_real_money(config: ConnectionConfig) -> bool:
-    """Tell whether orders through this connection can reach a live Alpaca account.
-
-    A live row does. So does a "paper" row whose ``base_url`` names an Alpaca host other than
-    the paper endpoint (``api.alpaca.markets`` is the live one): the URL decides where orders
-    go, not the flag. An unreadable ``base_url`` counts as live. Other hosts (a local fake, a
-    sandbox proxy) follow the row's flag.
-    """
-    if not config.paper_trading:
-        return True
-    override = config.metadata.get("base_url")
-    if override is None or override == "":
-        return False
-    if not isinstance(override, str):
-        return True
-    try:
-        host = (urlsplit(override.strip()).hostname or "").rstrip(".").lower()
-    except ValueError:
-        return True
-    if not host:
-        return True
-    return (host == ALPACA_DOMAIN or host.endswith("." + ALPACA_DOMAIN)) and host != PAPER_HOST
-
-
-def _base_url(config: ConnectionConfig) -> str:
-    """Pick the endpoint: ``metadata["base_url"]`` if given, else paper or live."""
-    override = config.metadata.get("base_url")
-    if override is None or override == "":
-        return str((BaseURL.TRADING_PAPER if config.paper_trading else BaseURL.TRADING_LIVE).value)
-    if not isinstance(override, str) or not override.startswith(("http://", "https://")):
-        raise FatalBrokerError(
-            f"alpaca connection {config.connection_id}: base_url must be an http(s) URL",
-            broker=BROKER,
-        )
-    url = override.rstrip("/")
-    return url.removesuffix("/v2")  # alpaca-py appends /v2 itself
 
 
 def _get_orders(query: GetOrdersRequest) -> Callable[[TradingClient], Any]:
@@ -871,347 +714,8 @@ def _order_uuid(broker_order_id: str, what: str) -> str:
         ) from None
 
 
-def _never_sent(exc: Exception) -> bool:
-    """Tell whether a transport error happened before the request left (safe to send again)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout | requests.exceptions.ProxyError):
-        return True
-    if isinstance(exc, requests.exceptions.SSLError):
-        return True  # the TLS handshake precedes the request
-    if isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
-        exc, requests.exceptions.ReadTimeout
-    ):
-        reason: object = exc.args[0] if exc.args else None
-        if isinstance(reason, urllib3.exceptions.MaxRetryError):
-            reason = reason.reason
-        return isinstance(
-            reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
-        )
-    return False
-
-
-def _connect_reason(exc: Exception) -> str:
-    reason: object = exc.args[0] if exc.args else None
-    if isinstance(reason, urllib3.exceptions.MaxRetryError):
-        reason = reason.reason
-    return type(reason).__name__ if isinstance(reason, Exception) else type(exc).__name__
-
-
-def _error_body(text: str) -> tuple[int | None, str | None]:
-    """Read Alpaca's ``{"code": ..., "message": ...}`` error body; (None, None) if it is not one."""
-    try:
-        data = json.loads(text)
-    except (TypeError, ValueError):
-        return None, None
-    if not isinstance(data, dict):
-        return None, None
-    raw_code = data.get("code")
-    code: int | None = None
-    if isinstance(raw_code, int) and not isinstance(raw_code, bool):
-        code = raw_code
-    elif isinstance(raw_code, str) and raw_code.isdigit():
-        code = int(raw_code)
-    message = data.get("message")
-    return code, (message.strip()[:300] or None) if isinstance(message, str) else None
-
-
-def _header_number(headers: Mapping[str, str], name: str) -> float | None:
-    value = headers.get(name)
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
-    """Seconds to wait after a 429: ``Retry-After`` if sent, else ``X-RateLimit-Reset``.
-
-    Alpaca sends ``X-RateLimit-Reset`` (epoch seconds); a proxy in front may send the more
-    specific ``Retry-After`` (seconds or an HTTP date).
-    """
-    value = headers.get("Retry-After")
-    if value is not None:
-        seconds = _header_number(headers, "Retry-After")
-        if seconds is not None:
-            return max(seconds, 0.0)
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            when = None
-        if when is not None:
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            return max(when.timestamp() - now, 0.0)
-    reset = _header_number(headers, "X-RateLimit-Reset")
-    if reset is not None:
-        return max(reset - now, 0.0)
-    return None
-
-
-def _decimal_places(value: Decimal) -> int:
-    exponent = value.normalize().as_tuple().exponent
-    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
-
-
 # --------------------------------------------------------------------------- parsing
-
-
-def map_order_status(
-    status: str, *, filled_quantity: Decimal, quantity: Decimal | None
-) -> BrokerOrderStatus:
-    """Map an Alpaca order status to ours; an unknown status raises ``AlpacaResponseError``.
-
-    Statuses that do not end an order report partial progress when shares have filled.
-    """
-
-    def working(base: BrokerOrderStatus) -> BrokerOrderStatus:
-        return BrokerOrderStatus.PARTIALLY_FILLED if filled_quantity > 0 else base
-
-    match status:
-        # Received by Alpaca, not yet working at an execution venue.
-        case "accepted":
-            return working(BrokerOrderStatus.PENDING)
-        case "pending_new":
-            return working(BrokerOrderStatus.PENDING)
-        case "pending_review":
-            return working(BrokerOrderStatus.PENDING)
-        case "held":  # e.g. a bracket leg waiting for its parent
-            return working(BrokerOrderStatus.PENDING)
-        case "suspended":  # not eligible for trading for now
-            return working(BrokerOrderStatus.PENDING)
-        # Working at the exchange.
-        case "new":  # routed to the exchange: Alpaca's usual initial state
-            return working(BrokerOrderStatus.OPEN)
-        case "accepted_for_bidding":  # at the exchange, priced in an auction
-            return working(BrokerOrderStatus.OPEN)
-        case "stopped":  # a trade is guaranteed but has not happened yet
-            return working(BrokerOrderStatus.OPEN)
-        case "pending_cancel":  # still working until the cancel is confirmed
-            return working(BrokerOrderStatus.OPEN)
-        case "pending_replace":
-            return working(BrokerOrderStatus.OPEN)
-        case "done_for_day":  # no more executions today; may resume on the next day
-            return working(BrokerOrderStatus.OPEN)
-        case "partially_filled":
-            return BrokerOrderStatus.PARTIALLY_FILLED
-        case "filled":
-            return BrokerOrderStatus.FILLED
-        case "calculated":  # done for the day, settlement calculations pending
-            if quantity is not None and filled_quantity >= quantity:
-                return BrokerOrderStatus.FILLED
-            return working(BrokerOrderStatus.OPEN)
-        # Over. A cancelled or expired order may have filled in part: see filled_quantity.
-        case "canceled":
-            return BrokerOrderStatus.CANCELLED
-        case "replaced":  # superseded by another order (replaced_by); this one is over
-            return BrokerOrderStatus.CANCELLED
-        case "expired":
-            return BrokerOrderStatus.EXPIRED
-        case "rejected":
-            return BrokerOrderStatus.REJECTED
-        case _:
-            raise AlpacaResponseError(
-                f"alpaca: unknown order status {status!r}; map it in saras.brokers.alpaca",
-                broker=BROKER,
-            )
-
-
-def _field(raw: Mapping[str, Any], name: str) -> Any:
-    if name not in raw:
-        raise _BadPayload(f"{name} is missing")
-    return raw[name]
-
-
-def _text(raw: Mapping[str, Any], name: str) -> str:
-    value = _field(raw, name)
-    if not isinstance(value, str) or not value:
-        raise _BadPayload(f"{name} is not a non-empty string")
-    return value
-
-
-def _decimal(value: Any, name: str) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, str | int | float | Decimal):
-        raise _BadPayload(f"{name} is not a number: {value!r}")
-    try:
-        number = Decimal(str(value))
-    except InvalidOperation:
-        raise _BadPayload(f"{name} is not a number: {value!r}") from None
-    if not number.is_finite():
-        raise _BadPayload(f"{name} is not finite: {value!r}")
-    return number
-
-
-def _optional_decimal(raw: Mapping[str, Any], name: str) -> Decimal | None:
-    value = raw.get(name)
-    if value is None or value == "":
-        return None
-    return _decimal(value, name)
-
-
-def _time(value: Any, name: str) -> datetime | None:
-    """Parse an ISO 8601 time (``Z`` or offset, up to nanoseconds) to aware UTC."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise _BadPayload(f"{name} is not a timestamp: {value!r}")
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    head, dot, rest = text.partition(".")
-    if dot:  # keep microseconds: Alpaca may send nanoseconds
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{head}.{rest[: min(digits, 6)]}{rest[digits:]}"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise _BadPayload(f"{name} is not a timestamp: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)  # Alpaca's times are UTC when unmarked
-    return parsed.astimezone(UTC)
-
-
-def _plain(number: Decimal) -> str:
-    text = format(number.normalize(), "f")
-    return "0" if text == "-0" else text
-
-
-def _parse_order(raw: Any) -> BrokerOrder:
-    """Translate Alpaca's order entity."""
-    if not isinstance(raw, Mapping):
-        raise _BadPayload(f"an order must be an object, not {type(raw).__name__}")
-    order_id = _text(raw, "id")
-    status_text = _text(raw, "status")
-    quantity = _optional_decimal(raw, "qty")
-    filled = _optional_decimal(raw, "filled_qty") or Decimal("0")
-    average = _optional_decimal(raw, "filled_avg_price")
-    if filled <= 0:
-        average = None  # Alpaca may say 0 for "no fills yet": there is no average price
-    side_text = _text(raw, "side")
-    match side_text:
-        case "buy":
-            side = OrderSide.BUY
-        case "sell":
-            side = OrderSide.SELL
-        case _:
-            raise _BadPayload(f"unknown side {side_text!r}")
-    status = map_order_status(status_text, filled_quantity=filled, quantity=quantity)
-    submitted_at = _time(raw.get("submitted_at"), "submitted_at") or _time(
-        raw.get("created_at"), "created_at"
-    )
-    updated_at = _time(raw.get("updated_at"), "updated_at")
-    filled_at = _time(raw.get("filled_at"), "filled_at")
-    fees = _optional_decimal(raw, "commission") or Decimal("0")
-    if filled > 0 and average is not None and (filled_at or updated_at or submitted_at) is None:
-        raise _BadPayload("a filled order carries no time")
-    reason: str | None = None
-    match status_text:
-        case "rejected":
-            reason = "rejected by Alpaca (no reason given)"
-        case "replaced":
-            reason = f"replaced by order {raw.get('replaced_by') or 'unknown'}"
-        case "expired":
-            reason = f"expired (time in force {raw.get('time_in_force') or 'unknown'})"
-    client_id = raw.get("client_order_id")
-    return BrokerOrder(
-        broker_order_id=order_id,
-        client_order_id=client_id if isinstance(client_id, str) and client_id else None,
-        symbol=_text(raw, "symbol"),
-        side=side,
-        quantity=quantity,
-        filled_quantity=filled,
-        average_fill_price=average,
-        status=status,
-        submitted_at=submitted_at,
-        updated_at=updated_at,
-        reason=reason,
-        fees=fees,
-    )
 
 
 def _get_fill_activities(query: dict[str, str | int]) -> Callable[[TradingClient], Any]:
     return lambda client: client.get("/account/activities/FILL", query)
-
-
-def _parse_fill_activities(raw: Any) -> list[tuple[str, Fill]]:
-    """Translate a page of FILL activities into (order id, Fill) pairs, in the page's order."""
-    if not isinstance(raw, list):
-        raise _BadPayload(f"activities must be a list, not {type(raw).__name__}")
-    out = []
-    for row in raw:
-        if not isinstance(row, Mapping):
-            raise _BadPayload("an activity must be an object")
-        if row.get("activity_type", "FILL") != "FILL":
-            continue
-        at = _time(row.get("transaction_time"), "transaction_time")
-        if at is None:
-            raise _BadPayload("a FILL activity carries no transaction_time")
-        fill = Fill(
-            fill_id=_text(row, "id"),
-            quantity=_decimal(_field(row, "qty"), "qty"),
-            price=_decimal(_field(row, "price"), "price"),
-            fees=Decimal(0),  # US equities: commission-free; Alpaca reports fees as activities
-            filled_at=at,
-        )
-        out.append((_text(row, "order_id"), fill))
-    return out
-
-
-def _parse_order_page(raw: Any) -> list[tuple[BrokerOrder, datetime]]:
-    """Translate a page of GET /v2/orders, each order with the time it is paged by."""
-    if not isinstance(raw, list):
-        raise _BadPayload(f"an order list must be an array, not {type(raw).__name__}")
-    page = []
-    for item in raw:
-        order = _parse_order(item)
-        if order.submitted_at is None:
-            raise _BadPayload(f"order {order.broker_order_id} has no submission time")
-        page.append((order, order.submitted_at))
-    return page
-
-
-def _parse_account(raw: Any) -> AccountInfo:
-    if not isinstance(raw, Mapping):
-        raise _BadPayload(f"the account must be an object, not {type(raw).__name__}")
-    return AccountInfo(
-        cash=_decimal(_field(raw, "cash"), "cash"),
-        buying_power=_decimal(_field(raw, "buying_power"), "buying_power"),
-        currency=_text(raw, "currency"),
-    )
-
-
-def _parse_positions(raw: Any) -> list[BrokerPosition]:
-    if not isinstance(raw, list):
-        raise _BadPayload(f"positions must be an array, not {type(raw).__name__}")
-    positions = []
-    for item in raw:
-        if not isinstance(item, Mapping):
-            raise _BadPayload("a position must be an object")
-        quantity = _decimal(_field(item, "qty"), "qty")
-        if item.get("side") == "short" and quantity > 0:
-            quantity = -quantity
-        exchange = item.get("exchange")
-        positions.append(
-            BrokerPosition(
-                symbol=_text(item, "symbol"),
-                quantity=quantity,
-                average_price=_optional_decimal(item, "avg_entry_price"),
-                market_value=_optional_decimal(item, "market_value"),
-                exchange=exchange if isinstance(exchange, str) and exchange else None,
-            )
-        )
-    return positions
-
-
-def _parse_clock(raw: Any) -> MarketClock:
-    if not isinstance(raw, Mapping):
-        raise _BadPayload(f"the clock must be an object, not {type(raw).__name__}")
-    is_open = _field(raw, "is_open")
-    if not isinstance(is_open, bool):
-        raise _BadPayload(f"is_open is not a boolean: {is_open!r}")
-    return MarketClock(
-        is_open=is_open,
-        next_open=_time(raw.get("next_open"), "next_open"),
-        next_close=_time(raw.get("next_close"), "next_close"),
-    )

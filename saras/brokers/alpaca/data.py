@@ -289,7 +289,9 @@ class AlpacaSource:
             else:
                 frames.append(frame)
 
-    def _get_bars(self, symbols: list[str], start: date, end: date) -> dict[str, list[dict]]:
+    def _get_bars(
+        self, symbols: list[str], start: date, end: date
+    ) -> dict[str, list[dict[str, Any]]]:
         client = self._get_client()
         request = StockBarsRequest(
             symbol_or_symbols=symbols,

@@ -1,0 +1,26 @@
+"""Paper kit: what a paper connection can do, as data (services never branch on the broker)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from saras.brokers.base import BrokerCapabilities, ConnectionConfig
+
+_NO = ("false", "0", "no")
+
+
+def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
+    """Return the paper broker's capabilities; sizing follows ``paper_fractional``.
+
+    A row that does not say ``paper_trading`` is treated as able to reach real money (the
+    live-trading gate applies), as for any adapter that cannot prove otherwise.
+    """
+    fractional = str(config.metadata.get("paper_fractional", "true")).lower() not in _NO
+    return BrokerCapabilities(
+        real_money=not config.paper_trading,
+        fractional=fractional,
+        quantity_decimals=9,
+        min_order_value=Decimal(0),
+        remote=not config.paper_trading,
+        needs_credentials=False,
+    )

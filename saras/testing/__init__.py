@@ -1,1 +1,0 @@
-"""Test doubles that speak the brokers' and data sources' real wire formats (no network)."""
