@@ -28,10 +28,10 @@ from saras.services.demo import seed_demo
 from saras.settings import get_settings
 
 US_REBALANCE = [
-    {"symbol": "AAPL", "weight": "30", "rationale": "services growth"},
-    {"symbol": "MSFT", "weight": "30", "rationale": "cloud and AI"},
-    {"symbol": "NVDA", "weight": "25", "rationale": "accelerators"},
-    {"symbol": "GOOGL", "weight": "15", "rationale": "search and cloud"},
+    {"symbol": "AAPL", "weight": "30", "exchange": "NASDAQ", "rationale": "services growth"},
+    {"symbol": "MSFT", "weight": "30", "exchange": "NASDAQ", "rationale": "cloud and AI"},
+    {"symbol": "NVDA", "weight": "25", "exchange": "NASDAQ", "rationale": "accelerators"},
+    {"symbol": "GOOGL", "weight": "15", "exchange": "NASDAQ", "rationale": "search and cloud"},
 ]
 INVESTMENTS = (
     ("asha@example.com", "US Tech Leaders", "10000"),

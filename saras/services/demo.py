@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from models import Asset, Portfolio, Smallcase, User, UserBrokerConnection
 from saras.domain.enums import BrokerType
+from saras.domain.exchanges import exchange as exchange_row
 from saras.services import admin
 
 US_ASSETS: tuple[tuple[str, str, str], ...] = (
@@ -79,12 +80,13 @@ def seed_demo(session: Session) -> DemoSeed:
             select(Asset).where(Asset.symbol == symbol, Asset.exchange == exchange)
         ).first()
         if found is None:
-            us = exchange != "NSE"
+            currency = exchange_row(exchange).currency
+            us = currency == "USD"
             admin.add_asset(
                 session,
                 symbol,
                 exchange,
-                "USD" if us else "INR",
+                currency,
                 name=name,
                 metadata={"fractionable": True} if us else {"lot_size": 1, "tick_size": "0.05"},
             )
