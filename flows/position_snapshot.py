@@ -16,6 +16,7 @@ from prefect.artifacts import (
 from prefect.futures import PrefectFuture
 from prefect.states import State
 
+from flows.kit.alerts import announce_reconciliation_differences
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.batches import in_turn, submit_batches
 from flows.kit.finish import ResultsTable, finish_flow
@@ -30,7 +31,6 @@ from saras.services.snapshots import (
     default_snapshot_date,
     failed_result,
 )
-from tasks.alerts import announce_reconciliation_differences
 from tasks.snapshots import (
     apply_corporate_actions,
     plan_reconciliation,

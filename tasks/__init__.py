@@ -27,13 +27,4 @@ def retry_when(predicate: Callable[[BaseException], bool]) -> Callable[[Any, Any
     return condition
 
 
-def _share_rate_budgets() -> None:
-    """Share broker rate budgets across worker processes while tasks run (see rate_budgets)."""
-    from tasks.rate_budgets import install_prefect_rate_budgets
-
-    install_prefect_rate_budgets()
-
-
-_share_rate_budgets()
-
 __all__ = ["concurrent_writes", "retry_when"]

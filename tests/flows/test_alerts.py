@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-import tasks.alerts
+import flows.kit.alerts
 from models import UserBrokerConnection
 from saras.brokers.paper import PaperBroker
 from saras.services.brokers import open_broker
@@ -22,13 +22,13 @@ def test_differences_emit_one_event_and_a_clean_book_none(
     pg_flow_db: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emitted: list[dict[str, Any]] = []
-    real = tasks.alerts.emit_event
+    real = flows.kit.alerts.emit_event
 
     def recording(**kw: Any) -> Any:
         emitted.append(kw)
         return real(**kw)
 
-    monkeypatch.setattr(tasks.alerts, "emit_event", recording)
+    monkeypatch.setattr(flows.kit.alerts, "emit_event", recording)
     _assets(pg_flow_db, {"AAA": "100"})
     inv, conn = _investor(pg_flow_db, alias="paper_drifted")
     _trade_on_paper(pg_flow_db, inv, conn, [("AAA", "5")])

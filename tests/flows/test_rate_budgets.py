@@ -15,8 +15,8 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
 
+from flows.kit.rate_budgets import PrefectRateBudgets, in_a_run
 from saras.brokers.kit.rate import Budget, RateLimiter, current_backend, install_backend
-from tasks.rate_budgets import PrefectRateBudgets, in_a_run
 
 
 @pytest.fixture
@@ -44,19 +44,20 @@ def spend(limiters: list[RateLimiter], other: RateLimiter) -> tuple[list[float],
 
 def test_two_limiters_of_one_account_share_its_budget(prefect_budgets: PrefectRateBudgets) -> None:
     account = f"broker:test-{uuid.uuid4().hex[:8]}"
-    budget = Budget(account, limit=2, seconds=8.0)  # 2 slots, one freed every 4 s
+    budget = Budget(account, limit=2, seconds=24.0)  # 2 slots, one freed every 12 s
     a, b = RateLimiter(budgets=[budget]), RateLimiter(budgets=[budget])
-    other = RateLimiter(budgets=[Budget(f"{account}-other", limit=2, seconds=8.0)])
+    other = RateLimiter(budgets=[Budget(f"{account}-other", limit=2, seconds=24.0)])
 
     first, second, other_wait = spend([a, b], other)
 
-    assert max(first) < 1.5  # the budget had room for both
-    assert second >= 1.5  # the other limiter found it spent and waited for a slot to decay
+    # wide margins: the harness server answers slowly on a loaded machine
+    assert max(first) < 6  # the budget had room for both
+    assert second >= 6  # the other limiter found it spent and waited for a slot to decay
     assert other_wait < second  # another account's budget is its own
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(account)
     assert limit.limit == 2
-    assert limit.slot_decay_per_second == pytest.approx(0.25)  # created on demand, with decay
+    assert limit.slot_decay_per_second == pytest.approx(2 / 24)  # created on demand, with decay
 
 
 def test_outside_a_run_only_the_in_process_limits_apply(
@@ -66,7 +67,7 @@ def test_outside_a_run_only_the_in_process_limits_apply(
     name = f"broker:test-{uuid.uuid4().hex[:8]}"
     limiter = RateLimiter(budgets=[Budget(name, limit=1, seconds=60.0)])
     waits = [_timed(limiter) for _ in range(3)]  # over the budget, but no flow: no Prefect
-    assert max(waits) < 1.0
+    assert max(waits) < 5  # a Prefect-counted budget would hold the 2nd for about 60 s
     with get_client(sync_client=True) as client:
         names = {gcl.name for gcl in client.read_global_concurrency_limits(limit=200)}
     assert name not in names

@@ -78,9 +78,6 @@ NOT_TASKS = {
     ("tasks/smallcase_slot.py", "ensure_limit"),
     ("tasks/smallcase_slot.py", "holders"),
     ("tasks/smallcase_slot.py", "smallcase_slot"),
-    ("tasks/rate_budgets.py", "in_a_run"),
-    ("tasks/rate_budgets.py", "install_prefect_rate_budgets"),
-    ("tasks/alerts.py", "announce_reconciliation_differences"),
 }
 #: tasks in files other work owns that do not name their cache policy yet; shrink only
 NO_POLICY_YET = {

@@ -11,7 +11,7 @@ Pacing and holds reserve a slot and sleep outside the lock; windows count each r
 is let through (waiting in turn), as the venue counts them. Within one process
 the limiter of an account is shared (``shared``). Across processes, ``budgets`` name the venue's
 per-account limits and a ``RateBackend`` enforces them for every process at once (the Prefect
-backend in ``tasks/rate_budgets.py`` uses global concurrency limits with slot decay); without a
+backend in ``flows/kit/rate_budgets.py`` uses global concurrency limits with slot decay); without a
 backend installed the in-process rules are the only ones.
 """
 
