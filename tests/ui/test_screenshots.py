@@ -251,7 +251,8 @@ def test_plan_report_approval_and_execution_report(api: str, browser: Any, demo:
         run_id = runs[0].id if runs else None
         time.sleep(0.5)
     assert run_id is not None, "the rebalance never paused"
-    # the plan per investment, before approving
+    # the plan per investment, before approving (wide: every column shows)
+    browser.set_window_size(2600, 1000)
     browser.get(f"{api}/artifacts/artifact/{_artifact_id(run_id, 'rebalance-plan-investments')}")
     _wait_text(browser, "asha@example.com")
     browser.save_screenshot(str(DOCS / "analyst-plan-report.png"))
@@ -259,6 +260,7 @@ def test_plan_report_approval_and_execution_report(api: str, browser: Any, demo:
     _wait_text(browser, "AMZN")
     browser.save_screenshot(str(DOCS / "analyst-plan-legs.png"))
     # the approval form: plan hash pre-filled, the approver's e-mail, a note
+    browser.set_window_size(1400, 1800)
     browser.get(f"{api}/runs/flow-run/{run_id}")
     _wait_text(browser, "Resume")
     button = next(b for b in browser.find_elements("tag name", "button") if b.text == "Resume")
@@ -276,9 +278,11 @@ def test_plan_report_approval_and_execution_report(api: str, browser: Any, demo:
     runner.join(timeout=180)
     final = states["final"]
     assert final.is_completed(), final.message
+    browser.set_window_size(2000, 1000)
     browser.get(f"{api}/artifacts/artifact/{_artifact_id(run_id, 'rebalance-execution')}")
     _wait_text(browser, "AMZN")
     browser.save_screenshot(str(DOCS / "analyst-execution-report.png"))
+    browser.set_window_size(1400, 1800)
     with Session(demo) as session:
         approved = session.execute(
             select(User.email)
