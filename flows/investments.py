@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from saras.db import get_engine
 from saras.domain.enums import RunType
+from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from saras.services import investments as service
 from tasks.common import AUDIT_HOOKS
@@ -131,7 +132,7 @@ def invest_in_smallcase(
     paper_trading: bool | None = None,
     portfolio: str | None = None,
     require_approval: bool = False,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Invest ``amount`` of a user's cash in a smallcase (a top-up if already invested).
 
@@ -153,7 +154,7 @@ def invest_in_smallcase(
             investment,
             amount,
             require_approval,
-            execution,
+            settings_kwargs(execution),
         )
     except SarasError as exc:
         return finish(
@@ -166,7 +167,7 @@ def exit_smallcase(
     user: str,
     smallcase: str,
     require_approval: bool = False,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Sell everything a user's investment in a smallcase holds and close it."""
     began = time.monotonic()
@@ -182,7 +183,7 @@ def exit_smallcase(
             investment,
             None,
             require_approval,
-            execution,
+            settings_kwargs(execution),
         )
     except SarasError as exc:
         return finish(

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Completed, State
 
+from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from saras.services.maintenance import RunAction
 from tasks.common import AUDIT_HOOKS, record_audit
@@ -34,7 +34,7 @@ def maintain(
     start_approved: bool = True,
     repair: bool = True,
     purge: bool = True,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Resume interrupted runs, start or expire approved ones, repair, purge; report stuck work.
 
@@ -48,9 +48,9 @@ def maintain(
     actions: list[RunAction] = []
     if resume:
         for run_id in list_interrupted_runs():
-            actions.append(resume_run(run_id, execution))
+            actions.append(resume_run(run_id, settings_kwargs(execution)))
     if start_approved:
-        actions.extend(review_approved_runs(execution))
+        actions.extend(review_approved_runs(settings_kwargs(execution)))
     repairs: list[dict[str, str]] = []
     if repair:
         for candidate in list_repair_candidates():
@@ -62,7 +62,7 @@ def maintain(
                     wait_for_approval=False,
                     approval_timeout_seconds=0,
                     approval_poll_seconds=1,
-                    execution=execution,
+                    execution=settings_kwargs(execution),
                 )
             except SarasError as exc:
                 repairs.append(
