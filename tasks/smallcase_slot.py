@@ -130,9 +130,9 @@ def smallcase_slot(
             if not isinstance(exc, TimeoutError) and not _locked(exc):
                 raise
             running = holders(flow_name, smallcase_id, smallcase_name)
-            by = f"flow run {', '.join(running)}" if running else "another run"
+            by = f" (flow run {', '.join(running)})" if running else ""
             raise SmallcaseBusy(
-                f"smallcase {smallcase_name!r} is already being rebalanced by {by}: one "
-                f"rebalance at a time (slot {name!r}); try again when it has finished"
+                f"smallcase {smallcase_name!r} is already being rebalanced by another run{by}: "
+                f"one rebalance at a time (slot {name!r}); try again when it has finished"
             ) from None
         yield name
