@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import flow
 from prefect.states import State
 
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.runners import SarasTaskRunner
+from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.execution import execute_one_run
 from tasks.orchestration import finish
@@ -18,11 +18,11 @@ PATH = "flows/execution.py:execute_run"
 
 
 @flow(name="execute-run", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
-def execute_run(run_id: str, execution: dict[str, Any] | None = None) -> State:
+def execute_run(run_id: str, execution: ExecutionParameters | None = None) -> State:
     """Execute an approved run, or finish one a crash interrupted; never places an order twice."""
     began = time.monotonic()
     try:
-        result = execute_one_run(run_id, execution)
+        result = execute_one_run(run_id, settings_kwargs(execution))
     except SarasError as exc:
         return finish("flow.execute_run", began, None, [], message=str(exc), failed=True, path=PATH)
     return finish("flow.execute_run", began, None, [result], path=PATH)

@@ -11,6 +11,7 @@ from prefect.states import State
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.runners import SarasTaskRunner
 from saras.domain.enums import RunType
+from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.investments import abandon_opening, begin_exit, open_or_top_up
 from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
@@ -81,7 +82,7 @@ def invest_in_smallcase(
     paper_trading: bool | None = None,
     portfolio: str | None = None,
     require_approval: bool = False,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Invest ``amount`` of a user's cash in a smallcase (a top-up if already invested).
 
@@ -103,7 +104,7 @@ def invest_in_smallcase(
             investment,
             amount,
             require_approval,
-            execution,
+            settings_kwargs(execution),
         )
     except SarasError as exc:
         return finish(
@@ -116,7 +117,7 @@ def exit_smallcase(
     user: str,
     smallcase: str,
     require_approval: bool = False,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Sell everything a user's investment in a smallcase holds and close it."""
     began = time.monotonic()
@@ -132,7 +133,7 @@ def exit_smallcase(
             investment,
             None,
             require_approval,
-            execution,
+            settings_kwargs(execution),
         )
     except SarasError as exc:
         return finish(

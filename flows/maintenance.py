@@ -14,6 +14,7 @@ from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.finish import ResultsTable, finish_flow
 from flows.kit.repair import repair_and_execute
 from flows.kit.runners import SarasTaskRunner
+from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from saras.services.maintenance import RunAction
 from tasks.maintenance import (
@@ -35,7 +36,7 @@ def maintain(
     start_approved: bool = True,
     repair: bool = True,
     purge: bool = True,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Resume interrupted runs, start or expire approved ones, repair, purge; report stuck work.
 
@@ -49,10 +50,10 @@ def maintain(
     actions: list[RunAction] = []
     if resume:
         for run_id in list_interrupted_runs():
-            actions.append(resume_run(run_id, execution))
+            actions.append(resume_run(run_id, settings_kwargs(execution)))
     if start_approved:
-        actions.extend(review_approved_runs(execution))
-    repairs = _repair_all(execution) if repair else []
+        actions.extend(review_approved_runs(settings_kwargs(execution)))
+    repairs = _repair_all(settings_kwargs(execution)) if repair else []
     purged = purge_expired() if purge else None
     stuck = find_stuck_work()
     lines = ["### Maintenance", ""]

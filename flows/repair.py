@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import flow
 from prefect.states import Completed, State
@@ -11,6 +10,7 @@ from prefect.states import Completed, State
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.repair import repair_and_execute
 from flows.kit.runners import SarasTaskRunner
+from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.orchestration import finish
 
@@ -24,7 +24,7 @@ def repair_run(
     wait_for_approval: bool = True,
     approval_timeout_seconds: int = 3600,
     approval_poll_seconds: int = 10,
-    execution: dict[str, Any] | None = None,
+    execution: ExecutionParameters | None = None,
 ) -> State:
     """Plan the legs of ``run_id``'s investment still off target as a ``repair`` run; execute it.
 
@@ -41,7 +41,7 @@ def repair_run(
             wait_for_approval=wait_for_approval,
             approval_timeout_seconds=approval_timeout_seconds,
             approval_poll_seconds=approval_poll_seconds,
-            execution=execution,
+            execution=settings_kwargs(execution),
         )
     except SarasError as exc:
         return finish("flow.repair_run", began, None, [], message=str(exc), failed=True, path=PATH)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
+import httpx
 from prefect import task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
@@ -29,6 +30,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
 )
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from sqlalchemy.orm import Session
@@ -40,8 +42,8 @@ from tasks.common import current_flow_run_id
 
 #: seconds a held slot survives its process: renewed every 75% of this while the run lives
 LEASE_SECONDS = 300
-#: seconds a second rebalance waits for the slot before it is refused
-WAIT_SECONDS = 2.0
+#: seconds a second rebalance waits for the slot before it is refused (0: refused at once)
+WAIT_SECONDS = 0.0
 
 
 class SmallcaseBusy(SarasError):
@@ -93,6 +95,12 @@ def holders(flow_name: str, smallcase_id: str, smallcase_name: str) -> list[str]
     ]
 
 
+def _locked(exc: BaseException) -> bool:
+    """Tell whether an acquisition failed because the slot is taken (HTTP 423)."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
 @contextmanager
 def smallcase_slot(
     flow_name: str, smallcase_id: str, smallcase_name: str, *, wait_seconds: float = WAIT_SECONDS
@@ -104,22 +112,27 @@ def smallcase_slot(
     holder = ConcurrencyLeaseHolder(type="flow_run", id=uuid.UUID(me)) if me else None
     with ExitStack() as stack:
         try:
+            # no wait: one request, and the server's 423 (the slot is taken) is the refusal,
+            # whatever the latency; with a wait, Prefect retries until the timeout
             stack.enter_context(
                 concurrency(
                     name,
                     occupy=1,
-                    timeout_seconds=wait_seconds,
+                    timeout_seconds=wait_seconds or None,
+                    max_retries=None if wait_seconds else 0,
                     lease_duration=LEASE_SECONDS,
                     strict=True,
                     holder=holder,
                     raise_on_lease_renewal_failure=False,
                 )
             )
-        except TimeoutError:
+        except (TimeoutError, ConcurrencySlotAcquisitionError) as exc:
+            if not isinstance(exc, TimeoutError) and not _locked(exc):
+                raise
             running = holders(flow_name, smallcase_id, smallcase_name)
-            by = f"flow run {', '.join(running)}" if running else "another run"
+            by = f" (flow run {', '.join(running)})" if running else ""
             raise SmallcaseBusy(
-                f"smallcase {smallcase_name!r} is already being rebalanced by {by}: one "
-                f"rebalance at a time (slot {name!r}); try again when it has finished"
+                f"smallcase {smallcase_name!r} is already being rebalanced by another run{by}: "
+                f"one rebalance at a time (slot {name!r}); try again when it has finished"
             ) from None
         yield name

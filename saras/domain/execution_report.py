@@ -192,8 +192,6 @@ def run_rows(reports: Sequence[RunOutcome]) -> list[dict[str, str]]:
         for leg in r.legs:
             rows.append(
                 {
-                    "run": r.run_id,
-                    "investment": r.investment_id,
                     "symbol": leg.asset.symbol,
                     "exchange": leg.asset.exchange,
                     "side": leg.side.value,
@@ -204,6 +202,8 @@ def run_rows(reports: Sequence[RunOutcome]) -> list[dict[str, str]]:
                     "slippage_bps": text(leg.slippage_bps),
                     "cost": f"{_q(leg.cost, _CENT):f} {r.currency}",
                     "drift_left_pct": text(r.drift_left_pct),
+                    "investment": r.investment_id,
+                    "run": r.run_id,
                 }
             )
     return rows

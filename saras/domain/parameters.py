@@ -9,10 +9,11 @@ input fails naming the field. Every model refuses unknown keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _HUNDRED = Decimal(100)
 
@@ -100,7 +101,51 @@ class ExecutionParameters(BaseModel):
     cancel_unfilled_at_deadline: bool = Field(
         default=True, description="Cancel what is still open at the deadline."
     )
+    request_timeout: float | None = Field(
+        default=None,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds the broker client waits for one HTTP answer; empty: the connection's "
+            "setting, else the adapter's default."
+        ),
+    )
+    lookup_horizon: float | None = Field(
+        default=None,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds after a send began before an order the broker does not show is taken as "
+            "absent and sent again; longer than the request timeout. Empty: the connection's "
+            "setting, else 30."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _horizon(self) -> Self:
+        """Check what spans fields: the lookup horizon outlasts the request timeout."""
+        if (
+            self.request_timeout is not None
+            and self.lookup_horizon is not None
+            and self.lookup_horizon <= self.request_timeout
+        ):
+            raise ValueError(
+                f"lookup_horizon ({self.lookup_horizon}) must be longer than request_timeout "
+                f"({self.request_timeout})"
+            )
+        return self
 
     def as_settings_kwargs(self) -> dict[str, Any]:
         """Return the keyword arguments of ``ExecutionSettings``."""
         return self.model_dump()
+
+
+def settings_kwargs(
+    execution: ExecutionParameters | Mapping[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Return a flow's ``execution`` parameter as ``ExecutionSettings`` keyword arguments."""
+    if execution is None:
+        return None
+    if isinstance(execution, ExecutionParameters):
+        return execution.as_settings_kwargs()
+    return dict(execution)

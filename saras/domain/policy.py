@@ -12,6 +12,7 @@ silently ignored; :func:`policy_error_message` turns a validation error into one
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import StrEnum
@@ -168,7 +169,7 @@ class RebalancePolicy(BaseModel):
         The planner has one absolute band: with none set (relative band only, or none at all)
         it gets 0, since whether the smallcase is due was decided by the trigger.
         """
-        return PlanningPolicy(
+        policy = PlanningPolicy(
             cash_buffer_pct=self.cash_buffer_pct,
             min_trade_value=self.min_trade_value_for(currency),
             drift_band_pct=self.drift_band_pct if self.drift_band_pct is not None else Decimal(0),
@@ -176,6 +177,11 @@ class RebalancePolicy(BaseModel):
             fee_bps_estimate=self.fee_bps_estimate,
             exempt_fresh_buys=self.exempt_fresh_buys,
         )
+        if "exempt_fresh_buys" in {f.name for f in dataclasses.fields(PlanningPolicy)}:
+            # the planner's fresh-buy exemption, where the planner has the knob
+            changes: dict[str, Any] = {"exempt_fresh_buys": self.exempt_fresh_buys}
+            policy = dataclasses.replace(policy, **changes)
+        return policy
 
     def with_overrides(self, overrides: RebalancePolicy | Mapping[str, Any] | None) -> Self:
         """Return this policy with the fields a run set explicitly replaced (validated).

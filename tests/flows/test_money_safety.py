@@ -467,27 +467,21 @@ def test_approving_a_superseded_plan_is_a_clear_rejection(platform: Engine) -> N
     paused: list[Any] = []
     _when_paused(paused.append).join(timeout=60)
     assert paused
-    # a newer plan (toward the current composition) supersedes the waiting one
-    newer = rebalance_smallcase(
-        "US Tech Leaders",
-        constituents=[
-            {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "50"},
-            {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "50"},
-        ],
-        require_approval=False,
-        dry_run=False,
-        execution=FAST,
-        return_state=True,
+    # one rebalance of a smallcase at a time: a second one is refused while this one waits
+    refused = rebalance_smallcase("US Tech Leaders", dry_run=True, return_state=True)
+    assert refused.is_failed() and "already being rebalanced" in (refused.message or "")
+    # a newer plan for the same investment (a top-up) supersedes the waiting one
+    newer = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "1000", execution=FAST, return_state=True
     )
     assert newer.is_completed(), newer.message
-    after_newer = _weights(platform, "US Tech Leaders")
-    assert after_newer == {("AAPL", "NASDAQ"): Decimal(50), ("MSFT", "NASDAQ"): Decimal(50)}
-    resume_flow_run(paused[0], run_input={"approve": True})
+    resume_flow_run(paused[0], run_input={"approve": True, "approver_email": "asha@example.com"})
     thread.join(timeout=60)
     state = states["first"]
     assert state.is_failed()
     assert "superseded" in state.message and "InvalidTransition" not in state.message
-    assert _weights(platform, "US Tech Leaders") == after_newer != before
+    # the superseded plan's composition never became the smallcase's
+    assert _weights(platform, "US Tech Leaders") == before
 
 
 # --- item 10: every flow run leaves its audit row; failures show their reason ---------------------

@@ -131,94 +131,16 @@ def _wait_text(driver: Any, text: str, timeout: float = 30) -> None:
         time.sleep(0.5)
 
 
-def test_typed_run_form(api: str, browser: Any) -> None:
-    from prefect.deployments.runner import RunnerDeployment
-
-    from tests.unit.test_flow_parameters import proposed_rebalance
-
-    deployment = proposed_rebalance.to_deployment(name="rebalance")
-    assert isinstance(deployment, RunnerDeployment)
-    deployment_id = deployment.apply()
-    browser.get(f"{api}/deployments/deployment/{deployment_id}/run")
-    _wait_text(browser, "Name or id of the smallcase")
-    body = browser.find_element("tag name", "body").text
-    assert "Overrides of the smallcase's stored policy" in body
-    # open the typed policy form: every field with its description
-    for label in ("Rebalance policy", "list"):
-        next(b for b in browser.find_elements("tag name", "button") if b.text == label).click()
-    _wait_text(browser, "Relative drift band in percent of each target weight")
-    DOCS.mkdir(exist_ok=True)
-    browser.set_window_size(1400, 3200)
-    browser.save_screenshot(str(DOCS / "analyst-run-form.png"))
-
-
-def test_approval_form_records_the_approver(api: str, browser: Any) -> None:
-    from prefect import flow
-    from prefect.flow_runs import pause_flow_run
-
-    from tasks.approval import PlanDecision
-
-    seen: dict[str, Any] = {}
-
-    @flow(name="approval-demo")
-    def approval_demo() -> None:
-        decision = pause_flow_run(
-            wait_for_input=PlanDecision.with_initial_data(
-                description="### Plan for US Tech Leaders\n\nApprove to execute exactly this plan.",
-                plan_hash="3f2a9c",
-            ),
-            timeout=120,
-            poll_interval=1,
-        )
-        seen["decision"] = decision
-
-    context = contextvars.copy_context()  # the thread talks to this module's server
-    runner = threading.Thread(target=context.run, args=(approval_demo,), daemon=True)
-    runner.start()
-    from prefect.client.orchestration import get_client
-
-    run_id = None
-    deadline = time.monotonic() + 60
-    while run_id is None and time.monotonic() < deadline:
-        with get_client(sync_client=True) as client:
-            runs = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
-        run_id = runs[0].id if runs else None
-        time.sleep(0.5)
-    assert run_id is not None, "the flow never paused"
-    browser.get(f"{api}/runs/flow-run/{run_id}")
-    _wait_text(browser, "Resume")
-    button = next(b for b in browser.find_elements("tag name", "button") if b.text == "Resume")
-    button.click()
-    _wait_text(browser, "Your e-mail as a Saras user")
-    browser.save_screenshot(str(DOCS / "analyst-approval-form.png"))
-    dialog = browser.find_element("css selector", "[role='dialog']")
-    switch = dialog.find_element("css selector", "input[type='checkbox']")
-    browser.execute_script("arguments[0].click()", switch)
-    plan_hash, approver, note = dialog.find_elements("tag name", "textarea")
-    assert plan_hash.get_attribute("value") == "3f2a9c"  # pre-filled
-    approver.send_keys("analyst@example.com")
-    note.send_keys("reviewed per investment")
-    browser.save_screenshot(str(DOCS / "analyst-approval-form.png"))
-    next(b for b in dialog.find_elements("tag name", "button") if b.text == "Submit").click()
-    runner.join(timeout=60)
-    decision = seen["decision"]
-    assert isinstance(decision, PlanDecision)
-    assert decision.approve is True and decision.plan_hash == "3f2a9c"
-    assert decision.approver_email == "analyst@example.com"
-    assert decision.note == "reviewed per investment"
-
-
-def test_trigger_artifact(
-    api: str, browser: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The demo platform in a fresh SQLite database: US Tech Leaders with Asha invested."""
     from sqlalchemy.orm import Session
 
-    from flows.evaluate_rebalances import evaluate_rebalances
     from flows.investments import invest_in_smallcase
     from saras import db as saras_db
     from saras import migrations
     from saras.secrets import get_secret_box
-    from saras.services import policy, prices
+    from saras.services import prices
     from saras.services.demo import seed_demo
     from saras.settings import get_settings
 
@@ -233,21 +155,157 @@ def test_trigger_artifact(
         get_secret_box(generate=True)
         with Session(engine) as session, session.begin():
             seed_demo(session)
-            policy.set_policy(
-                session,
-                "US Tech Leaders",
-                {"calendar_trigger": "monthly", "relative_drift_band_pct": "25"},
-            )
         now = datetime.now(UTC)
         with Session(engine) as session:
             items, _ = prices.plan_ingestion(session, now=now, source="simulated")
         prices.ingest_batch(engine, items, now=now)
-        fast = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
-        invest_in_smallcase("asha@example.com", "US Tech Leaders", "10000", execution=fast)
-        evaluate_rebalances(start_runs=False)
+        state = invest_in_smallcase(
+            "asha@example.com", "US Tech Leaders", "10000", execution=FAST, return_state=True
+        )
+        assert state.is_completed(), state.message
+        yield engine
     finally:
         saras_db._engine_for.cache_clear()
         get_settings.cache_clear()
+
+
+FAST = {"poll_interval": 0.01, "deadline_seconds": 10, "retry_backoff": 0.01}
+NEW_US = [
+    {"symbol": "AAPL", "exchange": "NASDAQ", "weight": "30", "rationale": "core"},
+    {"symbol": "MSFT", "exchange": "NASDAQ", "weight": "30", "rationale": "core"},
+    {"symbol": "NVDA", "exchange": "NASDAQ", "weight": "25", "rationale": "growth"},
+    {"symbol": "GOOGL", "exchange": "NASDAQ", "weight": "15", "rationale": "value"},
+]
+
+
+def _artifact_id(flow_run_id: Any, key: str) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[key]),
+            )
+        )
+    return artifact.id
+
+
+def test_typed_run_form(api: str, browser: Any) -> None:
+    from prefect.deployments.runner import RunnerDeployment
+
+    from flows.rebalance import rebalance_smallcase
+
+    deployment = rebalance_smallcase.to_deployment(name="rebalance")
+    assert isinstance(deployment, RunnerDeployment)
+    deployment_id = deployment.apply()
+    browser.get(f"{api}/deployments/deployment/{deployment_id}/run")
+    _wait_text(browser, "Name or id of the smallcase")
+    body = browser.find_element("tag name", "body").text
+    assert "Overrides of the smallcase's stored policy" in body
+    assert "Investments (ids, as in the plan report) left out of this run" in body
+    # open the typed policy form: every field with its description
+    for label in ("Rebalance policy", "list"):
+        next(b for b in browser.find_elements("tag name", "button") if b.text == label).click()
+    _wait_text(browser, "Relative drift band in percent of each target weight")
+    DOCS.mkdir(exist_ok=True)
+    browser.set_window_size(1400, 3200)
+    browser.save_screenshot(str(DOCS / "analyst-run-form.png"))
+    browser.set_window_size(1400, 1800)
+
+
+def test_plan_report_approval_and_execution_report(api: str, browser: Any, demo: Any) -> None:
+    """The real rebalance flow: plan report, approval form with the approver, execution report."""
+    from prefect.client.orchestration import get_client
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from flows.rebalance import rebalance_smallcase
+    from models import AuditLog, ExecutionRunReport, User
+
+    states: dict[str, Any] = {}
+
+    def run() -> None:
+        states["final"] = rebalance_smallcase(
+            "US Tech Leaders",
+            constituents=NEW_US,
+            approval_timeout_seconds=300,
+            approval_poll_seconds=1,
+            execution=FAST,
+            return_state=True,
+        )
+
+    context = contextvars.copy_context()  # the thread talks to this module's server
+    runner = threading.Thread(target=context.run, args=(run,), daemon=True)
+    runner.start()
+    run_id = None
+    deadline = time.monotonic() + 120
+    while run_id is None and time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            runs = [r for r in client.read_flow_runs() if r.state and r.state.is_paused()]
+        run_id = runs[0].id if runs else None
+        time.sleep(0.5)
+    assert run_id is not None, "the rebalance never paused"
+    # the plan per investment, before approving (wide: every column shows)
+    browser.set_window_size(2600, 1000)
+    browser.get(f"{api}/artifacts/artifact/{_artifact_id(run_id, 'rebalance-plan-investments')}")
+    _wait_text(browser, "asha@example.com")
+    browser.save_screenshot(str(DOCS / "analyst-plan-report.png"))
+    browser.get(f"{api}/artifacts/artifact/{_artifact_id(run_id, 'rebalance-plan-legs')}")
+    _wait_text(browser, "AMZN")
+    browser.save_screenshot(str(DOCS / "analyst-plan-legs.png"))
+    # the approval form: plan hash pre-filled, the approver's e-mail, a note
+    browser.set_window_size(1400, 1800)
+    browser.get(f"{api}/runs/flow-run/{run_id}")
+    _wait_text(browser, "Resume")
+    button = next(b for b in browser.find_elements("tag name", "button") if b.text == "Resume")
+    button.click()
+    _wait_text(browser, "Your e-mail as a Saras user")
+    dialog = browser.find_element("css selector", "[role='dialog']")
+    switch = dialog.find_element("css selector", "input[type='checkbox']")
+    browser.execute_script("arguments[0].click()", switch)
+    plan_hash, approver, note = dialog.find_elements("tag name", "textarea")
+    assert len(plan_hash.get_attribute("value") or "") == 64  # pre-filled with the plan's hash
+    approver.send_keys("asha@example.com")
+    note.send_keys("reviewed per investment")
+    browser.save_screenshot(str(DOCS / "analyst-approval-form.png"))
+    next(b for b in dialog.find_elements("tag name", "button") if b.text == "Submit").click()
+    runner.join(timeout=180)
+    final = states["final"]
+    assert final.is_completed(), final.message
+    browser.set_window_size(2000, 1000)
+    browser.get(f"{api}/artifacts/artifact/{_artifact_id(run_id, 'rebalance-execution')}")
+    _wait_text(browser, "AMZN")
+    browser.save_screenshot(str(DOCS / "analyst-execution-report.png"))
+    browser.set_window_size(1400, 1800)
+    with Session(demo) as session:
+        approved = session.execute(
+            select(User.email)
+            .join(AuditLog, AuditLog.user_id == User.id)
+            .where(AuditLog.event_type == "plan.approved")
+        ).scalar_one()
+        assert approved == "asha@example.com"
+        assert session.scalars(select(ExecutionRunReport)).one().run_status == "completed"
+
+
+def test_trigger_artifact(api: str, browser: Any, demo: Any) -> None:
+    from sqlalchemy.orm import Session
+
+    from flows.evaluate_rebalances import evaluate_rebalances
+    from saras.services import policy
+
+    with Session(demo) as session, session.begin():
+        policy.set_policy(
+            session,
+            "US Tech Leaders",
+            {"calendar_trigger": "monthly", "relative_drift_band_pct": "25"},
+        )
+    evaluate_rebalances(start_runs=False)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 

@@ -108,3 +108,37 @@ def test_evaluate_rebalances_schema() -> None:
         assert spec.get("description"), name
     params = evaluate_rebalances.validate_parameters({"as_of": "2026-11-27T21:30:00+00:00"})
     assert isinstance(params["as_of"], datetime) and params["as_of"].tzinfo is not None
+
+
+def test_the_real_flows_take_typed_parameters() -> None:
+    from flows.execution import execute_run
+    from flows.investments import exit_smallcase, invest_in_smallcase
+    from flows.maintenance import maintain
+    from flows.rebalance import rebalance_smallcase
+    from flows.repair import repair_run
+
+    props = parameter_schema(rebalance_smallcase).model_dump_for_openapi()["properties"]
+    assert {"$ref": "#/definitions/RebalancePolicy"} in props["policy"]["anyOf"]
+    assert props["exclude_investments"]["description"].startswith("Investments (ids")
+    for name, spec in props.items():
+        assert spec.get("description"), name
+    for f in (execute_run, invest_in_smallcase, exit_smallcase, maintain, repair_run):
+        execution = parameter_schema(f).model_dump_for_openapi()["properties"]["execution"]
+        assert {"$ref": "#/definitions/ExecutionParameters"} in execution["anyOf"], f.name
+    with pytest.raises(ParameterTypeError, match=r"execution\.no_such_setting"):
+        execute_run.validate_parameters({"run_id": "r", "execution": {"no_such_setting": 1}})
+    with pytest.raises(ParameterTypeError, match="lookup_horizon"):
+        execute_run.validate_parameters(
+            {"run_id": "r", "execution": {"request_timeout": 2, "lookup_horizon": 1}}
+        )
+    with pytest.raises(ParameterTypeError, match=r"exclude_investments\.0"):
+        rebalance_smallcase.validate_parameters({"smallcase": "S", "exclude_investments": ["x"]})
+
+
+def test_settings_kwargs() -> None:
+    from saras.domain.parameters import settings_kwargs
+
+    assert settings_kwargs(None) is None
+    assert settings_kwargs({"poll_interval": 0.5}) == {"poll_interval": 0.5}
+    kwargs = settings_kwargs(ExecutionParameters(request_timeout=1, lookup_horizon=3))
+    assert kwargs is not None and kwargs["lookup_horizon"] == 3 and kwargs["poll_interval"] == 1.0
