@@ -744,8 +744,8 @@ def build_paper(platform: Platform, investments: int) -> PaperBook:
 
 def execute_paper(book: PaperBook, threads: int) -> Execution:
     """Execute the book's runs as the rebalance flow does: 32 tasks of connections, in parallel."""
+    from flows.kit.review import MAX_EXECUTION_TASKS
     from tasks.execution import execute_connection_runs
-    from tasks.orchestration import MAX_EXECUTION_TASKS
 
     groups: list[dict[str, list[str]]] = [{} for _ in range(MAX_EXECUTION_TASKS)]
     for i, (connection, runs) in enumerate(sorted(book.runs_by_connection.items())):

@@ -653,7 +653,7 @@ def same_orders(engine: Engine, smallcase_id: str) -> tuple[int, int]:
 
 def flow_task_runs(plan: Plan) -> tuple[int, str]:
     """Count the task runs the rebalance flow creates for this plan; return (count, how)."""
-    from tasks.orchestration import MAX_EXECUTION_TASKS  # imports Prefect: only when asked
+    from flows.kit.review import MAX_EXECUTION_TASKS  # imports Prefect: only when asked
 
     connections = len({r.connection_id for r in plan.runs})
     execution = min(connections, MAX_EXECUTION_TASKS)

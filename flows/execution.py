@@ -8,11 +8,11 @@ from prefect import flow
 from prefect.states import State
 
 from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.review import finish
 from flows.kit.runners import SarasTaskRunner
 from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.execution import execute_one_run
-from tasks.orchestration import finish
 
 PATH = "flows/execution.py:execute_run"
 

@@ -9,12 +9,12 @@ from prefect import flow
 from prefect.states import State
 
 from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.review import approve_or_reject, execute_planned, finish, publish_plan
 from flows.kit.runners import SarasTaskRunner
 from saras.domain.enums import RunType
 from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.investments import abandon_opening, begin_exit, open_or_top_up
-from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
 from tasks.rebalance import plan_runs
 
 

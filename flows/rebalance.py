@@ -8,15 +8,16 @@ import uuid
 from prefect import flow
 from prefect.states import State
 
+from flows.kit.audit import AUDIT_HOOKS
+from flows.kit.reports import publish_execution_report, publish_plan_report
+from flows.kit.review import approve_or_reject, execute_planned, finish, publish_plan
+from flows.kit.runners import SarasTaskRunner
+from flows.kit.smallcase_slot import smallcase_slot
 from saras.domain.parameters import Composition, ExecutionParameters
 from saras.domain.policy import RebalancePolicy
 from saras.errors import SarasError
-from tasks.common import AUDIT_HOOKS
-from tasks.execution_report import publish_execution_report
-from tasks.orchestration import approve_or_reject, execute_planned, finish, publish_plan
-from tasks.plan_report import plan_rebalance, publish_plan_report
-from tasks.runners import SarasTaskRunner
-from tasks.smallcase_slot import resolve_smallcase, smallcase_slot
+from tasks.plan_report import plan_rebalance
+from tasks.rebalance import resolve_smallcase
 
 PATH = "flows/rebalance.py:rebalance_smallcase"
 EVENT = "flow.rebalance_smallcase"

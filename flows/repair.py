@@ -9,10 +9,10 @@ from prefect.states import Completed, State
 
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.repair import repair_and_execute
+from flows.kit.review import finish
 from flows.kit.runners import SarasTaskRunner
 from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
-from tasks.orchestration import finish
 
 PATH = "flows/repair.py:repair_run"
 

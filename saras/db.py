@@ -32,7 +32,7 @@ def make_engine(url: str, *, echo: bool = False, **kwargs: Any) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     # an execution holds one connection for its run lock and uses another: room for the
-    # flows' parallel execution tasks (tasks/orchestration.py MAX_EXECUTION_TASKS) and more
+    # flows' parallel execution tasks (flows/kit/review.py MAX_EXECUTION_TASKS) and more
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 80)
     return create_engine(url, echo=echo, **kwargs)

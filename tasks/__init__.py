@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# kept for tasks/orchestration.py until it submits through flows.kit.batches (issue 12)
-from saras.db import concurrent_writes
-
 
 def retry_when(predicate: Callable[[BaseException], bool]) -> Callable[[Any, Any, Any], bool]:
     """Return a ``retry_condition_fn`` that retries only exceptions ``predicate`` accepts."""
@@ -27,4 +24,4 @@ def retry_when(predicate: Callable[[BaseException], bool]) -> Callable[[Any, Any
     return condition
 
 
-__all__ = ["concurrent_writes", "retry_when"]
+__all__ = ["retry_when"]

@@ -10,6 +10,7 @@ is a Saras user (and, with ``SARAS_REQUIRE_DISTINCT_APPROVER``, not the requeste
 from __future__ import annotations
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import Field, field_validator
 
@@ -45,7 +46,7 @@ class PlanDecision(RunInput):
         return address
 
 
-@task
+@task(cache_policy=NO_CACHE)
 def validate_decision(decision: PlanDecision, requested_by: str | None = None) -> str:
     """Return the approver's user id, or raise ApprovalRefused naming the rule broken."""
     with get_engine().connect() as conn:
@@ -58,7 +59,7 @@ def validate_decision(decision: PlanDecision, requested_by: str | None = None) -
     return str(approver.user_id)
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def record_decision(
     approved: bool, approver_email: str | None, reason: str | None = None, path: str | None = None
 ) -> None:

@@ -8,8 +8,6 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-# AUDIT_HOOKS: kept for flows/rebalance.py until it imports from flows.kit.audit (issue 12)
-from flows.kit.audit import AUDIT_HOOKS, audit_flow_end
 from saras.db import get_engine
 from saras.repositories.audit import write_audit
 
@@ -44,4 +42,4 @@ def record_audit(
         )
 
 
-__all__ = ["AUDIT_HOOKS", "audit_flow_end", "current_flow_run_id", "record_audit"]
+__all__ = ["current_flow_run_id", "record_audit"]

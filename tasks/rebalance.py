@@ -8,11 +8,13 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.orm import Session
 
 from saras.db import get_engine
 from saras.domain.enums import RunType
 from saras.domain.orders import RunEvent
 from saras.domain.plan import Plan
+from saras.services import admin
 from saras.services import rebalance as service
 
 
@@ -54,3 +56,11 @@ def decide(plan: Plan, event: str, note: str | None = None) -> int:
 def recompute_plan_hash(plan: Plan) -> str:
     """Recompute the plan hash from the orders as they are now."""
     return service.recompute_plan_hash(get_engine(), plan.run_ids)
+
+
+@task(cache_policy=NO_CACHE)
+def resolve_smallcase(smallcase: str) -> tuple[str, str]:
+    """Return the smallcase's (id, name), by name or id (NotFoundError if none)."""
+    with Session(get_engine()) as session:
+        row = admin.get_smallcase(session, smallcase)
+        return str(row.id), row.name

@@ -11,10 +11,10 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.kit.review import approve_or_reject, execute_planned
 from saras.domain.enums import RunStatus
 from saras.services import repair as service
 from saras.settings import get_settings
-from tasks.orchestration import approve_or_reject, execute_planned
 from tasks.repair import plan_repair
 
 

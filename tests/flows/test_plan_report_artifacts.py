@@ -16,8 +16,8 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
 )
 
+from flows.kit.reports import publish_plan_report
 from saras.settings import get_settings
-from tasks.plan_report import publish_plan_report
 from tests.unit.test_domain_plan_report import _india_report, _us_report
 
 

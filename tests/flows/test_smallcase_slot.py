@@ -13,9 +13,9 @@ from prefect.flow_runs import resume_flow_run
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from flows.kit.smallcase_slot import slot_name
 from flows.rebalance import rebalance_smallcase
 from models import Smallcase
-from tasks.smallcase_slot import slot_name
 from tests.flows.test_cockpit import NEW_US, US, platform  # noqa: F401  (the fixture)
 
 

@@ -66,26 +66,6 @@ def test_the_measure_sees_a_long_function(tmp_path: Path) -> None:
 NOT_TASKS = {
     # task support: the flow run id a task records in its rows
     ("tasks/common.py", "current_flow_run_id"),
-    # orchestration helpers in files other work owns (issue 12 moves them to flows/kit)
-    ("tasks/orchestration.py", "publish_plan"),
-    ("tasks/orchestration.py", "approve_or_reject"),
-    ("tasks/orchestration.py", "execute_planned"),
-    ("tasks/orchestration.py", "finish"),
-    ("tasks/plan_report.py", "write_plan_csv"),
-    ("tasks/plan_report.py", "publish_plan_report"),
-    ("tasks/execution_report.py", "publish_execution_report"),
-    ("tasks/smallcase_slot.py", "slot_name"),
-    ("tasks/smallcase_slot.py", "ensure_limit"),
-    ("tasks/smallcase_slot.py", "holders"),
-    ("tasks/smallcase_slot.py", "smallcase_slot"),
-}
-#: tasks in files other work owns that do not name their cache policy yet; shrink only
-NO_POLICY_YET = {
-    ("tasks/approval.py", "validate_decision"),
-    ("tasks/approval.py", "record_decision"),
-    ("tasks/execution_report.py", "report_execution"),
-    ("tasks/plan_report.py", "plan_rebalance"),  # writes the runs: NO_CACHE
-    ("tasks/smallcase_slot.py", "resolve_smallcase"),
 }
 
 
@@ -120,8 +100,8 @@ def test_tasks_holds_only_tasks_each_with_a_cache_policy() -> None:
         ):
             no_policy.add((name, node.name))
     assert not_tasks - NOT_TASKS == set(), "move what is not a task to flows/kit or saras/"
-    assert no_policy - NO_POLICY_YET == set(), "name the cache policy (NO_CACHE if it writes)"
-    assert NOT_TASKS - not_tasks == set() and NO_POLICY_YET - no_policy == set(), "shrink"
+    assert no_policy == set(), "name the cache policy (NO_CACHE if it writes)"
+    assert NOT_TASKS - not_tasks == set(), "shrink"
 
 
 def test_flows_define_no_tasks() -> None:

@@ -15,11 +15,11 @@ from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.states import Completed, Failed, State
 
+from saras.db import concurrent_writes
 from saras.domain.orders import RunEvent
 from saras.domain.plan import Plan
 from saras.errors import SarasError
 from saras.repositories.runs import RunsChanged
-from tasks import concurrent_writes
 from tasks.approval import PlanDecision, record_decision, validate_decision
 from tasks.common import record_audit
 from tasks.execution import execute_connection_runs

@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, suppress
 
 import httpx
-from prefect import task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.filters import (
@@ -33,11 +32,8 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
 from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-from sqlalchemy.orm import Session
 
-from saras.db import get_engine
 from saras.errors import SarasError
-from saras.services import admin
 from tasks.common import current_flow_run_id
 
 #: seconds a held slot survives its process: renewed every 75% of this while the run lives
@@ -48,14 +44,6 @@ WAIT_SECONDS = 0.0
 
 class SmallcaseBusy(SarasError):
     """Another rebalance of the smallcase holds its slot."""
-
-
-@task
-def resolve_smallcase(smallcase: str) -> tuple[str, str]:
-    """Return the smallcase's (id, name), by name or id (NotFoundError if none)."""
-    with Session(get_engine()) as session:
-        row = admin.get_smallcase(session, smallcase)
-        return str(row.id), row.name
 
 
 def slot_name(smallcase_id: str) -> str:
