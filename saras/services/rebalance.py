@@ -94,8 +94,6 @@ from saras.services import admin
 from saras.services import policy as policy_service
 from saras.services.brokers import mark_connection, open_broker
 
-US_EXCHANGES = {*xt.exchanges_in("USD"), *xt.LEGACY_ALIASES}  # the exchange table's
-INDIAN_EXCHANGES = set(xt.exchanges_in("INR"))
 _OPEN_ORDER = (
     OrderStatus.SUBMITTING,
     OrderStatus.SUBMITTED,
@@ -114,14 +112,11 @@ class StalePricesError(InvalidInputError):
 
 
 def broker_can_trade(broker_type: str, exchange: str) -> bool:
-    """Tell whether a broker type trades on an exchange."""
-    match BrokerType(broker_type):
-        case BrokerType.ZERODHA:
-            return exchange in INDIAN_EXCHANGES
-        case BrokerType.ALPACA:
-            return exchange in US_EXCHANGES
-        case BrokerType.PAPER:
-            return True
+    """Tell whether a broker type trades on an exchange (the exchange table says who reaches it)."""
+    try:
+        return BrokerType(broker_type) in xt.exchange(exchange).brokers
+    except ValueError:  # UnknownExchange is one
+        return False  # a broker or an exchange Saras does not know reaches nothing
 
 
 def stored_planning_policy(
@@ -575,15 +570,9 @@ def load_assets(conn: Connection, asset_ids: Iterable[uuid.UUID]) -> dict[uuid.U
 
 
 def rules_for(inv: InvestmentRow) -> BrokerRules:
-    """Return the planning rules of an investment's broker (paper as configured)."""
-    if inv.broker_type == BrokerType.PAPER.value:
-        fractional = str(inv.connection_metadata.get("paper_fractional", "true")).lower() not in (
-            "false",
-            "0",
-            "no",
-        )
-        return BrokerRules.paper(fractional=fractional)
-    return BrokerRules.for_broker(inv.broker_type)
+    """Return the planning rules of an investment's broker, from its capabilities."""
+    caps = broker_capabilities(inv.broker_type, metadata=inv.connection_metadata)
+    return BrokerRules(caps.fractional, caps.quantity_decimals, caps.min_order_value)
 
 
 @dataclass
