@@ -662,6 +662,10 @@ class PaperBroker:
         self._credentials = credentials
         self._engine = engine
         self._price_lookup = _by_asset(price_lookup)
+        # optional ``many(pairs) -> {pair: price}``: a batch priced in one query
+        self._price_many: Callable[..., Mapping[Any, Any]] | None = getattr(
+            price_lookup, "many", None
+        )
         self._clock = clock or _utc_now
         self._corporate_actions = corporate_actions
         self._caught_up = False
@@ -781,9 +785,12 @@ class PaperBroker:
             self._catch_up()
         now = self._now()
         market_open = self._is_market_open(now)
-        prices = {
-            (r.symbol, r.exchange): self._lookup_price(r.symbol, r.exchange) for r in requests
-        }
+        pairs = {(r.symbol, r.exchange) for r in requests}
+        if self._price_many is None:
+            prices = {pair: self._lookup_price(*pair) for pair in pairs}
+        else:
+            found = self._price_many(pairs)
+            prices = {pair: self._usable_price(found.get(pair)) for pair in pairs}
         with self._engine.begin() as conn:
             self._lock_account(conn)
             known = {
@@ -1196,7 +1203,10 @@ class PaperBroker:
 
     def _lookup_price(self, symbol: str, exchange: str | None) -> Decimal | None:
         """Return the latest stored price of an asset, or None when unknown or unusable."""
-        value = self._price_lookup(symbol, exchange)
+        return self._usable_price(self._price_lookup(symbol, exchange))
+
+    def _usable_price(self, value: Any) -> Decimal | None:
+        """Return a looked-up price at the stored scale, None when missing or unusable."""
         if value is None:
             return None
         price = value if isinstance(value, Decimal) else Decimal(str(value))
