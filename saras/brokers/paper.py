@@ -880,32 +880,13 @@ class PaperBroker:
             quantity, average = held.get(key, (_ZERO, None))
             q = order.quantity
             assert q is not None
-            reason = self._quantity_problem(order, q)
-            if reason is None and price is None:
-                reason = f"unknown symbol {request.symbol}: no price available"
-            if reason is not None or price is None:
+            executed = None if price is None else self._fill_price(order, price)
+            reason = self._batch_problem(order, q, executed, cash, quantity)
+            if reason is not None or executed is None:
                 order.status, order.reason = BrokerOrderStatus.REJECTED, reason
                 continue
-            executed = self._fill_price(order, price)
-            assert executed is not None
             gross = _money(q * executed)
             fee = self._order_fee(gross)
-            if order.side is OrderSide.BUY and gross + fee > cash:
-                order.status, order.reason = (
-                    BrokerOrderStatus.REJECTED,
-                    (
-                        f"insufficient cash: buying {q} {order.symbol} needs {gross + fee} "
-                        f"{self.settings.currency} including fees, cash is {cash} "
-                        f"{self.settings.currency}"
-                    ),
-                )
-                continue
-            if order.side is OrderSide.SELL and q > quantity:
-                order.status, order.reason = (
-                    BrokerOrderStatus.REJECTED,
-                    (f"insufficient position: selling {q} {order.symbol}, holding {quantity}"),
-                )
-                continue
             if order.side is OrderSide.BUY:
                 cash -= gross + fee
                 cost = quantity * (average or executed) + q * executed
@@ -915,10 +896,9 @@ class PaperBroker:
                 moved[key] = (quantity - q, average)
             order.filled_quantity, order.average_fill_price = q, _price(executed)
             order.fees, order.status = fee, BrokerOrderStatus.FILLED
-            fill_id = _fill_id(order.broker_order_id, 1)
             fills.append(
                 {
-                    "fill_id": fill_id,
+                    "fill_id": _fill_id(order.broker_order_id, 1),
                     "broker_order_id": order.broker_order_id,
                     "sequence": 1,
                     "quantity": q,
@@ -931,6 +911,32 @@ class PaperBroker:
         if cash != start:
             self._set_cash(conn, cash, now)
         return True
+
+    def _batch_problem(
+        self,
+        order: _Order,
+        quantity: Decimal,
+        executed: Decimal | None,
+        cash: Decimal,
+        held: Decimal,
+    ) -> str | None:
+        """Return why a market order of a batch is rejected (as ``place_order`` would), or None."""
+        problem = self._quantity_problem(order, quantity)
+        if problem is not None:
+            return problem
+        if executed is None:
+            return f"unknown symbol {order.symbol}: no price available"
+        gross = _money(quantity * executed)
+        need = gross + self._order_fee(gross)
+        currency = self.settings.currency
+        if order.side is OrderSide.BUY and need > cash:
+            return (
+                f"insufficient cash: buying {quantity} {order.symbol} needs {need} {currency}"
+                f" including fees, cash is {cash} {currency}"
+            )
+        if order.side is OrderSide.SELL and quantity > held:
+            return f"insufficient position: selling {quantity} {order.symbol}, holding {held}"
+        return None
 
     def _write_batch(
         self,
