@@ -845,8 +845,7 @@ def raw_copy_orders(engine: Engine, book: PaperBook) -> tuple[int, float]:
             text("CREATE TABLE bench_copy_orders (LIKE smallcase_execution_orders INCLUDING ALL)")
         )
         conn.commit()
-        raw = conn.connection.dbapi_connection
-        assert raw is not None
+        raw: Any = conn.connection.driver_connection  # psycopg's own connection: COPY
         buffer = io.BytesIO()
         with (
             raw.cursor() as cur,
