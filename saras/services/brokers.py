@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 
 from models import Asset, PriceHistory, UserBrokerConnection
 from models.base import utcnow
@@ -77,6 +77,36 @@ def latest_close_lookup(
             value = conn.execute(query).scalar()
         return None if value is None else Decimal(str(value))
 
+    def many(pairs: Iterable[tuple[str, str | None]]) -> dict[tuple[str, str | None], Any]:
+        """Return the latest close of many (symbol, exchange) pairs in one query."""
+        wanted = {(s, v or exchange): (s, v) for s, v in pairs}
+        if not wanted or any(v is None for _, v in wanted):
+            return {key: lookup(*key) for key in wanted.values()}
+        latest = (
+            select(PriceHistory.asset_id, func.max(PriceHistory.price_date).label("day"))
+            .join(Asset, Asset.id == PriceHistory.asset_id)
+            .where(Asset.symbol.in_({s for s, _ in wanted}))
+            .group_by(PriceHistory.asset_id)
+            .subquery()
+        )
+        query = (
+            select(Asset.symbol, Asset.exchange, PriceHistory.close_price)
+            .join(PriceHistory, PriceHistory.asset_id == Asset.id)
+            .join(
+                latest,
+                (latest.c.asset_id == PriceHistory.asset_id)
+                & (latest.c.day == PriceHistory.price_date),
+            )
+            .where(Asset.symbol.in_({s for s, _ in wanted}))
+        )
+        with engine.connect() as conn:
+            found = {(r.symbol, r.exchange): r.close_price for r in conn.execute(query)}
+        return {
+            asked: None if found.get(key) is None else Decimal(str(found[key]))
+            for key, asked in wanted.items()
+        }
+
+    lookup.many = many  # type: ignore[attr-defined]  # the paper broker prices a batch at once
     return lookup
 
 

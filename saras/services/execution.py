@@ -1,7 +1,11 @@
 """Execute one approved run through its broker, exactly once, resumable after any crash.
 
-The pipeline per order: mark it ``submitting`` and commit; send it with the client order id
-derived from its row; record the answer. An answer that cannot be told (timeout, lost
+The pipeline, per batch of orders (``ExecutionSettings.batch_size``: a whole phase for the
+paper broker, one order for a remote broker): mark the batch ``submitting`` and commit (one
+guarded set-based write, durable before any of them is sent); send each with the client order id
+derived from its row (the paper broker places a batch in one transaction); record the answers,
+fills and statuses, in one transaction. A crash in between leaves the batch in doubt, resolved
+as below. An answer that cannot be told (timeout, lost
 response) parks the order in ``unknown``, and nothing is sent again until a lookup at the
 broker by our id resolves it; the broker's silence counts as "absent" only once the lookup
 horizon (longer than the client's request timeout) has passed since the send began. Sells go

@@ -113,3 +113,30 @@ def test_a_batch_sent_again_places_nothing_twice(make_broker: MakeBroker) -> Non
     assert again[0] == first[0]
     assert broker.get_account().cash == cash
     assert len(broker.list_orders(since=first[0].submitted_at)) == 2  # type: ignore[union-attr]
+
+
+def test_a_batch_is_priced_in_one_call_when_the_lookup_can(engine: object) -> None:
+    from saras.brokers.base import BrokerCredentials, ConnectionConfig
+    from saras.brokers.paper import PaperBroker
+
+    asked: list[set[tuple[str, str | None]]] = []
+
+    def lookup(symbol: str, exchange: str | None = None) -> Decimal | None:
+        raise AssertionError("a batch is priced through many(), not one symbol at a time")
+
+    def many(pairs: set[tuple[str, str | None]]) -> dict[tuple[str, str | None], Decimal]:
+        asked.append(set(pairs))
+        return {p: D("10") if p[0] == "AAPL" else D("-1") for p in pairs}
+
+    lookup.many = many  # type: ignore[attr-defined]
+    broker = PaperBroker(
+        ConnectionConfig(connection_id="acct-many", broker_type="paper", paper_trading=True),
+        BrokerCredentials(),
+        engine=engine,  # type: ignore[arg-type]
+        price_lookup=lookup,
+    )
+    filled, rejected = broker.place_orders(_requests("many")[1:3])
+    assert asked == [{("AAPL", "NYSE"), ("ZZZZ", "NYSE")}]
+    assert isinstance(filled, BrokerOrder) and filled.average_fill_price == D("10")
+    assert isinstance(rejected, OrderRejectedError)  # a price <= 0 is no price
+    assert "no price" in str(rejected.reason)

@@ -83,4 +83,16 @@ def test_execute_orders_benchmark_smoke(pg_server: PostgresServer) -> None:
     _line(out, r"^C=1\s+12/12 orders on 3 connections in\s+[\d.]+ s = .* speedup\s+1\.00 ")
     _line(out, r"^C=3\s+12/12 orders on 3 connections in\s+[\d.]+ s = .* speedup\s+\d+\.\d\d ")
     assert "tasks FAILED" not in out
+    # paper: 20 investments, each its own connection, executed as the flow's tasks do
+    _line(out, r"^paper\s+20 investments x 20 buys = 400 orders, each investment its own ")
+    ours = _line(
+        out,
+        r"^ours\s+400/400 orders filled in [\d.]+ s = ([\d,]+) orders/s with \d+ threads = "
+        r"([\d,]+) orders/s per core \(\d+ cores\)$",
+    )
+    assert int(ours.group(1).replace(",", "")) > 0
+    _line(out, r"^\s+cpu [\d.]+ CPU-s .*orders per CPU-second$")
+    _line(out, r"^floor\s+one single-row UPDATE \+ commit per order .*: [\d,]+/s; ours / that ")
+    _line(out, r"^raw COPY\s+the same 400 order rows .*: [\d,]+ rows/s; ours / that [\d.]+$")
+    _line(out, r"^books\s+ledger rows = broker fills = filled orders; cash equal: yes$")
     _assert_dropped(out, pg_server.admin_url)

@@ -412,6 +412,10 @@ class PaperBroker:
         self._credentials = credentials
         self._engine = engine
         self._price_lookup = _by_asset(price_lookup)
+        # optional ``many(pairs) -> {pair: price}``: a batch priced in one query
+        self._price_many: Callable[..., Mapping[Any, Any]] | None = getattr(
+            price_lookup, "many", None
+        )
         self._clock = clock or _utc_now
         self._corporate_actions = corporate_actions
         self._caught_up = False
@@ -527,9 +531,12 @@ class PaperBroker:
             self._catch_up()
         now = self._now()
         market_open = self._is_market_open(now)
-        prices = {
-            (r.symbol, r.exchange): self._lookup_price(r.symbol, r.exchange) for r in requests
-        }
+        pairs = {(r.symbol, r.exchange) for r in requests}
+        if self._price_many is None:
+            prices = {pair: self._lookup_price(*pair) for pair in pairs}
+        else:
+            found = self._price_many(pairs)
+            prices = {pair: self._usable_price(found.get(pair)) for pair in pairs}
         with self._engine.begin() as conn:
             self._lock_account(conn)
             known = {
@@ -619,32 +626,13 @@ class PaperBroker:
             quantity, average = held.get(key, (_ZERO, None))
             q = order.quantity
             assert q is not None
-            reason = self._quantity_problem(order, q)
-            if reason is None and price is None:
-                reason = f"unknown symbol {request.symbol}: no price available"
-            if reason is not None or price is None:
+            executed = None if price is None else self._fill_price(order, price)
+            reason = self._batch_problem(order, q, executed, cash, quantity)
+            if reason is not None or executed is None:
                 order.status, order.reason = BrokerOrderStatus.REJECTED, reason
                 continue
-            executed = self._fill_price(order, price)
-            assert executed is not None
             gross = _money(q * executed)
             fee = self._order_fee(gross)
-            if order.side is OrderSide.BUY and gross + fee > cash:
-                order.status, order.reason = (
-                    BrokerOrderStatus.REJECTED,
-                    (
-                        f"insufficient cash: buying {q} {order.symbol} needs {gross + fee} "
-                        f"{self.settings.currency} including fees, cash is {cash} "
-                        f"{self.settings.currency}"
-                    ),
-                )
-                continue
-            if order.side is OrderSide.SELL and q > quantity:
-                order.status, order.reason = (
-                    BrokerOrderStatus.REJECTED,
-                    (f"insufficient position: selling {q} {order.symbol}, holding {quantity}"),
-                )
-                continue
             if order.side is OrderSide.BUY:
                 cash -= gross + fee
                 cost = quantity * (average or executed) + q * executed
@@ -654,10 +642,9 @@ class PaperBroker:
                 moved[key] = (quantity - q, average)
             order.filled_quantity, order.average_fill_price = q, _price(executed)
             order.fees, order.status = fee, BrokerOrderStatus.FILLED
-            fill_id = _fill_id(order.broker_order_id, 1)
             fills.append(
                 {
-                    "fill_id": fill_id,
+                    "fill_id": _fill_id(order.broker_order_id, 1),
                     "broker_order_id": order.broker_order_id,
                     "sequence": 1,
                     "quantity": q,
@@ -670,6 +657,32 @@ class PaperBroker:
         if cash != start:
             self._set_cash(conn, cash, now)
         return True
+
+    def _batch_problem(
+        self,
+        order: _Order,
+        quantity: Decimal,
+        executed: Decimal | None,
+        cash: Decimal,
+        held: Decimal,
+    ) -> str | None:
+        """Return why a market order of a batch is rejected (as ``place_order`` would), or None."""
+        problem = self._quantity_problem(order, quantity)
+        if problem is not None:
+            return problem
+        if executed is None:
+            return f"unknown symbol {order.symbol}: no price available"
+        gross = _money(quantity * executed)
+        need = gross + self._order_fee(gross)
+        currency = self.settings.currency
+        if order.side is OrderSide.BUY and need > cash:
+            return (
+                f"insufficient cash: buying {quantity} {order.symbol} needs {need} {currency}"
+                f" including fees, cash is {cash} {currency}"
+            )
+        if order.side is OrderSide.SELL and quantity > held:
+            return f"insufficient position: selling {quantity} {order.symbol}, holding {held}"
+        return None
 
     def _write_batch(
         self,
@@ -940,7 +953,10 @@ class PaperBroker:
 
     def _lookup_price(self, symbol: str, exchange: str | None) -> Decimal | None:
         """Return the latest stored price of an asset, or None when unknown or unusable."""
-        value = self._price_lookup(symbol, exchange)
+        return self._usable_price(self._price_lookup(symbol, exchange))
+
+    def _usable_price(self, value: Any) -> Decimal | None:
+        """Return a looked-up price at the stored scale, None when missing or unusable."""
         if value is None:
             return None
         price = value if isinstance(value, Decimal) else Decimal(str(value))
