@@ -844,45 +844,10 @@ def execute_run(
     run_id = uuid.UUID(str(run_id))
     settings = settings or ExecutionSettings()
     with run_lock(engine, run_id):
-        with Session(engine, expire_on_commit=False) as session:
-            conn = session.connection()
-            run = session.scalars(
-                select(SmallcaseExecutionRun).where(SmallcaseExecutionRun.id == run_id)
-            ).one_or_none()
-            if run is None:
-                raise RunRefused(f"no execution run {run_id}")
-            status = RunStatus(run.status)
-            if status in (RunStatus.COMPLETED, RunStatus.PARTIALLY_COMPLETED, RunStatus.FAILED):
-                orders = repo.load_orders(conn, run_id)
-                return RunOutcome(
-                    str(run_id),
-                    status.value,
-                    _counts(orders),
-                    (run.execution_plan or {}).get("outcome_reason"),
-                )
-            if status not in (RunStatus.APPROVED, RunStatus.EXECUTING):
-                raise RunRefused(f"run {run_id} is {status.value}: only approved runs are executed")
-            plan = run.execution_plan or {}
-            approved = plan.get("approved_hash")
-            current = repo.current_orders_hash(conn, run_id)
-            if not approved or approved != current:
-                raise RunRefused(
-                    f"run {run_id}: its orders do not match the approved plan "
-                    f"(approved {str(approved)[:12]}, now {current[:12]}): refusing to execute"
-                )
-            connection = session.scalars(
-                select(UserBrokerConnection).where(
-                    UserBrokerConnection.id == run.broker_connection_id
-                )
-            ).one()
-            investment = session.scalars(
-                select(UserSmallcaseInvestment).where(
-                    UserSmallcaseInvestment.id == run.investment_id
-                )
-            ).one()
-            currency = session.scalars(
-                select(Portfolio.currency).where(Portfolio.id == investment.portfolio_id)
-            ).one()
+        loaded = _load_run(engine, run_id)
+        if isinstance(loaded, RunOutcome):
+            return loaded
+        status, connection, investment, currency = loaded
         refusal = live_trading_refusal(connection)
         if refusal is not None:
             return _refuse_live(engine, run_id, status, refusal)
@@ -925,21 +890,7 @@ def execute_run(
         try:
             executor.execute(orders)
         except FatalBrokerError as exc:
-            reason = f"the {connection.broker_type} connection {connection.alias!r} failed: {exc}"
-            if not caps.marks_connection_on_fatal:
-                mark_connection(engine, connection.id, ConnectionStatus.ERROR.value, str(exc))
-            executor.cancel_unsent(orders, "run stopped: " + str(exc))
-            working = [o for o in orders if o.status in _WORKING]
-            if working:
-                # orders still live at the broker: keep the run open so that a resume, once
-                # the connection works again, records their fills
-                return RunOutcome(
-                    str(run_id),
-                    RunStatus.EXECUTING.value,
-                    _counts(orders),
-                    reason + f"; {len(working)} order(s) still working: resume after fixing it",
-                )
-            return _finish_run(engine, run_id, orders, reason=reason, fatal=True)
+            return _stop_on_fatal(engine, executor, connection, caps, orders, exc)
         return _finish_run(engine, run_id, orders, reason=None, fatal=False)
 
 
@@ -978,3 +929,75 @@ __all__ = [
     "live_trading_refusal",
     "run_lock",
 ]
+
+
+def _load_run(
+    engine: Engine, run_id: uuid.UUID
+) -> RunOutcome | tuple[RunStatus, UserBrokerConnection, UserSmallcaseInvestment, str]:
+    """Read a run to execute: its outcome when finished, else what executing it needs.
+
+    Raises ``RunRefused`` for a missing run, one neither approved nor executing, or one whose
+    orders no longer match the approved plan.
+    """
+    with Session(engine, expire_on_commit=False) as session:
+        conn = session.connection()
+        run = session.scalars(
+            select(SmallcaseExecutionRun).where(SmallcaseExecutionRun.id == run_id)
+        ).one_or_none()
+        if run is None:
+            raise RunRefused(f"no execution run {run_id}")
+        status = RunStatus(run.status)
+        if status in (RunStatus.COMPLETED, RunStatus.PARTIALLY_COMPLETED, RunStatus.FAILED):
+            orders = repo.load_orders(conn, run_id)
+            return RunOutcome(
+                str(run_id),
+                status.value,
+                _counts(orders),
+                (run.execution_plan or {}).get("outcome_reason"),
+            )
+        if status not in (RunStatus.APPROVED, RunStatus.EXECUTING):
+            raise RunRefused(f"run {run_id} is {status.value}: only approved runs are executed")
+        approved = (run.execution_plan or {}).get("approved_hash")
+        current = repo.current_orders_hash(conn, run_id)
+        if not approved or approved != current:
+            raise RunRefused(
+                f"run {run_id}: its orders do not match the approved plan "
+                f"(approved {str(approved)[:12]}, now {current[:12]}): refusing to execute"
+            )
+        connection = session.scalars(
+            select(UserBrokerConnection).where(UserBrokerConnection.id == run.broker_connection_id)
+        ).one()
+        investment = session.scalars(
+            select(UserSmallcaseInvestment).where(UserSmallcaseInvestment.id == run.investment_id)
+        ).one()
+        currency = session.scalars(
+            select(Portfolio.currency).where(Portfolio.id == investment.portfolio_id)
+        ).one()
+    return status, connection, investment, currency
+
+
+def _stop_on_fatal(
+    engine: Engine,
+    executor: RunExecutor,
+    connection: UserBrokerConnection,
+    caps: BrokerCapabilities,
+    orders: list[repo.OrderRow],
+    exc: FatalBrokerError,
+) -> RunOutcome:
+    """End (or hold open) a run whose connection failed fatally: nothing more is sent."""
+    run_id = executor.run_id
+    reason = f"the {connection.broker_type} connection {connection.alias!r} failed: {exc}"
+    if not caps.marks_connection_on_fatal:
+        mark_connection(engine, connection.id, ConnectionStatus.ERROR.value, str(exc))
+    executor.cancel_unsent(orders, "run stopped: " + str(exc))
+    working = [o for o in orders if o.status in _WORKING]
+    if working:
+        # orders still live at the broker: keep the run open so that a resume, once the
+        # connection works again, records their fills
+        return RunOutcome(
+            str(run_id),
+            RunStatus.EXECUTING.value,
+            _counts(orders),
+            reason + f"; {len(working)} order(s) still working: resume after fixing it",
+        )
+    return _finish_run(engine, run_id, orders, reason=reason, fatal=True)

@@ -906,9 +906,8 @@ def _collect(
     """Turn a batch plan's columns into runs, order rows, hashes and the report's totals."""
     for k in np.flatnonzero(~batch.changed).tolist():
         code = int(batch.status_reason[k])
-        plan.skipped.setdefault(SKIP_REASONS[code].value if code >= 0 else "no_orders", []).append(
-            str(members[k].id)
-        )
+        reason = SKIP_REASONS[code].value if code >= 0 else "no_orders"
+        plan.skipped.setdefault(reason, []).append(str(members[k].id))
     n_orders = batch.order_count
     if n_orders == 0:
         for k in np.flatnonzero(batch.changed).tolist():
@@ -919,39 +918,9 @@ def _collect(
     legs = batch.order_leg
     values = batch.order_est_value
     is_buy = batch.order_is_buy
-    # totals per asset and side, vectorised
-    priced = ~np.isnan(values)
-    slot = legs * 2 + is_buy.astype(np.int64)
-    n_slots = 2 * len(labels)
-    counts = np.bincount(slot[priced], minlength=n_slots)
-    value_sums = np.bincount(slot[priced], weights=values[priced], minlength=n_slots)
-    unit_sums = np.bincount(slot, weights=batch.order_units.astype(np.float64), minlength=n_slots)
-    for code in np.flatnonzero(np.bincount(slot, minlength=n_slots)).tolist():
-        leg, buy = divmod(int(code), 2)
-        key = (labels[leg], "buy" if buy else "sell")
-        bucket = plan.per_asset.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])
-        bucket[0] += Decimal(repr(float(unit_sums[code]))) / (10**decimals)
-        bucket[1] += Decimal(repr(float(value_sums[code]))).quantize(Decimal("0.0001"))
-        bucket[2] += int(counts[code])
-    # per-order estimated price = the leg's planning price (one string per leg, not per order)
-    unit_value = np.where(batch.order_units > 0, values / np.maximum(batch.order_units, 1), np.nan)
-    leg_price = {}
-    for leg in np.unique(legs):
-        sample = unit_value[legs == leg]
-        sample = sample[~np.isnan(sample)]
-        leg_price[int(leg)] = (
-            f"{Decimal(repr(float(sample[0]) * 10**decimals)).quantize(Decimal('0.000001')):f}"
-            if sample.size
-            else ""
-        )
-    skips: dict[int, list[SkippedLeg]] = defaultdict(list)
-    for j, r, i in zip(
-        batch.skip_leg.tolist(),
-        batch.skip_reason.tolist(),
-        batch.skip_investment.tolist(),
-        strict=True,
-    ):
-        skips[i].append(SkippedLeg(assets[labels[j]].ref, SKIP_REASONS[r].value))
+    _add_totals(plan, batch, decimals)
+    leg_price = _leg_prices(batch, decimals)
+    skips = _skipped_legs(batch, assets)
     sides = np.where(is_buy, "buy", "sell").tolist()
     leg_list = legs.tolist()
     value_list = np.nan_to_num(values).tolist()
@@ -1006,6 +975,53 @@ def _collect(
 
 
 # --- writing ----------------------------------------------------------------------------------
+
+
+def _skipped_legs(batch: BatchPlan, assets: Mapping[str, PlanAsset]) -> dict[int, list[SkippedLeg]]:
+    """Return the legs a batch skipped, by investment index, with their reason."""
+    skips: dict[int, list[SkippedLeg]] = defaultdict(list)
+    for j, r, i in zip(
+        batch.skip_leg.tolist(),
+        batch.skip_reason.tolist(),
+        batch.skip_investment.tolist(),
+        strict=True,
+    ):
+        skips[i].append(SkippedLeg(assets[batch.symbols[j]].ref, SKIP_REASONS[r].value))
+    return skips
+
+
+def _add_totals(plan: _Builder, batch: BatchPlan, decimals: int) -> None:
+    """Add a batch's quantity, value and order count per asset and side to the plan (vectorised)."""
+    labels, legs, values = batch.symbols, batch.order_leg, batch.order_est_value
+    priced = ~np.isnan(values)
+    slot = legs * 2 + batch.order_is_buy.astype(np.int64)
+    n_slots = 2 * len(labels)
+    counts = np.bincount(slot[priced], minlength=n_slots)
+    value_sums = np.bincount(slot[priced], weights=values[priced], minlength=n_slots)
+    unit_sums = np.bincount(slot, weights=batch.order_units.astype(np.float64), minlength=n_slots)
+    for code in np.flatnonzero(np.bincount(slot, minlength=n_slots)).tolist():
+        leg, buy = divmod(int(code), 2)
+        key = (labels[leg], "buy" if buy else "sell")
+        bucket = plan.per_asset.setdefault(key, [Decimal(0), Decimal(0), Decimal(0)])
+        bucket[0] += Decimal(repr(float(unit_sums[code]))) / (10**decimals)
+        bucket[1] += Decimal(repr(float(value_sums[code]))).quantize(Decimal("0.0001"))
+        bucket[2] += int(counts[code])
+
+
+def _leg_prices(batch: BatchPlan, decimals: int) -> dict[int, str]:
+    """Return each leg's planning price as text (one string per leg, not per order)."""
+    values, legs = batch.order_est_value, batch.order_leg
+    unit_value = np.where(batch.order_units > 0, values / np.maximum(batch.order_units, 1), np.nan)
+    leg_price = {}
+    for leg in np.unique(legs):
+        sample = unit_value[legs == leg]
+        sample = sample[~np.isnan(sample)]
+        leg_price[int(leg)] = (
+            f"{Decimal(repr(float(sample[0]) * 10**decimals)).quantize(Decimal('0.000001')):f}"
+            if sample.size
+            else ""
+        )
+    return leg_price
 
 
 def write_plan(conn: Connection, draft: PlanDraft, *, auto_approve: bool) -> None:
