@@ -40,6 +40,15 @@ from tests.support.databases import (
 from tests.support.reference import REFERENCE_DIR
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests marked ``slow`` first (otherwise in collection order).
+
+    Under ``-n 2`` (README "Two commands") a long end-to-end test that starts last finishes
+    alone while the other worker idles; started first, the rest of the suite runs beside it.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _websocket_pings_keep_off_the_global_random() -> Iterator[None]:
     """Give websockets its own random generator for the session.

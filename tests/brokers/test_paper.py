@@ -47,9 +47,8 @@ from saras.brokers.paper import (
     paper_orders,
 )
 from saras.domain.enums import OrderSide, OrderType
+from tests.support.databases import PG_URL  # the suite's PostgreSQL server
 
-# The suite's PostgreSQL server (tests/conftest.py reads the same variable).
-PG_URL = os.environ.get("SARAS_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2024, 6, 3, 14, 0, tzinfo=UTC)  # a Monday, 10:00 in New York
 PAPER_TABLES = sorted(paper_metadata.tables)
 D = Decimal

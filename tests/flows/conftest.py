@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from prefect.events.worker import EventsWorker
+from prefect.logging.handlers import APILogWorker
 from prefect.testing.utilities import prefect_test_harness
 from sqlalchemy import Engine
 
@@ -22,9 +24,13 @@ __all__ = ["when_paused"]  # older tests import it from here
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect server and database for the whole test session."""
+    """One temporary Prefect server and database for the whole test session (per worker)."""
     with prefect_test_harness(server_startup_timeout=120):
         yield
+        # send what is still queued with a bound first: the harness's own drain has none,
+        # and once hung for minutes at the end of a session on a loaded machine
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 @pytest.fixture(autouse=True)
