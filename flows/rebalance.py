@@ -59,7 +59,8 @@ def rebalance_smallcase(
         execution: How patient the execution is; empty: the defaults.
         exclude_investments: Investments (ids, as in the plan report) left out of this run.
         requested_by: E-mail of the analyst requesting the run (checked against the approver
-            when SARAS_REQUIRE_DISTINCT_APPROVER is on).
+            when SARAS_REQUIRE_DISTINCT_APPROVER is on); runs the triggers start name
+            `evaluate-rebalances`, which any Saras user may approve.
     """
     began = time.monotonic()
     try:

@@ -10,6 +10,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from saras.db import get_engine
+from saras.services.approval import TRIGGER_REQUESTER
 from saras.services.triggers import SmallcaseEvaluation, evaluate_smallcases
 
 
@@ -23,10 +24,14 @@ def evaluate_due(
 
 @task(retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def start_rebalance(deployment: str, smallcase: str, idempotency_key: str) -> str:
-    """Start a run of the rebalance deployment for one smallcase; return its flow run id."""
+    """Start a run of the rebalance deployment for one smallcase; return its flow run id.
+
+    The run names the trigger as its requester: under maker-checker any Saras user may approve
+    what a schedule started (a run naming no requester could not be approved at all).
+    """
     flow_run = run_deployment(
         name=deployment,
-        parameters={"smallcase": smallcase},
+        parameters={"smallcase": smallcase, "requested_by": TRIGGER_REQUESTER},
         timeout=0,
         idempotency_key=idempotency_key,
         tags=["saras", "triggered"],

@@ -36,6 +36,11 @@ def find_user_id(conn: Connection, email: str) -> uuid.UUID | None:
     return None if value is None else uuid.UUID(str(value))
 
 
+#: the requester a rebalance started by ``evaluate_rebalances`` names: no Saras user, so under
+#: maker-checker any user may approve it
+TRIGGER_REQUESTER = "evaluate-rebalances"
+
+
 def check_approver(
     conn: Connection,
     email: str,

@@ -79,7 +79,7 @@ def test_monthly_trigger_with_relative_band_is_planned_only_when_due(
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run_id)
     assert flow_run.deployment_id == rebalance_deployment
-    assert flow_run.parameters == {"smallcase": US}
+    assert flow_run.parameters == {"smallcase": US, "requested_by": "evaluate-rebalances"}
     assert flow_run.state is not None and flow_run.state.is_scheduled()
 
     # evaluating the same day again starts nothing new

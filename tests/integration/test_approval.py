@@ -9,7 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import AuditLog
-from saras.services.approval import ApprovalRefused, check_approver, record_decision
+from saras.services.approval import (
+    TRIGGER_REQUESTER,
+    ApprovalRefused,
+    check_approver,
+    record_decision,
+)
 from saras.settings import Settings
 from tasks.approval import PlanDecision
 from tests import factories
@@ -44,6 +49,10 @@ def test_maker_checker(db: Session) -> None:
         conn, "checker@example.com", requested_by="maker@example.com", require_distinct=True
     )
     assert approver.email == "checker@example.com"
+    # a run a schedule started names the trigger: any Saras user may approve it
+    assert check_approver(
+        conn, "maker@example.com", requested_by=TRIGGER_REQUESTER, require_distinct=True
+    )
 
 
 def test_decision_is_audited_with_the_approver(db: Session) -> None:
