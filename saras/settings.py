@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     paper_fill_retention_days: int = Field(
         default=90, ge=1, description="Paper broker fills of finished orders older than this purge."
     )
+    rebalance_slot_lease_seconds: int = Field(
+        default=300,
+        ge=60,
+        le=86400,
+        description=(
+            "Lease of a rebalance's per-smallcase slot: renewed every 75% of it while the run "
+            "lives (an approval pause included); a dead run's slot is free again after it."
+        ),
+    )
     require_distinct_approver: bool = Field(
         default=False,
         description=(

@@ -169,6 +169,8 @@ def test_bootstrap_worker_nightly_prices_trigger_and_alerts(
         "PYTHONPATH": str(ROOT),  # this checkout's code in the worker's flow runs
         # the test's one speed-up: workers ask for scheduled runs every 2 s (Prefect: 10 s)
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        # the shortest slot lease the server grants, so that the approval pause outlasts it
+        "SARAS_REBALANCE_SLOT_LEASE_SECONDS": "60",
     }
     prefect = [sys.executable, "-m", "prefect"]
     server_log = tmp_path / "server.log"
@@ -423,6 +425,7 @@ def _analyst_rebalance(
             return state if state is not None and state.type.value == "PAUSED" else None
 
         state = _wait("the rebalance to pause for approval", paused, timeout=300)
+        paused_at = time.monotonic()
         keyset = state.state_details.run_input_keyset
         assert keyset, state.state_details  # it waits for input: the UI shows a form
 
@@ -437,6 +440,14 @@ def _analyst_rebalance(
         plan_hash = summary.split("plan hash: `")[1].split("`")[0]
         rows = json.loads(str(by_key["rebalance-plan"].data))
         assert {r["symbol"] for r in rows} >= {"AMZN"}, rows  # AMZN leaves the smallcase
+
+        # one rebalance per smallcase, through a pause longer than the slot's 60 s lease: the
+        # paused run renews it (the server sweeps expired leases every 15 s)
+        time.sleep(max(0.0, paused_at + 85 - time.monotonic()))
+        second = run("rebalance-smallcase/rebalance", {"smallcase": US_SMALLCASE, "dry_run": True})
+        refused = _wait("the second rebalance", functools.partial(finished, str(second)), 300)
+        assert refused["name"] == "Failed", refused
+        assert "already being rebalanced" in str(refused.get("message")), refused
 
         schema = json.loads(client.read_flow_run_input(rebalance, keyset["schema"]))
         result = client.resume_flow_run(rebalance, run_input=_approval_input(schema, plan_hash))
