@@ -19,7 +19,13 @@ PATH = "flows/execution.py:execute_run"
 
 @flow(name="execute-run", task_runner=SarasTaskRunner(), **AUDIT_HOOKS)
 def execute_run(run_id: str, execution: ExecutionParameters | None = None) -> State:
-    """Execute an approved run, or finish one a crash interrupted; never places an order twice."""
+    """Execute an approved run, or finish one a crash interrupted; never places an order twice.
+
+    Args:
+        run_id: The execution run to execute (an approved run, or one a crash left executing).
+        execution: How patient the execution is (polling, deadline, timeouts); empty: the
+            defaults.
+    """
     began = time.monotonic()
     try:
         result = execute_one_run(run_id, settings_kwargs(execution))

@@ -88,6 +88,19 @@ def invest_in_smallcase(
 
     The user's connection is chosen by the broker selection query: ``broker_alias``, or the
     single active connection of ``broker_type`` (paper by default), paper or live.
+
+    Args:
+        user: The investor's e-mail.
+        smallcase: Name or id of the smallcase.
+        amount: Cash to invest, in the smallcase's currency (a decimal, e.g. "10000").
+        broker_alias: The user's broker connection to trade through, by alias.
+        broker_type: Without an alias: the broker whose single active connection is used.
+        paper_trading: Without an alias: choose among paper (true) or live (false) connections.
+        portfolio: The user's portfolio to take the cash from, by name; empty: the oldest in
+            the smallcase's currency.
+        require_approval: Pause for an analyst's approval of the plan before trading.
+        execution: How patient the execution is (polling, deadline, timeouts); empty: the
+            defaults.
     """
     began = time.monotonic()
     path = "flows/investments.py:invest_in_smallcase"
@@ -119,7 +132,15 @@ def exit_smallcase(
     require_approval: bool = False,
     execution: ExecutionParameters | None = None,
 ) -> State:
-    """Sell everything a user's investment in a smallcase holds and close it."""
+    """Sell everything a user's investment in a smallcase holds and close it.
+
+    Args:
+        user: The investor's e-mail.
+        smallcase: Name or id of the smallcase.
+        require_approval: Pause for an analyst's approval of the sells before trading.
+        execution: How patient the execution is (polling, deadline, timeouts); empty: the
+            defaults.
+    """
     began = time.monotonic()
     path = "flows/investments.py:exit_smallcase"
     try:

@@ -44,6 +44,14 @@ def maintain(
     written under the lock and ``WHERE status = 'approved'``, repair planning takes the
     planner's lock on the investment (and checks again under it), and purges delete only what
     has expired.
+
+    Args:
+        resume: Resume executing runs whose process is gone.
+        start_approved: Start approved runs whose market is open; expire those too old.
+        repair: Plan and execute bounded repairs of partially completed runs.
+        purge: Delete expired sessions and old paper fills (retention settings).
+        execution: How patient the execution is (polling, deadline, timeouts); empty: the
+            defaults.
     """
     began = time.monotonic()
     logger = get_run_logger()

@@ -52,6 +52,10 @@ def snapshot_positions(snapshot_date: date | None = None, batch_size: int | None
     connection used by an active investment is asked for its positions once and compared with
     our ledger; differences are reported (artifact ``reconciliation``, ``audit_logs``), never
     written over our rows.
+
+    Args:
+        snapshot_date: The day to snapshot; empty: today (UTC). Not in the future.
+        batch_size: Investments per snapshot task; empty: the default. At least 1.
     """
     logger = get_run_logger()
     began = time.monotonic()

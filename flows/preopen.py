@@ -34,6 +34,10 @@ def check_broker_sessions(
 
     With ``session_exchange`` (the schedule's ``NSE``), a day that is no session there checks
     nothing: the schedule runs Monday to Friday and the exchange's calendar has the holidays.
+
+    Args:
+        broker_types: Only connections of these brokers (e.g. ["zerodha"]); empty: all.
+        session_exchange: Check only on this exchange's trading days (e.g. "NSE").
     """
     logger = get_run_logger()
     began = time.monotonic()

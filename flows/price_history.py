@@ -37,6 +37,18 @@ def ingest_price_history(
     Days run from the day after each asset's last stored bar (or ``start``) to its exchange's
     last completed session (or ``end``). ``source`` overrides the per-exchange default;
     ``exchanges`` limits the run to assets listed there (the nightly US and Indian schedules).
+
+    Args:
+        symbols: Only these symbols; empty: every held or constituent asset.
+        start: First day to fetch; empty: the day after each asset's last stored bar.
+        end: Last day to fetch; empty: each exchange's last completed session.
+        source: Market-data source (yfinance, alpaca, kite, csv, simulated); empty: the
+            per-exchange default (SARAS_PRICE_SOURCES).
+        source_options: Options of the source, never secrets: e.g. {"connection":
+            "user@example.com/alias"} for broker credentials, {"path": ..., "date_format":
+            "%d-%m-%Y"} for csv.
+        batch_size: Symbols per ingestion task; empty: SARAS_INGESTION_BATCH_SIZE. At least 1.
+        exchanges: Only assets listed on these exchanges (e.g. ["NYSE", "NASDAQ"]).
     """
     logger = get_run_logger()
     began = time.monotonic()

@@ -32,6 +32,15 @@ def repair_run(
     analyst's approval of its exact hash, as a rebalance does, unless ``require_approval`` is
     false or, when it is not given, the policy flag ``SARAS_REPAIR_AUTO_APPROVE`` is on.
     ``run_id`` may name the original run or a repair run of it awaiting approval.
+
+    Args:
+        run_id: The run to repair (or a repair run of it awaiting approval).
+        require_approval: Pause for an analyst's approval; empty: SARAS_REPAIR_AUTO_APPROVE decides.
+        wait_for_approval: Wait here for the decision; off: leave the plan awaiting approval.
+        approval_timeout_seconds: Seconds to wait for the approval before the plan is rejected.
+        approval_poll_seconds: Seconds between checks for the analyst's decision.
+        execution: How patient the execution is (polling, deadline, timeouts); empty: the
+            defaults.
     """
     began = time.monotonic()
     try:

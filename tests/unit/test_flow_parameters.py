@@ -142,3 +142,27 @@ def test_settings_kwargs() -> None:
     assert settings_kwargs({"poll_interval": 0.5}) == {"poll_interval": 0.5}
     kwargs = settings_kwargs(ExecutionParameters(request_timeout=1, lookup_horizon=3))
     assert kwargs is not None and kwargs["lookup_horizon"] == 3 and kwargs["poll_interval"] == 1.0
+
+
+def test_every_deployed_flow_describes_every_parameter() -> None:
+    """Prefect's forms show each parameter's description: none of a deployed flow is bare."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    deployments = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    entrypoints = sorted({d["entrypoint"] for d in deployments})
+    assert len(entrypoints) >= 10
+    bare = []
+    for entrypoint in entrypoints:
+        path, name = entrypoint.split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        schema = parameter_schema(getattr(module, name).fn)
+        bare += [
+            f"{entrypoint} {p}"
+            for p, spec in schema.properties.items()
+            if not spec.get("description")
+        ]
+    assert bare == []
