@@ -87,6 +87,11 @@ class BrokerCapabilities:
         return Decimal(1)
 
 
+def paper_fractional(config: ConnectionConfig) -> bool:
+    """Tell whether a connection's ``paper_fractional`` setting allows fractions (default yes)."""
+    return str(config.metadata.get("paper_fractional", "true")).lower() not in ("false", "0", "no")
+
+
 #: ``connection_metadata`` keys for patience: the HTTP request timeout and the lookup horizon
 REQUEST_TIMEOUT_KEY = "request_timeout"
 LOOKUP_HORIZON_KEY = "lookup_horizon"

@@ -12,7 +12,13 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
 
-from saras.brokers.base import Broker, BrokerCapabilities, BrokerCredentials, ConnectionConfig
+from saras.brokers.base import (
+    Broker,
+    BrokerCapabilities,
+    BrokerCredentials,
+    ConnectionConfig,
+    paper_fractional,
+)
 
 BrokerFactory = Callable[..., Broker]
 
@@ -70,14 +76,9 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         if not isinstance(result, BrokerCapabilities):
             raise TypeError(f"{config.broker_type}.capabilities must return BrokerCapabilities")
         return result
-    fractional = str(config.metadata.get("paper_fractional", "true")).lower() not in (
-        "false",
-        "0",
-        "no",
-    )
     return BrokerCapabilities(
         real_money=not config.paper_trading,
-        fractional=fractional,
+        fractional=paper_fractional(config),
         quantity_decimals=9,
         min_order_value=Decimal(0),
         remote=not config.paper_trading,

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from saras.brokers.base import BrokerCapabilities, ConnectionConfig
-
-_NO = ("false", "0", "no")
+from saras.brokers.base import BrokerCapabilities, ConnectionConfig, paper_fractional
 
 
 def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
@@ -15,10 +13,9 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
     A row that does not say ``paper_trading`` is treated as able to reach real money (the
     live-trading gate applies), as for any adapter that cannot prove otherwise.
     """
-    fractional = str(config.metadata.get("paper_fractional", "true")).lower() not in _NO
     return BrokerCapabilities(
         real_money=not config.paper_trading,
-        fractional=fractional,
+        fractional=paper_fractional(config),
         quantity_decimals=9,
         min_order_value=Decimal(0),
         remote=not config.paper_trading,

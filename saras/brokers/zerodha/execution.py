@@ -444,6 +444,10 @@ class ZerodhaBroker:
 
     def get_order(self, broker_order_id: str) -> BrokerOrder:
         """Return an order's latest state (the last entry of its history) with its fills."""
+        return self._with_fills(self._map(self._history(broker_order_id)[-1]))
+
+    def _history(self, broker_order_id: str) -> list[dict[str, Any]]:
+        """Return an order's history, oldest first; OrderNotFoundError when Kite has none."""
         history = self._read(
             "order_history",
             lambda k: k.order_history(broker_order_id),
@@ -453,7 +457,7 @@ class ZerodhaBroker:
             raise OrderNotFoundError(
                 f"Kite has no order {broker_order_id}", broker=BROKER, status_code=404
             )
-        return self._with_fills(self._map(history[-1]))
+        return list(history)
 
     def list_orders(self, since: datetime) -> Sequence[BrokerOrder]:
         """List today's orders submitted at or after ``since`` (Kite keeps only today's book)."""
@@ -475,15 +479,7 @@ class ZerodhaBroker:
 
     def cancel_order(self, broker_order_id: str) -> None:
         """Cancel a working order (regular or AMO); a finished order is left alone."""
-        history = self._read(
-            "order_history",
-            lambda k: k.order_history(broker_order_id),
-            not_found=broker_order_id,
-        )
-        if not history:
-            raise OrderNotFoundError(
-                f"Kite has no order {broker_order_id}", broker=BROKER, status_code=404
-            )
+        history = self._history(broker_order_id)
         if self._map(history[-1]).is_terminal:
             return
         variety = str(history[-1].get("variety") or "regular")
