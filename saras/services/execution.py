@@ -8,7 +8,9 @@ fills and statuses, in one transaction. A crash in between leaves the batch in d
 as below. An answer that cannot be told (timeout, lost
 response) parks the order in ``unknown``, and nothing is sent again until a lookup at the
 broker by our id resolves it; the broker's silence counts as "absent" only once the lookup
-horizon (longer than the client's request timeout) has passed since the send began. Sells go
+horizon (longer than the client's request timeout) has passed since the send began: the kit's
+one resend rule (``saras.brokers.kit.resend.before_resend``), which the adapters apply in process
+and the executor across processes (the send's start is stored with the order). Sells go
 first and are polled until done; then the buys are re-sized to the cash the sells really freed
 (plus the run's own cash), and a buy whose money is not there is cancelled with the reason,
 never sent. Fills are recorded in the ledger from the broker's own per-fill prices (see
@@ -62,6 +64,7 @@ from saras.brokers.errors import (
     RetryableBrokerError,
 )
 from saras.brokers.ids import client_order_id
+from saras.brokers.kit.resend import OrderStillInDoubt, before_resend
 from saras.brokers.registry import capabilities
 from saras.domain.enums import (
     TERMINAL_ORDER_STATUSES,
@@ -516,39 +519,48 @@ class RunExecutor:
     def resolve(self, order: repo.OrderRow) -> None:
         """Look an order in doubt up at the broker; send it again only once proven absent.
 
-        "Absent" is concluded only when the broker does not show the order ``lookup_horizon``
-        seconds after its send began (a horizon longer than the client's request timeout): a
-        request the broker was still processing cannot become a second order. Until then the
-        order stays ``unknown`` and the run waits (or stays ``executing``, to be resumed).
+        The kit's resend rule (:func:`saras.brokers.kit.resend.before_resend`), with the age
+        of the send in wall time from the stored ``send_started_at``, so it holds across
+        processes: "absent" only when the broker does not show the order ``lookup_horizon``
+        seconds after its send began (longer than the client's request timeout). Until then
+        the order stays ``unknown`` and the run waits (or stays ``executing``, to be resumed).
         """
+        started = order.fill.send_started_at
+        age = 0.0 if started is None else (self.now() - started).total_seconds()
         try:
-            report = self.broker.get_order_by_client_id(client_order_id(order.id))
-        except OrderNotFoundError:
-            report = None
+            report = before_resend(
+                lambda: self._look_up(order),
+                client_order_id=client_order_id(order.id),
+                broker=self.broker.broker_type,
+                age=age,
+                horizon=self.lookup_horizon,
+            )
+        except OrderStillInDoubt as exc:
+            if started is None:  # rows from before the horizon was recorded: count from now
+                fill = replace(order.fill, send_started_at=self.now())
+                self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc), fill=fill)
+            elif order.status is OrderStatus.SUBMITTING:
+                self.change(order, OrderEvent.AMBIGUOUS, reason=str(exc))
+            return
         except RetryableBrokerError as exc:
             log.info("order %s: lookup failed (%s); will look again", order.id, exc)
             return
         if report is not None:
             self.record(order, report)
             return
-        started = order.fill.send_started_at
-        if started is None:  # rows from before the horizon was recorded: start counting now
-            fill = replace(order.fill, send_started_at=self.now())
-            event = OrderEvent.AMBIGUOUS
-            self.change(order, event, reason="not found at the broker yet", fill=fill)
-            return
-        waited = (self.now() - started).total_seconds()
-        if waited < self.lookup_horizon:
-            if order.status is OrderStatus.SUBMITTING:
-                self.change(order, OrderEvent.AMBIGUOUS, reason="not found at the broker yet")
-            return
         # the broker proves it never got it: back to planned, sent again under the same id
         self.change(
             order,
             OrderEvent.RESOLVED_ABSENT,
-            reason=f"not at the broker {waited:.1f} s after it was sent: sending it again",
+            reason=f"not at the broker {age:.1f} s after it was sent: sending it again",
         )
         self.submit(order)
+
+    def _look_up(self, order: repo.OrderRow) -> BrokerOrder | None:
+        try:
+            return self.broker.get_order_by_client_id(client_order_id(order.id))
+        except OrderNotFoundError:
+            return None
 
     # -- polling --------------------------------------------------------------------------
 

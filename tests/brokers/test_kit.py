@@ -16,7 +16,13 @@ from saras.brokers.errors import (
 )
 from saras.brokers.kit.clock import market_clock
 from saras.brokers.kit.rate import Budget, RateLimiter, install_backend
-from saras.brokers.kit.resend import SendLog, place_once, resolve
+from saras.brokers.kit.resend import (
+    OrderStillInDoubt,
+    SendLog,
+    before_resend,
+    place_once,
+    resolve,
+)
 from saras.brokers.zerodha import nse_market_clock
 from saras.domain.enums import OrderSide
 from saras.marketdata.base import CalendarRangeError
@@ -70,6 +76,22 @@ def test_an_order_sent_moments_ago_and_not_yet_visible_is_not_sent_twice() -> No
     t.now += 25  # past the horizon: absent means absent
     attempt(True)
     assert len(sends) == 2
+
+
+def test_the_resend_rule_found_in_doubt_absent_and_never_sent() -> None:
+    def rule(find: Callable[[], BrokerOrder | None], age: float | None) -> BrokerOrder | None:
+        return before_resend(find, client_order_id="c-1", broker="x", age=age, horizon=30.0)
+
+    assert rule(order, 5.0) is not None  # found: the order, whatever its age
+    with pytest.raises(OrderStillInDoubt, match=r"5\.0 s after it was sent") as doubt:
+        rule(lambda: None, 5.0)
+    assert doubt.value.age == 5.0 and isinstance(doubt.value, AmbiguousOrderError)
+    with pytest.raises(OrderStillInDoubt):
+        rule(lambda: None, -2.0)  # a send time ahead of this clock proves nothing either
+    assert rule(lambda: None, 30.0) is None  # absent at the horizon: may be sent
+    assert rule(lambda: None, None) is None  # never sent: may be sent
+    with pytest.raises(RetryableBrokerError):  # a failed lookup tells nothing: it propagates
+        rule(lambda: (_ for _ in ()).throw(RetryableBrokerError("down")), 60.0)
 
 
 def test_resolve_looks_up_with_waits_and_reports_the_last_failure() -> None:

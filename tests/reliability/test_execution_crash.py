@@ -72,7 +72,12 @@ def kill_child_at(run_id: uuid.UUID, checkpoint: str, occurrence: int) -> str:
 
 
 def resume(p: Platform, run_id: uuid.UUID) -> RunOutcome:
-    """Resume in this process once PostgreSQL has noticed the dead child and freed its lock."""
+    """Resume in this process once PostgreSQL has noticed the dead child and freed its lock.
+
+    The child ran on the real clock and stored its send times in it; this process's virtual
+    clock started earlier, so it is first brought up to the real time (the resume is later).
+    """
+    p.clock.sleep(max(0.0, time.time() - p.clock()))
     deadline = time.monotonic() + 10
     while True:
         try:

@@ -1,12 +1,18 @@
-"""The one resend loop of every broker kit: an order is sent again only once it is surely absent.
+"""The one resend rule of Saras: an order is sent again only once it is surely absent.
 
-``place_once`` guards a send: with ``resume`` (an earlier attempt may have sent the order), or
-when this process sent it already, the order is looked up first and returned when found; it is
-sent again only when absent and, for an order this process sent, only after the lookup horizon
-(a venue may take that long to show an order it received). ``resolve`` handles an ambiguous
-answer to a send (timeout, lost response, unreadable body): look up, wait, look up again; found
--> the order; still absent -> ``AmbiguousOrderError`` and a later ``place_once(resume=True)``
-decides. Nothing here sends twice on its own.
+:func:`before_resend` is the rule, written once: look the order up; found -> it is the order;
+absent while less than the lookup horizon has passed since it was sent -> still in doubt
+(``OrderStillInDoubt``: a venue may take that long to show an order it received); absent past
+the horizon, or never sent -> send it. Two layers apply it:
+
+- the adapters (``place_once``), in process: with ``resume`` (an earlier attempt may have sent
+  the order) or when this process sent it already (``SendLog``, a monotonic clock);
+- the executor (``saras.services.execution``), across processes: an order stored ``submitting``
+  or ``unknown`` carries the wall-clock time its send began, so a resume after a crash counts on.
+
+``resolve`` handles an ambiguous answer to a send (timeout, lost response, unreadable body):
+look up, wait, look up again; found -> the order; still absent -> ``AmbiguousOrderError`` and a
+later look-up under the rule decides. Nothing here sends twice on its own.
 """
 
 from __future__ import annotations
@@ -48,6 +54,43 @@ class SendLog:
         return None if sent_at is None else self._monotonic() - sent_at
 
 
+class OrderStillInDoubt(AmbiguousOrderError):
+    """The order is not in the venue's book yet, but its send is younger than the horizon."""
+
+    def __init__(self, message: str, *, client_order_id: str, broker: str, age: float) -> None:
+        super().__init__(message, client_order_id=client_order_id, broker=broker)
+        self.age = age
+
+
+def before_resend(
+    find: Callable[[], BrokerOrder | None],
+    *,
+    client_order_id: str,
+    broker: str,
+    age: float | None,
+    horizon: float,
+) -> BrokerOrder | None:
+    """Apply the resend rule to an order that may have been sent ``age`` seconds ago.
+
+    Return the order when the venue shows it; None when it may be sent (absent past the
+    horizon, or ``age`` None: never sent); raise ``OrderStillInDoubt`` when it is absent but
+    was sent less than ``horizon`` seconds ago. Lookup failures propagate.
+    """
+    found = find()
+    if found is not None:
+        log.info("%s order %s already placed as %s", broker, client_order_id, found.broker_order_id)
+        return found
+    if age is not None and age < horizon:
+        raise OrderStillInDoubt(
+            f"order {client_order_id} is not in the {broker} book {age:.1f} s after it was "
+            f"sent; not sending it again before {horizon:g} s",
+            client_order_id=client_order_id,
+            broker=broker,
+            age=age,
+        )
+    return None
+
+
 def place_once(
     *,
     key: str,
@@ -59,20 +102,14 @@ def place_once(
     sent: SendLog | None = None,
     horizon: float = 0.0,
 ) -> BrokerOrder:
-    """Send an order unless it exists already (see the module docstring)."""
+    """Send an order unless it exists already (the rule of :func:`before_resend`)."""
     age = sent.age(key) if sent is not None else None
     if resume or age is not None:
-        found = find()
+        found = before_resend(
+            find, client_order_id=client_order_id, broker=broker, age=age, horizon=horizon
+        )
         if found is not None:
-            log.info("%s order %s already placed as %s", broker, key, found.broker_order_id)
             return found
-        if age is not None and age < horizon:
-            raise AmbiguousOrderError(
-                f"order {client_order_id} ({key}) is not in the {broker} book {age:.1f} s after "
-                f"it was sent; not sending it again before {horizon:g} s",
-                client_order_id=client_order_id,
-                broker=broker,
-            )
     if sent is not None:
         sent.mark(key)
     return send()
