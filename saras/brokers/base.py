@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 from pydantic import SecretStr
 
+from saras.domain.costs import CostModel, no_costs
 from saras.domain.enums import OrderSide, OrderType
 
 
@@ -67,7 +68,8 @@ class BrokerCapabilities:
     money), so it needs ``SARAS_LIVE_TRADING``. ``fractional`` and ``quantity_decimals`` say how
     quantities may be sized (whole shares when not fractional). ``min_order_value`` is the
     smallest buy the broker takes, in the account's currency. ``remote``: the adapter talks to a
-    broker over HTTP (so a request timeout and a lookup horizon apply).
+    broker over HTTP (so a request timeout and a lookup horizon apply). ``costs``: the kit's
+    cost model (its ``costs.py``), the expected charges of an investment's orders.
     """
 
     real_money: bool
@@ -79,6 +81,7 @@ class BrokerCapabilities:
     marks_connection_on_fatal: bool = False  # the adapter marks its own connection (Kite)
     needs_credentials: bool = True  # the connection holds secrets (the paper broker has none)
     paper_environment: bool = True  # the broker offers paper accounts (Kite does not)
+    costs: CostModel = no_costs
 
     def quantity_step(self, fractionable_asset: bool) -> Decimal:
         """Return the smallest quantity step for an asset (1 when only whole shares trade)."""

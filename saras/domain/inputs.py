@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from saras.domain import exchanges as xt
-from saras.domain.enums import AssetType, BrokerType, RiskLevel
+from saras.domain.enums import AssetType, RiskLevel
 from saras.errors import InvalidInputError
 
 # Column limits (lengths of varchar columns; (precision, scale) of numeric ones).
@@ -246,20 +246,10 @@ class PortfolioInput(_Input):
 
 
 class ConnectionInput(_Input):
-    """``saras connections add``: a Zerodha connection is live by nature."""
+    """``saras connections add`` (the broker type and its paper environment: the registry's)."""
 
-    broker_type: BrokerType
     alias: Alias | None = None
     paper_trading: bool
-
-    @model_validator(mode="after")
-    def _zerodha_is_live(self) -> ConnectionInput:
-        if self.broker_type is BrokerType.ZERODHA and self.paper_trading:
-            raise ValueError(
-                "paper_trading True: a zerodha connection is live (Kite has no paper "
-                "environment); add it with --live, or use broker type paper to practise"
-            )
-        return self
 
 
 class ConstituentRow(_Input):

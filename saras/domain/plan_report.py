@@ -6,7 +6,8 @@ whatever its plan holds; :func:`report_from_plan` adapts the planner's
 
 Figures, per investment, in its currency:
 
-- *buys*, *sells*: estimated order values; *est. costs*: :func:`saras.domain.costs.estimate_costs`;
+- *buys*, *sells*: estimated order values; *est. costs*: the broker kit's cost model
+  (:data:`saras.domain.costs.CostModel`);
 - *cash before* and *cash after* (the planner's estimates);
 - *shortfall*: when cash limited the plan (buys cut for cash, or legs skipped for
   ``insufficient_cash``), the value still missing to bring every underweight leg to its
@@ -24,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from saras.domain.costs import CostBreakdown, TradeLeg, estimate_costs
-from saras.domain.enums import BrokerType, OrderSide
+from saras.domain.costs import CostBreakdown, CostModel, TradeLeg, no_costs
+from saras.domain.enums import OrderSide
 from saras.domain.rebalance import InvestmentPlan, SkipReason
 from saras.domain.triggers import AssetKey
 
@@ -102,7 +103,7 @@ class InvestmentReport:
     investment_id: str
     user: str
     connection: str
-    broker_type: BrokerType
+    broker_type: str
     currency: str
     status: str
     orders: tuple[ReportOrder, ...]
@@ -114,6 +115,7 @@ class InvestmentReport:
     drift_pct: Decimal
     target_weights: Mapping[AssetKey, Decimal] = field(default_factory=dict)
     weights_after: Mapping[AssetKey, Decimal] = field(default_factory=dict)
+    cost_model: CostModel = field(default=no_costs, compare=False, repr=False)
 
     @property
     def est_buys(self) -> Decimal:
@@ -128,8 +130,7 @@ class InvestmentReport:
     @property
     def costs(self) -> CostBreakdown:
         """Return the expected costs of the orders at this investment's broker."""
-        return estimate_costs(
-            self.broker_type,
+        return self.cost_model(
             [
                 TradeLeg(o.symbol, o.exchange, o.side, o.est_value)
                 for o in self.orders
@@ -184,8 +185,9 @@ def report_from_plan(
     assets: Mapping[str, AssetKey] | None = None,
     user: str,
     connection: str,
-    broker_type: BrokerType | str,
+    broker_type: str,
     currency: str,
+    costs: CostModel = no_costs,
 ) -> InvestmentReport:
     """Adapt the planner's plan of one investment.
 
@@ -202,7 +204,7 @@ def report_from_plan(
         investment_id=plan.investment_id,
         user=user,
         connection=connection,
-        broker_type=BrokerType(broker_type),
+        broker_type=str(broker_type),
         currency=currency,
         status=plan.status.value + (f" ({plan.status_reason.value})" if plan.status_reason else ""),
         orders=tuple(
@@ -217,6 +219,7 @@ def report_from_plan(
         drift_pct=plan.drift_pct,
         target_weights={key(s): w for s, w in plan.target_weights.items()},
         weights_after={key(s): w for s, w in plan.est_weights_after.items()},
+        cost_model=costs,
     )
 
 
@@ -233,7 +236,7 @@ def investment_rows(reports: Sequence[InvestmentReport]) -> list[dict[str, str]]
                 "investment": r.investment_id,
                 "user": r.user,
                 "connection": r.connection,
-                "broker": r.broker_type.value,
+                "broker": r.broker_type,
                 "currency": r.currency,
                 "status": r.status,
                 "orders": str(len(r.orders)),

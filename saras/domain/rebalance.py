@@ -150,12 +150,12 @@ from decimal import (
     localcontext,
 )
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from saras.domain.enums import BrokerType, OrderSide, RunType
+from saras.domain.enums import OrderSide, RunType
 from saras.domain.plan_hash import decimal_to_str
 
 IntArray = npt.NDArray[np.int64]
@@ -242,35 +242,27 @@ class BrokerRules:
         return self.quantity_decimals if self.fractional else 0
 
     @classmethod
-    def alpaca(cls) -> BrokerRules:
-        """Return Alpaca's rules: fractional to 9 decimals, buys of at least $1."""
-        return cls(fractional=True, quantity_decimals=9, min_order_value=Decimal(1))
+    def whole_shares(cls) -> BrokerRules:
+        """Return the rules of a broker that trades whole shares only, with no minimum value."""
+        return cls(fractional=False, quantity_decimals=0)
 
     @classmethod
-    def zerodha(cls) -> BrokerRules:
-        """Return Zerodha's rules: whole shares (in lots), no minimum value."""
-        return cls(fractional=False, quantity_decimals=0, min_order_value=Decimal(0))
+    def of(cls, capabilities: SizingCapabilities) -> BrokerRules:
+        """Return the rules a broker kit's capabilities declare (``BrokerCapabilities``)."""
+        return cls(
+            capabilities.fractional, capabilities.quantity_decimals, capabilities.min_order_value
+        )
 
-    @classmethod
-    def paper(
-        cls,
-        fractional: bool = True,
-        quantity_decimals: int = 9,
-        min_order_value: Decimal = Decimal(0),
-    ) -> BrokerRules:
-        """Return rules for the paper broker, which accepts whatever it is configured to."""
-        return cls(fractional, quantity_decimals, min_order_value)
 
-    @classmethod
-    def for_broker(cls, broker_type: BrokerType | str) -> BrokerRules:
-        """Return the default rules of a broker type."""
-        match BrokerType(broker_type):
-            case BrokerType.ALPACA:
-                return cls.alpaca()
-            case BrokerType.ZERODHA:
-                return cls.zerodha()
-            case BrokerType.PAPER:
-                return cls.paper()
+class SizingCapabilities(Protocol):
+    """What planning reads of a broker kit's capabilities (``BrokerCapabilities``)."""
+
+    @property
+    def fractional(self) -> bool: ...
+    @property
+    def quantity_decimals(self) -> int: ...
+    @property
+    def min_order_value(self) -> Decimal: ...
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,10 @@ class SyntheticSmallcase:
     batch: BatchState
 
 
+#: fractions to 9 decimals and buys of at least 1 (the rules Alpaca's kit declares)
+FRACTIONAL_RULES = BrokerRules(fractional=True, quantity_decimals=9, min_order_value=Decimal(1))
+
+
 def synthetic_smallcase(
     n_investments: int = 100_000,
     n_legs: int = 20,
@@ -40,7 +44,7 @@ def synthetic_smallcase(
     seed: int = 0,
 ) -> SyntheticSmallcase:
     """Return a deterministic smallcase and ``n_investments`` drifted holdings of it."""
-    rules = rules or BrokerRules.alpaca()
+    rules = rules or FRACTIONAL_RULES
     rng = np.random.default_rng(seed)
     symbols = [f"SYM{j:03d}" for j in range(n_legs)]
     raw = rng.integers(1, 20, size=n_legs)
@@ -82,7 +86,7 @@ def benchmark_plan_batch(
     seed: int = 0,
 ) -> tuple[float, BatchPlan]:
     """Return (seconds, plan) for planning a synthetic smallcase (data generation not timed)."""
-    rules = rules or BrokerRules.alpaca()
+    rules = rules or FRACTIONAL_RULES
     case = synthetic_smallcase(n_investments, n_legs, rules, seed)
     amounts = None
     batch = case.batch

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import UserBrokerConnection
+from saras.brokers.registry import broker_capabilities
 from saras.domain.enums import ConnectionStatus
 from saras.errors import ConnectionSelectionError, InvalidInputError
 
@@ -54,8 +55,12 @@ def create_connection(
         user_id=user_id,
         broker_type=broker_type,
         alias=alias,
-        # None: the broker's nature (Kite has no paper environment)
-        paper_trading=broker_type != "zerodha" if paper_trading is None else paper_trading,
+        # None: the broker's nature (paper where it has a paper environment; Kite has none)
+        paper_trading=(
+            broker_capabilities(broker_type).paper_environment
+            if paper_trading is None
+            else paper_trading
+        ),
         api_key=api_key,
         api_secret=api_secret,
         credentials=credentials,

@@ -21,8 +21,8 @@ from models import (
     User,
     UserBrokerConnection,
 )
-from saras.brokers.registry import broker_capabilities
-from saras.domain.enums import AssetType, BrokerType
+from saras.brokers.registry import broker_capabilities, broker_types
+from saras.domain.enums import AssetType
 from saras.domain.inputs import (
     AssetInput,
     ConnectionInput,
@@ -172,14 +172,18 @@ def add_connection(
     paper endpoint), live for ``zerodha`` (Kite has no paper environment, so a zerodha
     connection that says paper is refused).
     """
-    known = {b.value for b in BrokerType}
+    known = broker_types()
     if broker_type not in known:
-        raise InvalidInputError(f"broker_type {broker_type!r}: expected one of {sorted(known)}")
+        raise InvalidInputError(f"broker_type {broker_type!r}: expected one of {known}")
+    caps = broker_capabilities(broker_type)
     if paper_trading is None:
-        paper_trading = broker_capabilities(broker_type).paper_environment
-    checked = parse(
-        ConnectionInput, broker_type=broker_type, alias=alias, paper_trading=paper_trading
-    )
+        paper_trading = caps.paper_environment
+    if paper_trading and not caps.paper_environment:
+        raise InvalidInputError(
+            f"paper_trading True: a {broker_type} connection is live ({broker_type} has no "
+            "paper environment); add it with --live, or use broker type paper to practise"
+        )
+    checked = parse(ConnectionInput, alias=alias, paper_trading=paper_trading)
     has_secrets = bool(api_key or api_secret or credentials)
     if has_secrets and box is None:
         raise InvalidInputError("secrets given but no encryption key configured")

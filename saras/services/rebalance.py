@@ -52,6 +52,7 @@ from models import (
 )
 from models.base import utcnow
 from models.smallcases import OPEN_INVESTMENT_STATUSES
+from saras.brokers.base import BrokerCapabilities
 from saras.brokers.errors import BrokerError, FatalBrokerError
 from saras.brokers.registry import broker_capabilities
 from saras.domain import exchanges as xt
@@ -569,10 +570,15 @@ def load_assets(conn: Connection, asset_ids: Iterable[uuid.UUID]) -> dict[uuid.U
     return out
 
 
+def capabilities_of(inv: InvestmentRow) -> BrokerCapabilities:
+    """Return what an investment's broker can do (rules, costs), from its connection."""
+    return broker_capabilities(inv.broker_type, metadata=inv.connection_metadata)
+
+
 def rules_for(inv: InvestmentRow) -> BrokerRules:
     """Return the planning rules of an investment's broker, from its capabilities."""
-    caps = broker_capabilities(inv.broker_type, metadata=inv.connection_metadata)
-    return BrokerRules(caps.fractional, caps.quantity_decimals, caps.min_order_value)
+    caps = capabilities_of(inv)
+    return BrokerRules.of(caps)
 
 
 @dataclass

@@ -6,7 +6,8 @@ import csv
 import io
 from decimal import Decimal
 
-from saras.domain.enums import BrokerType, OrderSide, RunType
+from saras.brokers.registry import broker_capabilities
+from saras.domain.enums import OrderSide, RunType
 from saras.domain.plan_report import (
     INVESTMENT_COLUMNS,
     LEG_COLUMNS,
@@ -26,6 +27,8 @@ from saras.domain.rebalance import (
 )
 from saras.domain.triggers import AssetKey
 
+ALPACA = BrokerRules.of(broker_capabilities("alpaca"))  # the Alpaca kit's sizing rules
+
 D = Decimal
 
 
@@ -39,7 +42,7 @@ def _us_report() -> InvestmentReport:
             "MSFT": Instrument("MSFT", D(50), fractionable=True),
             "OLD": Instrument("OLD", D(100), fractionable=True),
         },
-        BrokerRules.alpaca(),
+        ALPACA,
         PlanningPolicy(),
     )
     return report_from_plan(
@@ -47,7 +50,8 @@ def _us_report() -> InvestmentReport:
         exchanges={"AAPL": "NASDAQ", "MSFT": "NASDAQ", "OLD": "NYSE"},
         user="asha@example.com",
         connection="alpaca_primary",
-        broker_type=BrokerType.ALPACA,
+        broker_type="alpaca",
+        costs=broker_capabilities("alpaca").costs,
         currency="USD",
     )
 
@@ -62,7 +66,7 @@ def _india_report() -> InvestmentReport:
             "INFY": Instrument("INFY", D(1500), fractionable=False),
             "MRF": Instrument("MRF", D(130000), fractionable=False),
         },
-        BrokerRules.zerodha(),
+        BrokerRules.whole_shares(),
         PlanningPolicy(min_trade_value=D(500)),
         amount=D("20000"),
     )
@@ -73,6 +77,7 @@ def _india_report() -> InvestmentReport:
         connection="kite_primary",
         broker_type="zerodha",
         currency="INR",
+        costs=broker_capabilities("zerodha").costs,  # the Kite kit's delivery charges
     )
 
 

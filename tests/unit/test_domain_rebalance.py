@@ -8,6 +8,7 @@ from decimal import Decimal as D
 import numpy as np
 import pytest
 
+from saras.brokers.registry import broker_capabilities
 from saras.domain.enums import OrderSide, RunType
 from saras.domain.plan_hash import plan_hash
 from saras.domain.rebalance import (
@@ -32,6 +33,8 @@ from saras.domain.rebalance import (
 )
 from saras.domain.synthetic import benchmark_plan_batch, synthetic_smallcase
 
+ALPACA = BrokerRules.of(broker_capabilities("alpaca"))  # the Alpaca kit's sizing rules
+
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
 #: No buffer, no minimums, no band, no fees: the bare math.
 BARE = PlanningPolicy(
@@ -41,8 +44,8 @@ BARE = PlanningPolicy(
     min_weight_change_pct=D(0),
     fee_bps_estimate=D(0),
 )
-FRACTIONAL = BrokerRules.paper(fractional=True)
-WHOLE = BrokerRules.zerodha()
+FRACTIONAL = BrokerRules(fractional=True)
+WHOLE = BrokerRules.whole_shares()
 
 
 def instruments(
@@ -160,7 +163,7 @@ def test_non_fractionable_assets_get_whole_shares_on_a_fractional_broker() -> No
         {"AAA": D(50), "BBB": D(50)},
         state("1000"),
         insts,
-        BrokerRules.alpaca(),
+        ALPACA,
         BARE,
         D(1000),
     )
@@ -171,7 +174,7 @@ def test_non_fractionable_assets_get_whole_shares_on_a_fractional_broker() -> No
 
 def test_fractional_quantities_are_truncated_to_the_broker_decimals() -> None:
     insts = instruments(("AAA", "3"))
-    rules = BrokerRules.paper(fractional=True, quantity_decimals=4)
+    rules = BrokerRules(fractional=True, quantity_decimals=4)
     plan = plan_investment(RunType.INVEST, {"AAA": D(100)}, state("10"), insts, rules, BARE, D(10))
     assert orders(plan) == [("AAA", BUY, D("3.3333"))]  # 3.33333... truncated, never rounded up
 
@@ -243,7 +246,7 @@ def test_below_broker_minimum() -> None:
         {"AAA": D(99), "BBB": D(1)},
         state("50"),
         insts,
-        BrokerRules.alpaca(),
+        ALPACA,
         BARE,
         D(50),
     )
@@ -549,9 +552,12 @@ def test_policy_rules_and_instrument_validation() -> None:
         Instrument("AAA", D(0))
     with pytest.raises(ValueError, match="lot_size"):
         Instrument("AAA", D(1), lot_size=0)
-    assert BrokerRules.for_broker("alpaca") == BrokerRules.alpaca()
-    assert BrokerRules.for_broker("zerodha").unit_decimals == 0
-    assert BrokerRules.for_broker("paper").fractional
+    assert BrokerRules(True, 9, D(1)) == ALPACA  # read from the Alpaca kit's capabilities
+    assert BrokerRules.of(broker_capabilities("zerodha")) == BrokerRules.whole_shares()
+    assert BrokerRules.of(broker_capabilities("paper")).fractional
+    assert not BrokerRules.of(
+        broker_capabilities("paper", metadata={"paper_fractional": "no"})
+    ).fractional
 
 
 # ---- json, hash, batch ------------------------------------------------------------------------
@@ -565,7 +571,7 @@ def test_to_json_is_plain_and_hashes_stably() -> None:
         targets,
         state("10000"),
         insts,
-        BrokerRules.alpaca(),
+        ALPACA,
         PlanningPolicy(),
         D(10000),
     )
@@ -577,7 +583,7 @@ def test_to_json_is_plain_and_hashes_stably() -> None:
         dict(reversed(targets.items())),
         state("10000"),
         insts,
-        BrokerRules.alpaca(),
+        ALPACA,
         PlanningPolicy(),
         D(10000),
     )
@@ -658,7 +664,7 @@ def test_batch_state_from_states_and_columnar_input_agree() -> None:
         BatchState(("x",), ("AAA",), (D(0),), np.array([[-1]]), np.array([[0]]), 0)
 
 
-@pytest.mark.parametrize("rules", [BrokerRules.alpaca(), BrokerRules.zerodha()])
+@pytest.mark.parametrize("rules", [ALPACA, BrokerRules.whole_shares()])
 @pytest.mark.parametrize("run_type", list(RunType))
 def test_synthetic_batches_verify_exactly(rules: BrokerRules, run_type: RunType) -> None:
     seconds, batch = benchmark_plan_batch(300, 12, rules, run_type)
@@ -721,7 +727,7 @@ def test_mixed_reasons_make_all_legs_skipped() -> None:
         {"AAA": D(99), "BBB": D(1)},
         state("50"),
         insts,
-        BrokerRules.alpaca(),
+        ALPACA,
         BARE,
         D(50),
     )

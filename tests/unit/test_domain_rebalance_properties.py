@@ -14,6 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from saras.brokers.registry import broker_capabilities
 from saras.domain.enums import OrderSide, RunType
 from saras.domain.rebalance import (
     BrokerRules,
@@ -26,6 +27,8 @@ from saras.domain.rebalance import (
     plan_batch,
     plan_investment,
 )
+
+ALPACA = BrokerRules.of(broker_capabilities("alpaca"))  # the Alpaca kit's sizing rules
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
@@ -108,10 +111,10 @@ def scenarios(
     run_type = draw(st.sampled_from(run_types))
     broker = draw(st.sampled_from(["alpaca", "zerodha", "paper_frac4", "paper_whole"]))
     rules = {
-        "alpaca": BrokerRules.alpaca(),
-        "zerodha": BrokerRules.zerodha(),
-        "paper_frac4": BrokerRules.paper(True, 4, D("0.5")),
-        "paper_whole": BrokerRules.paper(False, 0),
+        "alpaca": ALPACA,
+        "zerodha": BrokerRules.whole_shares(),
+        "paper_frac4": BrokerRules(True, 4, D("0.5")),
+        "paper_whole": BrokerRules(False, 0),
     }[broker]
     if bare:
         rules = BrokerRules(rules.fractional, rules.quantity_decimals, D(0))
@@ -354,7 +357,7 @@ def test_exit_leaves_nothing(sc: Scenario) -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2**31 - 1), st.sampled_from([BrokerRules.alpaca(), BrokerRules.zerodha()]))
+@given(st.integers(0, 2**31 - 1), st.sampled_from([ALPACA, BrokerRules.whole_shares()]))
 def test_batch_invariants_on_random_portfolios(seed: int, rules: BrokerRules) -> None:
     """A batch of random investments verifies exactly, every one of them."""
     rng = np.random.default_rng(seed)

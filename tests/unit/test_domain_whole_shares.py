@@ -14,6 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from saras.brokers.registry import broker_capabilities
 from saras.domain.enums import OrderSide, RunType
 from saras.domain.rebalance import (
     BrokerRules,
@@ -26,8 +27,10 @@ from saras.domain.rebalance import (
     plan_investment,
 )
 
+ALPACA = BrokerRules.of(broker_capabilities("alpaca"))  # the Alpaca kit's sizing rules
+
 BUY, SELL = OrderSide.BUY, OrderSide.SELL
-WHOLE = BrokerRules.zerodha()
+WHOLE = BrokerRules.whole_shares()
 POLICY = PlanningPolicy()  # a 1% cash buffer, minimum trade 1: the platform's defaults
 
 
@@ -137,7 +140,7 @@ def test_a_removed_constituent_is_sold_inside_the_drift_band() -> None:
         {"AAA": D(50), "BBB": D(50)},
         state,
         instruments,
-        BrokerRules.alpaca(),
+        ALPACA,
         policy,
     )
     assert plan.status is PlanStatus.CHANGED
@@ -219,7 +222,7 @@ class Small:
 def small_cases(draw: st.DrawFn) -> Small:
     run_type = draw(st.sampled_from([RunType.INVEST, RunType.TOPUP, RunType.REBALANCE]))
     decimals = draw(st.sampled_from([0, 0, 1, 2]))  # whole shares, or coarse fractional units
-    rules = BrokerRules.paper(decimals > 0, max(decimals, 1) if decimals else 0)
+    rules = BrokerRules(decimals > 0, max(decimals, 1) if decimals else 0)
     if not decimals:
         rules = BrokerRules(False, 0)
     m = draw(st.integers(2, 5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from saras.brokers.alpaca.config import MAX_DECIMALS, MIN_BUY_VALUE, reaches_real_money
+from saras.brokers.alpaca.costs import expected_costs
 from saras.brokers.base import BrokerCapabilities, ConnectionConfig
 
 
@@ -13,4 +14,5 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         fractional=True,
         quantity_decimals=MAX_DECIMALS,
         min_order_value=MIN_BUY_VALUE,
+        costs=expected_costs,
     )

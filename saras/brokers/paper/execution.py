@@ -84,6 +84,7 @@ from saras.brokers.paper.config import (
     PaperMarketHours,
     PaperSettings,
 )
+from saras.brokers.paper.costs import order_fee
 from saras.brokers.paper.data import PriceLookup, _by_asset
 from saras.brokers.paper.errors import not_found, refused, rejected
 from saras.brokers.paper.parsing import _money_type, _Order, _quantity_type, _UTCDateTime
@@ -1264,7 +1265,7 @@ class PaperBroker:
 
     def _order_fee(self, gross: Decimal) -> Decimal:
         """Return an order's total fee on its cumulative gross (bps, at least the minimum)."""
-        return _money(max(self.settings.min_fee, gross * self.settings.fee_bps / _BPS))
+        return order_fee(self.settings, gross)
 
     def _fill_price(self, order: _Order, price: Decimal) -> Decimal | None:
         """Return the price the order fills at now, or None when a limit is not reached."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from saras.brokers.base import BrokerCapabilities, ConnectionConfig
+from saras.brokers.zerodha.costs import delivery_costs
 
 
 def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
@@ -14,4 +15,5 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         orders_outside_hours=True,
         marks_connection_on_fatal=True,
         paper_environment=False,
+        costs=delivery_costs,
     )

@@ -1,4 +1,5 @@
-"""Expected trading costs: none on Alpaca, Kite's delivery charges from the documented table."""
+"""Expected trading costs from each broker kit's model: none on Alpaca, Kite's delivery charges
+from the documented table, a paper account's configured fee; reached through capabilities."""
 
 from __future__ import annotations
 
@@ -8,20 +9,42 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from saras.domain.costs import CostBreakdown, TradeLeg, estimate_costs, kite_leg_cost
-from saras.domain.enums import BrokerType, OrderSide
+from saras.brokers.paper.config import PaperSettings
+from saras.brokers.paper.costs import fee_model
+from saras.brokers.registry import broker_capabilities
+from saras.brokers.zerodha.costs import delivery_costs, kite_leg_cost
+from saras.domain.costs import CostBreakdown, TradeLeg
+from saras.domain.enums import OrderSide
 
 BUY = OrderSide.BUY
 SELL = OrderSide.SELL
 
 
-def test_alpaca_and_paper_cost_nothing() -> None:
+def test_alpaca_and_default_paper_cost_nothing_through_their_capabilities() -> None:
     legs = [
         TradeLeg("AAPL", "NASDAQ", BUY, Decimal("1000")),
         TradeLeg("X", "NYSE", SELL, Decimal(5)),
     ]
-    assert estimate_costs(BrokerType.ALPACA, legs) == CostBreakdown()
-    assert estimate_costs("paper", legs).total == 0
+    assert broker_capabilities("alpaca").costs(legs) == CostBreakdown()
+    assert broker_capabilities("paper").costs(legs).total == 0
+
+
+def test_a_paper_account_costs_its_configured_fee_per_order() -> None:
+    legs = [
+        TradeLeg("AAPL", "NASDAQ", BUY, Decimal("1000")),  # 10 bps = 1.00
+        TradeLeg("X", "NYSE", SELL, Decimal(5)),  # 0.005, raised to the 0.25 minimum
+    ]
+    metadata = {"paper_fee_bps": "10", "paper_min_fee": "0.25"}
+    cost = broker_capabilities("paper", metadata=metadata).costs(legs)
+    assert cost.brokerage == Decimal("1.25") and cost.total == Decimal("1.25")
+    assert fee_model(PaperSettings(fee_bps=Decimal(10), min_fee=Decimal("0.25")))(legs) == cost
+    with pytest.raises(ValueError, match="fee_bps"):
+        broker_capabilities("paper", metadata={"paper_fee_bps": "-1"})
+
+
+def test_kite_capabilities_carry_the_delivery_table() -> None:
+    legs = [TradeLeg("INFY", "NSE", BUY, Decimal("100000"))]
+    assert broker_capabilities("zerodha").costs(legs).total == Decimal("118.74")
 
 
 def test_kite_buy_of_one_lakh_on_nse() -> None:
@@ -47,7 +70,7 @@ def test_kite_sell_on_bse_pays_the_dp_charge_once_per_scrip() -> None:
         TradeLeg("TCS", "BSE", SELL, Decimal("50000")),
         TradeLeg("TCS", "NSE", SELL, Decimal("50000")),
     ]
-    total = estimate_costs(BrokerType.ZERODHA, legs)
+    total = delivery_costs(legs)
     assert total.dp_charges == Decimal("27.00")  # TCS on BSE once, TCS on NSE once
 
 
