@@ -11,8 +11,10 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import Any
 
 import pytest
+import requests
 from pydantic import SecretStr
 from werkzeug import Request, Response
 
@@ -31,7 +33,13 @@ from saras.brokers.errors import (
 )
 from saras.domain.enums import OrderSide
 from saras.marketdata import BarRequest
-from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT, FakeClock
+from tests.fakes.fake_alpaca import (
+    FAKE_KEY_ID,
+    FAKE_SECRET,
+    PROXY_ENVIRONMENT,
+    FakeAlpaca,
+    FakeClock,
+)
 from tests.support.wire import WireServer, wire_bytes, wire_json, wire_server
 
 KEY = "PKWIREFIXTURE0000001"
@@ -326,6 +334,42 @@ def test_bars_follow_next_page_token_and_map_to_new_york_dates(server: WireServe
     assert first_request.args["symbols"] == "AAPL,MSFT"
     assert "page_token" not in first_request.args
     assert second_request.args["page_token"] == token
+
+
+def test_the_fake_answers_with_every_documented_field() -> None:
+    """FakeAlpaca's payloads carry at least the fields of our hand-written fixtures."""
+    with FakeAlpaca(cash=Decimal("5000")) as fake:
+        fake.add_asset("AAPL", price=Decimal("170.55"))
+        session = requests.Session()
+        session.trust_env = False  # the fake is on 127.0.0.1: never through a proxy
+        session.headers.update({"APCA-API-KEY-ID": FAKE_KEY_ID, "APCA-API-SECRET-KEY": FAKE_SECRET})
+
+        def get(path: str) -> Any:
+            answer = session.get(fake.url + path, timeout=5)
+            answer.raise_for_status()
+            return answer.json()
+
+        posted = session.post(
+            fake.url + "/v2/orders",
+            json={
+                "symbol": "AAPL",
+                "qty": "2",
+                "side": "buy",
+                "type": "market",
+                "time_in_force": "day",
+                "client_order_id": "saras-wire-fake-0001",
+            },
+            timeout=5,
+        )
+        posted.raise_for_status()
+        order = posted.json()
+        for name in ("order_new.json", "order_filled.json", "order_by_client_id.json"):
+            assert set(wire_json("alpaca", name)) <= set(order), name
+        assert set(wire_json("alpaca", "account.json")) <= set(get("/v2/account"))
+        assert set(wire_json("alpaca", "positions.json")[0]) <= set(get("/v2/positions")[0])
+        activity = get("/v2/account/activities/FILL")[0]
+        assert set(wire_json("alpaca", "activities_fill.json")[0]) <= set(activity)
+        assert set(wire_json("alpaca", "assets.json")[0]) <= set(get("/v2/assets")[0])
 
 
 # --------------------------------------------------------------------------- error bodies
