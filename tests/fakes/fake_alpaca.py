@@ -1383,6 +1383,7 @@ class FakeAlpaca:
                 "bod_dtbp": "0",
                 "cash": _fmt(self._cash),
                 "accrued_fees": "0",
+                "pending_transfer_in": "0",
                 "portfolio_value": _fmt(equity),
                 "equity": _fmt(equity),
                 "last_equity": _fmt(equity),
