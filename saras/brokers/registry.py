@@ -28,6 +28,12 @@ _BUILTIN: dict[str, str] = {
     "zerodha": "saras.brokers.zerodha:ZerodhaBroker",
 }
 _registered: dict[str, BrokerFactory] = {}
+_generation = 0  # counts registrations, so callers may memoise what a broker type answers
+
+
+def generation() -> int:
+    """Return how many registrations there have been (a memo of capabilities keys on it)."""
+    return _generation
 
 
 class UnknownBrokerError(LookupError):
@@ -36,6 +42,8 @@ class UnknownBrokerError(LookupError):
 
 def register(broker_type: str, factory: BrokerFactory | str) -> None:
     """Register an adapter class or factory (or its ``module:attr`` path) for a broker type."""
+    global _generation
+    _generation += 1
     if isinstance(factory, str):
         _BUILTIN[broker_type] = factory
         _registered.pop(broker_type, None)

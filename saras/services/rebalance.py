@@ -14,6 +14,7 @@ becomes the smallcase's only when the plan is approved.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import uuid
@@ -55,6 +56,7 @@ from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.brokers.base import BrokerCapabilities
 from saras.brokers.errors import BrokerError, FatalBrokerError
 from saras.brokers.registry import broker_capabilities
+from saras.brokers.registry import generation as registry_generation
 from saras.domain import exchanges as xt
 from saras.domain.enums import (
     BrokerType,
@@ -571,8 +573,18 @@ def load_assets(conn: Connection, asset_ids: Iterable[uuid.UUID]) -> dict[uuid.U
 
 
 def capabilities_of(inv: InvestmentRow) -> BrokerCapabilities:
-    """Return what an investment's broker can do (rules, costs), from its connection."""
-    return broker_capabilities(inv.broker_type, metadata=inv.connection_metadata)
+    """Return what an investment's broker can do (rules, costs), from its connection.
+
+    Memoised by broker type and metadata: a smallcase's many investments share a handful of
+    connection shapes, and reading capabilities costs tens of microseconds each.
+    """
+    metadata = json.dumps(inv.connection_metadata or {}, sort_keys=True, default=str)
+    return _capabilities(inv.broker_type, metadata, registry_generation())
+
+
+@functools.lru_cache(maxsize=256)
+def _capabilities(broker_type: str, metadata: str, _generation: int) -> BrokerCapabilities:
+    return broker_capabilities(broker_type, metadata=json.loads(metadata))
 
 
 def rules_for(inv: InvestmentRow) -> BrokerRules:
