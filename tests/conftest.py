@@ -30,6 +30,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from saras.db import make_engine
+from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT
 from tests.support.databases import (
     PG_URL,
     PostgresServer,
@@ -38,6 +39,7 @@ from tests.support.databases import (
     point_settings_at,
 )
 from tests.support.reference import REFERENCE_DIR
+from tests.support.wire import WireServer, wire_server
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -47,6 +49,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     alone while the other worker idles; started first, the rest of the suite runs beside it.
     """
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_proxy() -> Iterator[None]:
+    """Every fake and local server is on 127.0.0.1: no request of a test goes through a proxy."""
+    patch = pytest.MonkeyPatch()
+    for name in PROXY_ENVIRONMENT:
+        patch.delenv(name, raising=False)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def wire_http() -> Iterator[WireServer]:
+    """One local server per module for the hand-written payloads of tests/fixtures/wire."""
+    with wire_server() as server:
+        yield server
+
+
+@pytest.fixture
+def wire(wire_http: WireServer) -> Iterator[WireServer]:
+    """The module's payload server, emptied before the test and checked after it."""
+    wire_http.reset()
+    yield wire_http
+    wire_http.check()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -38,19 +38,12 @@ from saras.domain.enums import OrderSide, OrderType
 from tests.fakes.fake_alpaca import (
     FAKE_KEY_ID,
     FAKE_SECRET,
-    PROXY_ENVIRONMENT,
     FakeAlpaca,
     Fault,
     alpaca_connection,
 )
 
 S = BrokerOrderStatus
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_ENVIRONMENT:  # the fake is on 127.0.0.1: never through a proxy
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from saras.brokers.errors import (
 from saras.brokers.ids import client_order_id
 from saras.domain.enums import OrderSide
 from tests.fakes.fake_alpaca import (
-    PROXY_ENVIRONMENT,
     FakeAlpaca,
     FakeClock,
     Fault,
@@ -34,12 +33,6 @@ from tests.fakes.fake_alpaca import (
 )
 
 S = BrokerOrderStatus
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_ENVIRONMENT:  # the fake is on 127.0.0.1: never through a proxy
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

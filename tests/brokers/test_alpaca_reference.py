@@ -25,7 +25,6 @@ from saras.brokers.errors import (
 )
 from saras.domain.enums import OrderSide, OrderType
 from tests.fakes.fake_alpaca import (
-    PROXY_ENVIRONMENT,
     FakeAlpaca,
     FakeClock,
     Fault,
@@ -63,12 +62,6 @@ def error_fixture(name: str) -> dict[str, Any]:
     if not path.is_file():
         pytest.skip(f"no {name}")
     return dict(json.loads(path.read_text()))
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_ENVIRONMENT:  # the fake is on 127.0.0.1: never through a proxy
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

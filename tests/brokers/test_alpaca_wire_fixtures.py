@@ -8,7 +8,6 @@ Nothing here needs ``../shared/reference``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -36,11 +35,10 @@ from saras.marketdata import BarRequest
 from tests.fakes.fake_alpaca import (
     FAKE_KEY_ID,
     FAKE_SECRET,
-    PROXY_ENVIRONMENT,
     FakeAlpaca,
     FakeClock,
 )
-from tests.support.wire import WireServer, wire_bytes, wire_json, wire_server
+from tests.support.wire import WireServer, wire_bytes, wire_json
 
 KEY = "PKWIREFIXTURE0000001"
 SECRET = "wire-fixture-secret-0d6c2b9e"
@@ -56,23 +54,9 @@ def order_id(name: str) -> str:
     return str(wire_json("alpaca", name)["id"])
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_ENVIRONMENT:  # the server is on 127.0.0.1: never through a proxy
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="module")
-def _http() -> Iterator[WireServer]:
-    with wire_server() as server:
-        yield server
-
-
 @pytest.fixture
-def server(_http: WireServer) -> Iterator[WireServer]:
-    _http.reset()
-    yield _http
-    _http.check()
+def server(wire: WireServer) -> WireServer:
+    return wire
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ would. Nothing here needs ``../shared/reference``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -33,9 +32,8 @@ from saras.brokers.zerodha.data import KiteSource
 from saras.brokers.zerodha.parsing import _decimal, _kite_time
 from saras.domain.enums import OrderSide
 from saras.marketdata import BarRequest
-from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT
 from tests.fakes.fake_kite import FakeKite
-from tests.support.wire import WireServer, wire_bytes, wire_json, wire_server
+from tests.support.wire import WireServer, wire_bytes, wire_json
 
 API_KEY = "wirefixtureapikey01"
 ACCESS_TOKEN = "wirefixtureaccesstoken0000000001"
@@ -57,23 +55,9 @@ def utc(year: int, month: int, day: int, hour: int, minute: int, second: int = 0
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_ENVIRONMENT:  # the server is on 127.0.0.1: never through a proxy
-        monkeypatch.delenv(name, raising=False)
-
-
-@pytest.fixture(scope="module")
-def _http() -> Iterator[WireServer]:
-    with wire_server() as server:
-        yield server
-
-
 @pytest.fixture
-def server(_http: WireServer) -> Iterator[WireServer]:
-    _http.reset()
-    yield _http
-    _http.check()
+def server(wire: WireServer) -> WireServer:
+    return wire
 
 
 @pytest.fixture

@@ -376,6 +376,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = 128  # a burst of connections queues (socketserver's 5 drops some)
     fake: FakeAlpaca
 
 

@@ -320,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() must not wait for handlers parked in a timeout fault
+    request_queue_size = 128  # a burst of connections queues (socketserver's 5 drops some)
 
     def __init__(self, address: tuple[str, int], fake: FakeKite):
         self.fake = fake

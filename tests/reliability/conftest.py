@@ -14,15 +14,9 @@ import pytest
 from sqlalchemy import Engine
 
 from saras.secrets import generate_key
-from tests.fakes.fake_alpaca import PROXY_ENVIRONMENT, FakeAlpaca
+from tests.fakes.fake_alpaca import FakeAlpaca
 from tests.fakes.fake_kite import FakeKite
 from tests.support.execution import Clock, Platform, allow_live_trading, build_platform
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in PROXY_ENVIRONMENT:  # the fakes are on 127.0.0.1: never through a proxy
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
