@@ -75,10 +75,20 @@ def test_execute_orders_benchmark_smoke(pg_server: PostgresServer) -> None:
     _line(out, r"^\s+utilisation \d+\.\d{3}\s+\(.*target >= 0\.9\)\s+(PASS|MISS)$")
     _line(out, r"^\s+steady rate after the first \d+ requests .* 429s 0 \(target 0\)\s+PASS$")
     # Kite: orders/s against 10/s, and no 429 either
-    kite = _line(out, r"^kite 1\s+\d+ orders in [\d.]+ s = ([\d.]+) orders/s -> ([\d.]+) of 10/s")
+    kite = _line(
+        out,
+        r"^kite 1\s+\d+ orders in [\d.]+ s = ([\d.]+) orders/s -> ([\d.]+) of the limit "
+        r"10\.00/s \(orders\)",
+    )
     assert float(kite.group(1)) > 0
     assert re.search(r"^\s+requests: \d+ order POSTs .* 429s 0 \(target 0\)\s+PASS$", out, re.M)
-    _line(out, r"^kite read-back\s+\d+ orders in [\d.]+ s = [\d.]+ orders/s")
+    # read back, a placement costs reads too: its limit is Kite's 10 reads/s over reads per order
+    back = _line(
+        out,
+        r"^kite read-back\s+\d+ orders in [\d.]+ s = [\d.]+ orders/s -> [\d.]+ of the limit "
+        r"([\d.]+)/s \(reads, ([\d.]+) per order\)",
+    )
+    assert float(back.group(1)) == pytest.approx(10 / float(back.group(2)), rel=0.05)
     # many connections: every C executed every order, the speedup is reported against C=1
     _line(out, r"^C=1\s+12/12 orders on 3 connections in\s+[\d.]+ s = .* speedup\s+1\.00 ")
     _line(out, r"^C=3\s+12/12 orders on 3 connections in\s+[\d.]+ s = .* speedup\s+\d+\.\d\d ")
