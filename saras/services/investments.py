@@ -12,7 +12,7 @@ from models import Portfolio, Smallcase, UserBrokerConnection, UserSmallcaseInve
 from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.domain.enums import ExecutionMode, InvestmentStatus, RunType
 from saras.errors import InvalidInputError, NotFoundError
-from saras.repositories.connections import select_connection
+from saras.repositories.connections import reaches_real_money, select_connection
 from saras.services import admin
 from saras.services.rebalance import spent_cash
 
@@ -147,9 +147,10 @@ def open_investment(
         broker_connection_id=connection.id,
         investment_amount=amount,
         status=InvestmentStatus.PENDING.value,
+        # where its orders can go (a "paper" row at a live endpoint is live), not the row's flag
         execution_mode=(
-            ExecutionMode.PAPER.value if connection.paper_trading else ExecutionMode.LIVE.value
-        ),
+            ExecutionMode.LIVE if reaches_real_money(connection) else ExecutionMode.PAPER
+        ).value,
     )
     session.add(investment)
     session.flush()

@@ -527,3 +527,118 @@ def test_a_crashing_flow_of_any_kind_writes_its_audit_row(platform: Engine) -> N
     rows = _audits(platform, "flow.execute_run")
     assert len(rows) == 1 and rows[0].success is False
     assert rows[0].path == "flows/execution.py:execute_run"
+
+
+# --- item 7: "paper" means paper when a connection is chosen --------------------------------------
+
+LIVE_URL = "https://api.alpaca.markets"
+
+
+def _paper_row_at_the_live_endpoint(engine: Engine) -> None:
+    """An Alpaca row stored as paper whose base_url is the live endpoint (an older row)."""
+    from models import User, UserBrokerConnection
+
+    with Session(engine) as session, session.begin():
+        user_id = session.scalars(select(User.id).where(User.email == "asha@example.com")).one()
+        session.add(
+            UserBrokerConnection(
+                user_id=user_id,
+                broker_type="alpaca",
+                alias="alpaca-live-url",
+                paper_trading=True,
+                connection_metadata={"base_url": LIVE_URL},
+            )
+        )
+
+
+def test_asking_for_paper_never_picks_a_connection_that_reaches_real_money(
+    platform: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saras.settings import get_settings
+
+    _paper_row_at_the_live_endpoint(platform)
+    monkeypatch.setenv("SARAS_LIVE_TRADING", "true")  # live trading is allowed on this platform
+    get_settings.cache_clear()
+    try:
+        by_type = invest_in_smallcase(
+            "asha@example.com",
+            "US Tech Leaders",
+            "1000",
+            broker_type="alpaca",
+            paper_trading=True,
+            execution=FAST,
+            return_state=True,
+        )
+        by_alias = invest_in_smallcase(
+            "asha@example.com",
+            "US Tech Leaders",
+            "1000",
+            broker_alias="alpaca-live-url",
+            paper_trading=True,
+            execution=FAST,
+            return_state=True,
+        )
+    finally:
+        get_settings.cache_clear()
+    assert by_type.is_failed() and "no active paper alpaca connection" in by_type.message
+    assert by_alias.is_failed()
+    assert "'alpaca-live-url' reaches a live account, not paper" in by_alias.message
+    with Session(platform) as session:
+        assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 0
+        assert session.scalar(select(func.count()).select_from(SmallcaseExecutionRun)) == 0
+
+
+def test_an_investment_through_a_live_reaching_connection_is_recorded_live(
+    platform: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The investment's execution mode says where its orders can go, not the row's flag."""
+    from saras.services.investments import open_investment
+
+    _paper_row_at_the_live_endpoint(platform)
+    with Session(platform) as session, session.begin():
+        investment, _ = open_investment(
+            session,
+            "asha@example.com",
+            "US Tech Leaders",
+            Decimal("1000"),
+            broker_alias="alpaca-live-url",
+        )
+        assert investment.execution_mode == "live"
+
+
+# --- item 3/7: an opening that plans nothing leaves nothing behind -------------------------------
+
+
+def test_an_investment_that_plans_nothing_frees_its_cash(platform: Engine) -> None:
+    """A connection that cannot trade (no keys) plans nothing: the investment must not stay
+    ``pending`` with its cash reserved, and the user may invest again through another one."""
+    from models import User, UserBrokerConnection
+
+    with Session(platform) as session, session.begin():
+        user_id = session.scalars(select(User.id).where(User.email == "asha@example.com")).one()
+        session.add(
+            UserBrokerConnection(
+                user_id=user_id,
+                broker_type="alpaca",
+                alias="alpaca-no-keys",
+                paper_trading=True,
+                connection_metadata={"base_url": "http://127.0.0.1:9"},
+            )
+        )
+    state = invest_in_smallcase(
+        "asha@example.com",
+        "US Tech Leaders",
+        "60000",
+        broker_alias="alpaca-no-keys",
+        execution=FAST,
+        return_state=True,
+    )
+    assert state.is_failed() and "alpaca-no-keys" in (state.message or "")
+    with Session(platform) as session:
+        statuses = session.scalars(select(UserSmallcaseInvestment.status)).all()
+    assert statuses == ["failed"]
+    # the 60000 is free again: the same amount through the paper connection goes through
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "60000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
