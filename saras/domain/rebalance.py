@@ -155,7 +155,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from saras.domain.enums import BrokerType, OrderSide, RunType
+from saras.domain.enums import OrderSide, RunType
 from saras.domain.plan_hash import decimal_to_str
 
 IntArray = npt.NDArray[np.int64]
@@ -260,17 +260,6 @@ class BrokerRules:
     ) -> BrokerRules:
         """Return rules for the paper broker, which accepts whatever it is configured to."""
         return cls(fractional, quantity_decimals, min_order_value)
-
-    @classmethod
-    def for_broker(cls, broker_type: BrokerType | str) -> BrokerRules:
-        """Return the default rules of a broker type."""
-        match BrokerType(broker_type):
-            case BrokerType.ALPACA:
-                return cls.alpaca()
-            case BrokerType.ZERODHA:
-                return cls.zerodha()
-            case BrokerType.PAPER:
-                return cls.paper()
 
 
 @dataclass(frozen=True)

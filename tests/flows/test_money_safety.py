@@ -209,7 +209,8 @@ def _add_bse_infy(session: Session) -> None:
     )
 
 
-def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None:
+def _infy_on_nse_and_bse(flow_db: Engine) -> None:
+    """The demo platform plus INFY on BSE, closing 1 INR above NSE's every day."""
     _seed(flow_db, _add_bse_infy)
     with flow_db.begin() as conn:  # BSE closes a little above NSE's
         nse, bse = (
@@ -234,21 +235,28 @@ def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None
                 for r in rows
             ],
         )
+
+
+#: the India Bluechips weights with INFY moved from NSE to BSE
+INFY_ON_BSE = [
+    {"symbol": "RELIANCE", "weight": "25", "exchange": "NSE"},
+    {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
+    {"symbol": "INFY", "weight": "20", "exchange": "BSE"},
+    {"symbol": "HDFCBANK", "weight": "20", "exchange": "NSE"},
+    {"symbol": "SBIN", "weight": "15", "exchange": "NSE"},
+]
+
+
+def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None:
+    _infy_on_nse_and_bse(flow_db)
     state = invest_in_smallcase(
         "ravi@example.in", "India Bluechips", "500000", execution=FAST, return_state=True
     )
     assert state.is_completed(), state.message
     # move the INFY weight from NSE to BSE: sell the NSE shares, buy BSE ones
-    new = [
-        {"symbol": "RELIANCE", "weight": "25", "exchange": "NSE"},
-        {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
-        {"symbol": "INFY", "weight": "20", "exchange": "BSE"},
-        {"symbol": "HDFCBANK", "weight": "20", "exchange": "NSE"},
-        {"symbol": "SBIN", "weight": "15", "exchange": "NSE"},
-    ]
     state = rebalance_smallcase(
         "India Bluechips",
-        constituents=new,
+        constituents=INFY_ON_BSE,
         require_approval=True,
         approval_timeout_seconds=1,
         approval_poll_seconds=1,
@@ -263,6 +271,60 @@ def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None
             .where(SmallcaseExecutionRun.run_type == "rebalance", Asset.symbol == "INFY")
         ).all()
     assert sorted(legs) == [("INFY", "BSE", "buy"), ("INFY", "NSE", "sell")]
+
+
+def test_a_rebalance_between_two_exchanges_fills_each_at_its_own_price(flow_db: Engine) -> None:
+    """The defect's end: the NSE sell priced at NYSE's (here BSE's) close was refused by the
+    ledger and the run stayed ``executing``. Each leg fills at its own exchange's close."""
+    from models import PortfolioHolding, TradingTransaction
+
+    _infy_on_nse_and_bse(flow_db)
+    state = invest_in_smallcase(
+        "ravi@example.in", "India Bluechips", "500000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    state = rebalance_smallcase(
+        "India Bluechips",
+        constituents=INFY_ON_BSE,
+        require_approval=False,
+        execution=FAST,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    with Session(flow_db) as session:
+        close = {
+            exchange: Decimal(str(price))
+            for exchange, price in session.execute(
+                select(Asset.exchange, PriceHistory.close_price)
+                .join(PriceHistory, PriceHistory.asset_id == Asset.id)
+                .where(Asset.symbol == "INFY")
+                .order_by(PriceHistory.price_date)
+            )
+        }  # the latest close per exchange
+        fills = session.execute(
+            select(Asset.exchange, TradingTransaction.transaction_type, TradingTransaction.price)
+            .join(Asset, Asset.id == TradingTransaction.asset_id)
+            .where(Asset.symbol == "INFY")
+        ).all()
+        held = dict(
+            session.execute(
+                select(Asset.exchange, PortfolioHolding.quantity)
+                .join(Asset, Asset.id == PortfolioHolding.asset_id)
+                .where(Asset.symbol == "INFY")
+            ).all()
+        )
+        runs = session.scalars(
+            select(SmallcaseExecutionRun.status).where(
+                SmallcaseExecutionRun.run_type == "rebalance"
+            )
+        ).all()
+    assert runs == ["completed"]
+    assert close["BSE"] == close["NSE"] + 1
+    assert {(e, t, Decimal(str(p))) for e, t, p in fills if t == "sell"} == {
+        ("NSE", "sell", close["NSE"])
+    }
+    assert ("BSE", "buy", close["BSE"]) in {(e, t, Decimal(str(p))) for e, t, p in fills}
+    assert Decimal(str(held.get("NSE", 0))) == 0 and Decimal(str(held["BSE"])) > 0
 
 
 # --- item 3: cash is reserved ---------------------------------------------------------------------
