@@ -186,6 +186,42 @@ def test_a_refused_live_investment_ends_its_run_and_can_be_retried(
     assert len(p.book()) == 4
 
 
+def test_a_refused_live_exit_returns_the_investment_and_can_be_retried(
+    kite: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exit refused by the live-trading gate sends nothing and leaves the investment
+    ``active``: the user may exit again once live trading is allowed."""
+    from flows.investments import exit_smallcase
+
+    p = kite
+    p.execute(p.plan())  # invested: four whole-share buys at Kite
+    assert p.investment_status() == "active"
+    placed = len(p.fake.placement_requests())
+    live_trading(monkeypatch, False)
+
+    state = exit_smallcase(p.email, _smallcase_name(p), execution=EXECUTION, return_state=True)
+
+    # the analyst sees why in the run's state, not only in its results
+    assert "SARAS_LIVE_TRADING is off" in (state.message or ""), state.message
+    assert len(p.fake.placement_requests()) == placed, "a sell reached Kite"
+    with p.engine.connect() as conn:
+        exits = conn.execute(
+            select(SmallcaseExecutionRun.status, SmallcaseExecutionRun.execution_plan).where(
+                SmallcaseExecutionRun.investment_id == p.investment_id,
+                SmallcaseExecutionRun.run_type == RunType.EXIT.value,
+            )
+        ).all()
+    assert [r.status for r in exits] == [RunStatus.CANCELLED.value]
+    assert "SARAS_LIVE_TRADING" in exits[0].execution_plan["outcome_reason"]
+    assert p.investment_status() == "active"
+
+    live_trading(monkeypatch, True)
+    state = exit_smallcase(p.email, _smallcase_name(p), execution=EXECUTION, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert p.investment_status() != "active"
+    assert all(q == 0 for q in p.broker_positions().values())
+
+
 def _smallcase_name(p: Platform) -> str:
     from models import Smallcase
 
