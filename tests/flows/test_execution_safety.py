@@ -276,6 +276,52 @@ def test_an_order_in_doubt_stays_unknown_and_the_run_waits(kite: Platform) -> No
     assert len(p.fake.placement_requests(kite_tag(client_order_id(first.id)))) == 1
 
 
+def _connection_metadata(p: Platform, **values: object) -> None:
+    with p.engine.begin() as conn:
+        conn.execute(
+            update(UserBrokerConnection)
+            .where(UserBrokerConnection.id == p.connection_id)
+            .values(connection_metadata={**p.fake.connection_metadata(), **values})
+        )
+
+
+#: patience from the connection alone: no request_timeout or lookup_horizon in the parameter
+NO_OVERRIDES: dict[str, Any] = {
+    "poll_interval": 0.05,
+    "deadline_seconds": 5.0,
+    "retry_backoff": 0.01,
+}
+
+
+def test_the_connections_own_lookup_horizon_is_used(kite: Platform) -> None:
+    """``connection_metadata.lookup_horizon`` (1 s) decides when silence means absent: the
+    dropped placement is sent again after it and the run completes within its 5 s deadline
+    (with the 30 s default the order would still be in doubt)."""
+    p = kite
+    _connection_metadata(p, request_timeout=0.5, lookup_horizon=1.0)
+    run_id = p.plan()
+    p.fake.inject("drop_before_accept", times=1)
+    state = execute_run_flow(str(run_id), NO_OVERRIDES, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    for order in p.orders(run_id):
+        assert len(p.fake.orders_with_tag(kite_tag(client_order_id(order.id)))) == 1
+
+
+def test_the_connections_own_request_timeout_is_checked_against_the_horizon(
+    kite: Platform,
+) -> None:
+    """``connection_metadata.request_timeout`` (40 s) is the client's: a 30 s horizon is not
+    longer than it, so the run is refused before anything is sent."""
+    p = kite
+    _connection_metadata(p, request_timeout=40, lookup_horizon=30)
+    run_id = p.plan()
+    state = execute_run_flow(str(run_id), NO_OVERRIDES, return_state=True)
+    assert not (state.is_completed() and state.name == "Completed")
+    assert "request timeout" in (state.message or "") and "40" in (state.message or "")
+    assert p.fake.placement_requests() == []
+    assert p.run_status(run_id) is RunStatus.APPROVED
+
+
 # --- item 9: fills at the broker's own prices ---------------------------------------------------
 
 
