@@ -53,7 +53,9 @@ def _plan_and_run(
             began,
             plan,
             [],
-            message="nothing to trade",
+            message="nothing to trade"
+            + (f"; the {run_type} of {amount} was not made, its cash is free" if opening else ""),
+            failed=opening,
             user_id=investment["user_id"],
             path=path,
         )

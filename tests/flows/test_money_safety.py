@@ -696,6 +696,7 @@ def test_an_investment_that_plans_nothing_frees_its_cash(platform: Engine) -> No
         return_state=True,
     )
     assert state.is_failed() and "alpaca-no-keys" in (state.message or "")
+    assert "the invest of 60000 was not made, its cash is free" in (state.message or "")
     with Session(platform) as session:
         statuses = session.scalars(select(UserSmallcaseInvestment.status)).all()
     assert statuses == ["failed"]
