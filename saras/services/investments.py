@@ -113,11 +113,15 @@ def open_investment(
         )
     ).first()
     if existing is not None:
+        portfolio = lock_portfolio(session, existing.portfolio_id)
+        # read again under the lock: a concurrent top-up may have committed its amount (or an
+        # exit its status) since the read above; adding to the old amount would lose it
+        session.refresh(existing)
         if existing.status != InvestmentStatus.ACTIVE.value:
             raise InvalidInputError(
                 f"{user.email}'s investment in {smallcase.name!r} is {existing.status}"
             )
-        _check_cash(session, lock_portfolio(session, existing.portfolio_id), amount, "top-up")
+        _check_cash(session, portfolio, amount, "top-up")
         existing.investment_amount = Decimal(existing.investment_amount) + amount
         session.flush()
         return existing, RunType.TOPUP

@@ -447,6 +447,36 @@ def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) 
         assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
 
 
+def test_concurrent_top_ups_both_count(pg_flow_db: Engine) -> None:
+    """A top-up waiting for the portfolio lock must add to the amount the first one wrote,
+    not to the one it read before: a lost top-up would be spent but no longer reserved."""
+    from saras.services.investments import open_investment
+
+    _seed(pg_flow_db)
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "10000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    states: dict[str, Any] = {}
+    # a first top-up has checked the cash and added its 5000, not yet committed
+    with Session(pg_flow_db) as session, session.begin():
+        open_investment(session, "asha@example.com", "US Tech Leaders", Decimal("5000"))
+
+        def second() -> None:
+            states["second"] = invest_in_smallcase(
+                "asha@example.com", "US Tech Leaders", "7000", execution=FAST, return_state=True
+            )
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(3)  # the second top-up reads the investment meanwhile, then waits
+    thread.join(timeout=60)
+    assert states["second"].is_completed(), states["second"].message
+    with Session(pg_flow_db) as session:
+        inv = session.scalars(select(UserSmallcaseInvestment)).one()
+    assert Decimal(str(inv.investment_amount)) == Decimal("22000")
+
+
 # --- item 4: one currency, reachable exchanges ---------------------------------------------------
 
 
