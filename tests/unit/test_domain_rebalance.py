@@ -549,9 +549,8 @@ def test_policy_rules_and_instrument_validation() -> None:
         Instrument("AAA", D(0))
     with pytest.raises(ValueError, match="lot_size"):
         Instrument("AAA", D(1), lot_size=0)
-    assert BrokerRules.for_broker("alpaca") == BrokerRules.alpaca()
-    assert BrokerRules.for_broker("zerodha").unit_decimals == 0
-    assert BrokerRules.for_broker("paper").fractional
+    assert BrokerRules.zerodha().unit_decimals == 0  # broker rules come from the kits' capabilities
+    assert BrokerRules.paper().fractional
 
 
 # ---- json, hash, batch ------------------------------------------------------------------------
