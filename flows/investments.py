@@ -44,12 +44,18 @@ def _plan_and_run(
         raise
     markdown = publish_plan(plan, key=f"{run_type}-plan")
     if not plan.runs:
+        if opening:
+            # nothing will buy with the money (an unusable connection, an amount too small for
+            # one order): a pending investment must not keep its cash reserved for ever
+            abandon_opening(investment["investment_id"], run_type, str(amount))
         return finish(
             event,
             began,
             plan,
             [],
-            message="nothing to trade",
+            message="nothing to trade"
+            + (f"; the {run_type} of {amount} was not made, its cash is free" if opening else ""),
+            failed=opening,
             user_id=investment["user_id"],
             path=path,
         )
@@ -95,7 +101,8 @@ def invest_in_smallcase(
         amount: Cash to invest, in the smallcase's currency (a decimal, e.g. "10000").
         broker_alias: The user's broker connection to trade through, by alias.
         broker_type: Without an alias: the broker whose single active connection is used.
-        paper_trading: Without an alias: choose among paper (true) or live (false) connections.
+        paper_trading: Only a paper (true) or only a live (false) connection: what it can
+            reach, not its row's flag alone; with an alias, one of the other kind is refused.
         portfolio: The user's portfolio to take the cash from, by name; empty: the oldest in
             the smallcase's currency.
         require_approval: Pause for an analyst's approval of the plan before trading.

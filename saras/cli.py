@@ -417,6 +417,7 @@ def connections_add(
 def connections_list(as_json: JsonOpt = False) -> None:
     """List broker connections (secrets are never shown)."""
     from models import User, UserBrokerConnection
+    from saras.repositories.connections import reaches_real_money
 
     with _session() as s:
         rows = [
@@ -425,7 +426,9 @@ def connections_list(as_json: JsonOpt = False) -> None:
                 "user": email,
                 "alias": c.alias,
                 "broker_type": c.broker_type,
-                "paper": c.paper_trading,
+                # what the connection reaches, not the row's flag alone (an Alpaca row at
+                # the live endpoint is live)
+                "paper": not reaches_real_money(c),
                 "status": c.status,
             }
             for c, email in s.execute(

@@ -13,11 +13,12 @@ from saras.repositories.audit import has_audit, write_audit
 
 
 def audit_flow_end(flow: Any, run: Any, state: Any) -> None:
-    """Write the audit row of a flow run that failed or crashed without writing its own.
+    """Write the audit row of a flow run that failed, crashed or was cancelled without its own.
 
-    A Prefect state hook (``on_failure`` and ``on_crashed`` of every flow in ``flows/``): an
-    exception no flow expected (a TypeError, a bug) still leaves its ``audit_logs`` row, with
-    the state's message as the error. A run that wrote its row itself is left alone.
+    A Prefect state hook (``on_failure``, ``on_crashed`` and ``on_cancellation`` of every flow
+    in ``flows/``): an exception no flow expected (a TypeError, a bug) or a cancellation still
+    leaves its ``audit_logs`` row, with the state's message as the error. A run that wrote its
+    row itself is left alone.
     """
     fn = flow.fn
     source = inspect.getsourcefile(fn) or ""
@@ -42,5 +43,10 @@ def audit_flow_end(flow: Any, run: Any, state: Any) -> None:
         )
 
 
-#: the state hooks every flow declares: ``@flow(..., **AUDIT_HOOKS)``
-AUDIT_HOOKS: dict[str, Any] = {"on_failure": [audit_flow_end], "on_crashed": [audit_flow_end]}
+#: the state hooks every flow declares: ``@flow(..., **AUDIT_HOOKS)``; a run cancelled from the
+#: UI (its process killed by the runner) leaves its row too
+AUDIT_HOOKS: dict[str, Any] = {
+    "on_failure": [audit_flow_end],
+    "on_crashed": [audit_flow_end],
+    "on_cancellation": [audit_flow_end],
+}

@@ -163,6 +163,25 @@ def execute_planned(plan: Plan, execution: dict[str, Any] | None = None) -> list
     return results
 
 
+#: how many distinct reasons a flow's final message names (the rest are in the results artifact)
+SHOWN_REASONS = 3
+
+
+def _not_done_message(results: list[dict[str, Any]], not_done: list[str]) -> str:
+    """Say how many runs did not complete, and why (e.g. the live-trading gate's refusal)."""
+    message = f"{len(not_done)} of {len(results)} runs did not complete: " + ", ".join(
+        sorted(set(not_done))
+    )
+    reasons = sorted(
+        {str(r["reason"]) for r in results if r["status"] != "completed" and r.get("reason")}
+    )
+    if reasons:
+        message += " (" + "; ".join(reasons[:SHOWN_REASONS])
+        more = len(reasons) - SHOWN_REASONS
+        message += f"; {more} more reasons in the execution-results artifact)" if more > 0 else ")"
+    return message
+
+
 def finish(
     event_type: str,
     began: float,
@@ -199,9 +218,7 @@ def finish(
     statuses = [r["status"] for r in results]
     not_done = [s for s in statuses if s != "completed"]
     if message is None and not_done:
-        message = f"{len(not_done)} of {len(statuses)} runs did not complete: " + ", ".join(
-            sorted(set(not_done))
-        )
+        message = _not_done_message(results, not_done)
     problems = list(plan.problems) if plan is not None else []
     if problems:
         # investments skipped because their broker connection is unusable are not a success

@@ -10,7 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import UserBrokerConnection
-from saras.brokers.registry import broker_capabilities
+from saras.brokers.base import ConnectionConfig
+from saras.brokers.registry import broker_capabilities, capabilities
 from saras.domain.enums import ConnectionStatus
 from saras.errors import ConnectionSelectionError, InvalidInputError
 
@@ -55,7 +56,7 @@ def create_connection(
         user_id=user_id,
         broker_type=broker_type,
         alias=alias,
-        # None: the broker's nature (paper where it has a paper environment; Kite has none)
+        # None: the broker's nature (Kite has no paper environment), a capability of its kit
         paper_trading=(
             broker_capabilities(broker_type).paper_environment
             if paper_trading is None
@@ -70,6 +71,21 @@ def create_connection(
     session.add(connection)
     session.flush()
     return connection
+
+
+def reaches_real_money(connection: UserBrokerConnection) -> bool:
+    """Tell whether orders through a connection can reach a real account (its capability).
+
+    Not the row's ``paper_trading`` flag alone: a "paper" Alpaca row whose ``base_url`` names
+    the live endpoint reaches real money.
+    """
+    config = ConnectionConfig(
+        str(connection.id),
+        connection.broker_type,
+        connection.paper_trading,
+        dict(connection.connection_metadata or {}),
+    )
+    return capabilities(config).real_money
 
 
 def select_connection(
@@ -100,6 +116,9 @@ def select_connection(
             raise ConnectionSelectionError(
                 f"connection {alias!r} is a {connection.broker_type} connection, not {broker_type}"
             )
+        if paper_trading is not None and reaches_real_money(connection) == paper_trading:
+            kind, asked = ("a live account", "paper") if paper_trading else ("paper", "live")
+            raise ConnectionSelectionError(f"connection {alias!r} reaches {kind}, not {asked}")
         return connection
     if broker_type is None:
         raise ConnectionSelectionError("select a connection by alias or by broker type")
@@ -108,10 +127,10 @@ def select_connection(
         UserBrokerConnection.status == ConnectionStatus.ACTIVE.value,
     )
     mode = "paper or live"
-    if paper_trading is not None:
-        query = query.where(UserBrokerConnection.paper_trading.is_(paper_trading))
-        mode = "paper" if paper_trading else "live"
     found = list(session.scalars(query.order_by(UserBrokerConnection.alias)))
+    if paper_trading is not None:
+        found = [c for c in found if reaches_real_money(c) != paper_trading]
+        mode = "paper" if paper_trading else "live"
     if not found:
         raise ConnectionSelectionError(
             f"user {user_id} has no active {mode} {broker_type} connection"

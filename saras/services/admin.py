@@ -170,7 +170,8 @@ def add_connection(
 
     ``paper_trading`` None means the broker's nature: paper for ``paper`` and ``alpaca`` (its
     paper endpoint), live for ``zerodha`` (Kite has no paper environment, so a zerodha
-    connection that says paper is refused).
+    connection that says paper is refused, and so is a "paper" connection whose metadata
+    reaches a live account, e.g. an Alpaca ``base_url`` at the live endpoint).
     """
     known = broker_types()
     if broker_type not in known:
@@ -184,6 +185,19 @@ def add_connection(
             "paper environment); add it with --live, or use broker type paper to practise"
         )
     checked = parse(ConnectionInput, alias=alias, paper_trading=paper_trading)
+    if (
+        checked.paper_trading
+        and broker_capabilities(
+            broker_type, paper_trading=True, metadata=dict(metadata or {})
+        ).real_money
+    ):
+        # e.g. an Alpaca row whose base_url is the live endpoint: "paper" would be a lie
+        where = (metadata or {}).get("base_url")
+        raise InvalidInputError(
+            f"connection: paper_trading, but this {broker_type} connection reaches a live "
+            f"account{f' (base_url {where!r})' if where else ''}: add it with --live (its "
+            "orders then need SARAS_LIVE_TRADING=true)"
+        )
     has_secrets = bool(api_key or api_secret or credentials)
     if has_secrets and box is None:
         raise InvalidInputError("secrets given but no encryption key configured")

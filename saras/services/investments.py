@@ -12,7 +12,7 @@ from models import Portfolio, Smallcase, UserBrokerConnection, UserSmallcaseInve
 from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.domain.enums import ExecutionMode, InvestmentStatus, RunType
 from saras.errors import InvalidInputError, NotFoundError
-from saras.repositories.connections import select_connection
+from saras.repositories.connections import reaches_real_money, select_connection
 from saras.services import admin
 from saras.services.rebalance import spent_cash
 
@@ -113,11 +113,15 @@ def open_investment(
         )
     ).first()
     if existing is not None:
+        portfolio = lock_portfolio(session, existing.portfolio_id)
+        # read again under the lock: a concurrent top-up may have committed its amount (or an
+        # exit its status) since the read above; adding to the old amount would lose it
+        session.refresh(existing)
         if existing.status != InvestmentStatus.ACTIVE.value:
             raise InvalidInputError(
                 f"{user.email}'s investment in {smallcase.name!r} is {existing.status}"
             )
-        _check_cash(session, lock_portfolio(session, existing.portfolio_id), amount, "top-up")
+        _check_cash(session, portfolio, amount, "top-up")
         existing.investment_amount = Decimal(existing.investment_amount) + amount
         session.flush()
         return existing, RunType.TOPUP
@@ -147,9 +151,10 @@ def open_investment(
         broker_connection_id=connection.id,
         investment_amount=amount,
         status=InvestmentStatus.PENDING.value,
+        # where its orders can go (a "paper" row at a live endpoint is live), not the row's flag
         execution_mode=(
-            ExecutionMode.PAPER.value if connection.paper_trading else ExecutionMode.LIVE.value
-        ),
+            ExecutionMode.LIVE if reaches_real_money(connection) else ExecutionMode.PAPER
+        ).value,
     )
     session.add(investment)
     session.flush()

@@ -44,16 +44,13 @@ from models.base import utcnow
 from saras.brokers.base import MarketClock
 from saras.brokers.errors import BrokerError
 from saras.domain.enums import ConnectionStatus, InvestmentStatus, OrderStatus, RunStatus, RunType
-from saras.domain.orders import OrderEvent, RunEvent, transition, transition_run
+from saras.domain.orders import RunEvent
 from saras.errors import SarasError
+from saras.repositories import runs as runs_repo
 from saras.services.brokers import open_broker
 from saras.services.execution import ExecutionSettings, RunRefused, execute_run, run_lock
 from saras.services.repair import exhausted_repairs, stale_price_problem
 from saras.settings import get_settings
-
-
-class LostRace(SarasError):
-    """A status write found the row no longer in the status it was read in."""
 
 
 @dataclass(frozen=True)
@@ -184,9 +181,11 @@ def market_clock(engine: Engine, connection_id: uuid.UUID) -> MarketClock | str:
 
 
 def expire_run(engine: Engine, run_id: uuid.UUID, reason: str, now: datetime) -> RunAction:
-    """Expire an approved run that was never started (under its execution lock)."""
-    new_status = transition_run(RunStatus.APPROVED, RunEvent.EXPIRE)
-    cancelled = transition(OrderStatus.PLANNED, OrderEvent.CANCEL)
+    """Expire an approved run that was never started (under its execution lock).
+
+    The status changes through the runs repository (the state table, ``WHERE status =
+    'approved'``), which also cancels the run's never-sent orders.
+    """
     try:
         with run_lock(engine, run_id), engine.begin() as conn:
             plan, run_type, investment_id = conn.execute(
@@ -198,23 +197,11 @@ def expire_run(engine: Engine, run_id: uuid.UUID, reason: str, now: datetime) ->
             ).one()
             body = dict(plan or {})
             body.update(expired_at=now.isoformat(), outcome_reason=f"expired: {reason}")
-            result = conn.execute(
-                update(SmallcaseExecutionRun)
-                .where(
-                    SmallcaseExecutionRun.id == run_id,
-                    SmallcaseExecutionRun.status == RunStatus.APPROVED.value,
-                )
-                .values(status=new_status.value, completed_at=now, execution_plan=body)
-            )
-            if result.rowcount != 1:
-                raise LostRace(f"run {run_id} is no longer approved: not expired")
-            conn.execute(
-                update(SmallcaseExecutionOrder)
-                .where(
-                    SmallcaseExecutionOrder.execution_run_id == run_id,
-                    SmallcaseExecutionOrder.status == OrderStatus.PLANNED.value,
-                )
-                .values(status=cancelled.value)
+            new_status = runs_repo.move_runs(
+                conn,
+                {run_id: RunStatus.APPROVED},
+                RunEvent.EXPIRE,
+                values={"completed_at": now, "execution_plan": body},
             )
             if run_type == RunType.INVEST.value:
                 # as when an invest run fills nothing: the investment failed, and the user may
@@ -227,8 +214,9 @@ def expire_run(engine: Engine, run_id: uuid.UUID, reason: str, now: datetime) ->
                     )
                     .values(status=InvestmentStatus.FAILED.value)
                 )
-    except (RunRefused, LostRace) as exc:
+    except (RunRefused, runs_repo.RunsChanged) as exc:
         return RunAction(str(run_id), "skipped", _run_status(engine, run_id), str(exc))
+    assert new_status is not None
     return RunAction(str(run_id), "expired", new_status.value, reason)
 
 
@@ -385,7 +373,6 @@ def stuck_work(engine: Engine, now: datetime | None = None) -> list[StuckItem]:
 
 __all__ = [
     "ApprovedRun",
-    "LostRace",
     "PurgeReport",
     "RunAction",
     "StuckItem",

@@ -186,6 +186,42 @@ def test_a_refused_live_investment_ends_its_run_and_can_be_retried(
     assert len(p.book()) == 4
 
 
+def test_a_refused_live_exit_returns_the_investment_and_can_be_retried(
+    kite: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exit refused by the live-trading gate sends nothing and leaves the investment
+    ``active``: the user may exit again once live trading is allowed."""
+    from flows.investments import exit_smallcase
+
+    p = kite
+    p.execute(p.plan())  # invested: four whole-share buys at Kite
+    assert p.investment_status() == "active"
+    placed = len(p.fake.placement_requests())
+    live_trading(monkeypatch, False)
+
+    state = exit_smallcase(p.email, _smallcase_name(p), execution=EXECUTION, return_state=True)
+
+    # the analyst sees why in the run's state, not only in its results
+    assert "SARAS_LIVE_TRADING is off" in (state.message or ""), state.message
+    assert len(p.fake.placement_requests()) == placed, "a sell reached Kite"
+    with p.engine.connect() as conn:
+        exits = conn.execute(
+            select(SmallcaseExecutionRun.status, SmallcaseExecutionRun.execution_plan).where(
+                SmallcaseExecutionRun.investment_id == p.investment_id,
+                SmallcaseExecutionRun.run_type == RunType.EXIT.value,
+            )
+        ).all()
+    assert [r.status for r in exits] == [RunStatus.CANCELLED.value]
+    assert "SARAS_LIVE_TRADING" in exits[0].execution_plan["outcome_reason"]
+    assert p.investment_status() == "active"
+
+    live_trading(monkeypatch, True)
+    state = exit_smallcase(p.email, _smallcase_name(p), execution=EXECUTION, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert p.investment_status() != "active"
+    assert all(q == 0 for q in p.broker_positions().values())
+
+
 def _smallcase_name(p: Platform) -> str:
     from models import Smallcase
 
@@ -238,6 +274,52 @@ def test_an_order_in_doubt_stays_unknown_and_the_run_waits(kite: Platform) -> No
     assert "executing" in (state.message or "")
     first = next(o for o in p.orders(run_id) if o.status is OrderStatus.UNKNOWN)
     assert len(p.fake.placement_requests(kite_tag(client_order_id(first.id)))) == 1
+
+
+def _connection_metadata(p: Platform, **values: object) -> None:
+    with p.engine.begin() as conn:
+        conn.execute(
+            update(UserBrokerConnection)
+            .where(UserBrokerConnection.id == p.connection_id)
+            .values(connection_metadata={**p.fake.connection_metadata(), **values})
+        )
+
+
+#: patience from the connection alone: no request_timeout or lookup_horizon in the parameter
+NO_OVERRIDES: dict[str, Any] = {
+    "poll_interval": 0.05,
+    "deadline_seconds": 5.0,
+    "retry_backoff": 0.01,
+}
+
+
+def test_the_connections_own_lookup_horizon_is_used(kite: Platform) -> None:
+    """``connection_metadata.lookup_horizon`` (1 s) decides when silence means absent: the
+    dropped placement is sent again after it and the run completes within its 5 s deadline
+    (with the 30 s default the order would still be in doubt)."""
+    p = kite
+    _connection_metadata(p, request_timeout=0.5, lookup_horizon=1.0)
+    run_id = p.plan()
+    p.fake.inject("drop_before_accept", times=1)
+    state = execute_run_flow(str(run_id), NO_OVERRIDES, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    for order in p.orders(run_id):
+        assert len(p.fake.orders_with_tag(kite_tag(client_order_id(order.id)))) == 1
+
+
+def test_the_connections_own_request_timeout_is_checked_against_the_horizon(
+    kite: Platform,
+) -> None:
+    """``connection_metadata.request_timeout`` (40 s) is the client's: a 30 s horizon is not
+    longer than it, so the run is refused before anything is sent."""
+    p = kite
+    _connection_metadata(p, request_timeout=40, lookup_horizon=30)
+    run_id = p.plan()
+    state = execute_run_flow(str(run_id), NO_OVERRIDES, return_state=True)
+    assert not (state.is_completed() and state.name == "Completed")
+    assert "request timeout" in (state.message or "") and "40" in (state.message or "")
+    assert p.fake.placement_requests() == []
+    assert p.run_status(run_id) is RunStatus.APPROVED
 
 
 # --- item 9: fills at the broker's own prices ---------------------------------------------------

@@ -209,7 +209,8 @@ def _add_bse_infy(session: Session) -> None:
     )
 
 
-def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None:
+def _infy_on_nse_and_bse(flow_db: Engine) -> None:
+    """The demo platform plus INFY on BSE, closing 1 INR above NSE's every day."""
     _seed(flow_db, _add_bse_infy)
     with flow_db.begin() as conn:  # BSE closes a little above NSE's
         nse, bse = (
@@ -234,21 +235,28 @@ def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None
                 for r in rows
             ],
         )
+
+
+#: the India Bluechips weights with INFY moved from NSE to BSE
+INFY_ON_BSE = [
+    {"symbol": "RELIANCE", "weight": "25", "exchange": "NSE"},
+    {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
+    {"symbol": "INFY", "weight": "20", "exchange": "BSE"},
+    {"symbol": "HDFCBANK", "weight": "20", "exchange": "NSE"},
+    {"symbol": "SBIN", "weight": "15", "exchange": "NSE"},
+]
+
+
+def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None:
+    _infy_on_nse_and_bse(flow_db)
     state = invest_in_smallcase(
         "ravi@example.in", "India Bluechips", "500000", execution=FAST, return_state=True
     )
     assert state.is_completed(), state.message
     # move the INFY weight from NSE to BSE: sell the NSE shares, buy BSE ones
-    new = [
-        {"symbol": "RELIANCE", "weight": "25", "exchange": "NSE"},
-        {"symbol": "TCS", "weight": "20", "exchange": "NSE"},
-        {"symbol": "INFY", "weight": "20", "exchange": "BSE"},
-        {"symbol": "HDFCBANK", "weight": "20", "exchange": "NSE"},
-        {"symbol": "SBIN", "weight": "15", "exchange": "NSE"},
-    ]
     state = rebalance_smallcase(
         "India Bluechips",
-        constituents=new,
+        constituents=INFY_ON_BSE,
         require_approval=True,
         approval_timeout_seconds=1,
         approval_poll_seconds=1,
@@ -263,6 +271,60 @@ def test_the_same_symbol_on_two_exchanges_is_two_assets(flow_db: Engine) -> None
             .where(SmallcaseExecutionRun.run_type == "rebalance", Asset.symbol == "INFY")
         ).all()
     assert sorted(legs) == [("INFY", "BSE", "buy"), ("INFY", "NSE", "sell")]
+
+
+def test_a_rebalance_between_two_exchanges_fills_each_at_its_own_price(flow_db: Engine) -> None:
+    """The defect's end: the NSE sell priced at NYSE's (here BSE's) close was refused by the
+    ledger and the run stayed ``executing``. Each leg fills at its own exchange's close."""
+    from models import PortfolioHolding, TradingTransaction
+
+    _infy_on_nse_and_bse(flow_db)
+    state = invest_in_smallcase(
+        "ravi@example.in", "India Bluechips", "500000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    state = rebalance_smallcase(
+        "India Bluechips",
+        constituents=INFY_ON_BSE,
+        require_approval=False,
+        execution=FAST,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    with Session(flow_db) as session:
+        close = {
+            exchange: Decimal(str(price))
+            for exchange, price in session.execute(
+                select(Asset.exchange, PriceHistory.close_price)
+                .join(PriceHistory, PriceHistory.asset_id == Asset.id)
+                .where(Asset.symbol == "INFY")
+                .order_by(PriceHistory.price_date)
+            )
+        }  # the latest close per exchange
+        fills = session.execute(
+            select(Asset.exchange, TradingTransaction.transaction_type, TradingTransaction.price)
+            .join(Asset, Asset.id == TradingTransaction.asset_id)
+            .where(Asset.symbol == "INFY")
+        ).all()
+        held = dict(
+            session.execute(
+                select(Asset.exchange, PortfolioHolding.quantity)
+                .join(Asset, Asset.id == PortfolioHolding.asset_id)
+                .where(Asset.symbol == "INFY")
+            ).all()
+        )
+        runs = session.scalars(
+            select(SmallcaseExecutionRun.status).where(
+                SmallcaseExecutionRun.run_type == "rebalance"
+            )
+        ).all()
+    assert runs == ["completed"]
+    assert close["BSE"] == close["NSE"] + 1
+    assert {(e, t, Decimal(str(p))) for e, t, p in fills if t == "sell"} == {
+        ("NSE", "sell", close["NSE"])
+    }
+    assert ("BSE", "buy", close["BSE"]) in {(e, t, Decimal(str(p))) for e, t, p in fills}
+    assert Decimal(str(held.get("NSE", 0))) == 0 and Decimal(str(held["BSE"])) > 0
 
 
 # --- item 3: cash is reserved ---------------------------------------------------------------------
@@ -383,6 +445,36 @@ def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) 
     assert "insufficient free cash" in state.message and "70000.00 USD reserved" in state.message
     with Session(pg_flow_db) as session:
         assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
+
+
+def test_concurrent_top_ups_both_count(pg_flow_db: Engine) -> None:
+    """A top-up waiting for the portfolio lock must add to the amount the first one wrote,
+    not to the one it read before: a lost top-up would be spent but no longer reserved."""
+    from saras.services.investments import open_investment
+
+    _seed(pg_flow_db)
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "10000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    states: dict[str, Any] = {}
+    # a first top-up has checked the cash and added its 5000, not yet committed
+    with Session(pg_flow_db) as session, session.begin():
+        open_investment(session, "asha@example.com", "US Tech Leaders", Decimal("5000"))
+
+        def second() -> None:
+            states["second"] = invest_in_smallcase(
+                "asha@example.com", "US Tech Leaders", "7000", execution=FAST, return_state=True
+            )
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        time.sleep(3)  # the second top-up reads the investment meanwhile, then waits
+    thread.join(timeout=60)
+    assert states["second"].is_completed(), states["second"].message
+    with Session(pg_flow_db) as session:
+        inv = session.scalars(select(UserSmallcaseInvestment)).one()
+    assert Decimal(str(inv.investment_amount)) == Decimal("22000")
 
 
 # --- item 4: one currency, reachable exchanges ---------------------------------------------------
@@ -527,3 +619,119 @@ def test_a_crashing_flow_of_any_kind_writes_its_audit_row(platform: Engine) -> N
     rows = _audits(platform, "flow.execute_run")
     assert len(rows) == 1 and rows[0].success is False
     assert rows[0].path == "flows/execution.py:execute_run"
+
+
+# --- item 7: "paper" means paper when a connection is chosen --------------------------------------
+
+LIVE_URL = "https://api.alpaca.markets"
+
+
+def _paper_row_at_the_live_endpoint(engine: Engine) -> None:
+    """An Alpaca row stored as paper whose base_url is the live endpoint (an older row)."""
+    from models import User, UserBrokerConnection
+
+    with Session(engine) as session, session.begin():
+        user_id = session.scalars(select(User.id).where(User.email == "asha@example.com")).one()
+        session.add(
+            UserBrokerConnection(
+                user_id=user_id,
+                broker_type="alpaca",
+                alias="alpaca-live-url",
+                paper_trading=True,
+                connection_metadata={"base_url": LIVE_URL},
+            )
+        )
+
+
+def test_asking_for_paper_never_picks_a_connection_that_reaches_real_money(
+    platform: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saras.settings import get_settings
+
+    _paper_row_at_the_live_endpoint(platform)
+    monkeypatch.setenv("SARAS_LIVE_TRADING", "true")  # live trading is allowed on this platform
+    get_settings.cache_clear()
+    try:
+        by_type = invest_in_smallcase(
+            "asha@example.com",
+            "US Tech Leaders",
+            "1000",
+            broker_type="alpaca",
+            paper_trading=True,
+            execution=FAST,
+            return_state=True,
+        )
+        by_alias = invest_in_smallcase(
+            "asha@example.com",
+            "US Tech Leaders",
+            "1000",
+            broker_alias="alpaca-live-url",
+            paper_trading=True,
+            execution=FAST,
+            return_state=True,
+        )
+    finally:
+        get_settings.cache_clear()
+    assert by_type.is_failed() and "no active paper alpaca connection" in by_type.message
+    assert by_alias.is_failed()
+    assert "'alpaca-live-url' reaches a live account, not paper" in by_alias.message
+    with Session(platform) as session:
+        assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 0
+        assert session.scalar(select(func.count()).select_from(SmallcaseExecutionRun)) == 0
+
+
+def test_an_investment_through_a_live_reaching_connection_is_recorded_live(
+    platform: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The investment's execution mode says where its orders can go, not the row's flag."""
+    from saras.services.investments import open_investment
+
+    _paper_row_at_the_live_endpoint(platform)
+    with Session(platform) as session, session.begin():
+        investment, _ = open_investment(
+            session,
+            "asha@example.com",
+            "US Tech Leaders",
+            Decimal("1000"),
+            broker_alias="alpaca-live-url",
+        )
+        assert investment.execution_mode == "live"
+
+
+# --- item 3/7: an opening that plans nothing leaves nothing behind -------------------------------
+
+
+def test_an_investment_that_plans_nothing_frees_its_cash(platform: Engine) -> None:
+    """A connection that cannot trade (no keys) plans nothing: the investment must not stay
+    ``pending`` with its cash reserved, and the user may invest again through another one."""
+    from models import User, UserBrokerConnection
+
+    with Session(platform) as session, session.begin():
+        user_id = session.scalars(select(User.id).where(User.email == "asha@example.com")).one()
+        session.add(
+            UserBrokerConnection(
+                user_id=user_id,
+                broker_type="alpaca",
+                alias="alpaca-no-keys",
+                paper_trading=True,
+                connection_metadata={"base_url": "http://127.0.0.1:9"},
+            )
+        )
+    state = invest_in_smallcase(
+        "asha@example.com",
+        "US Tech Leaders",
+        "60000",
+        broker_alias="alpaca-no-keys",
+        execution=FAST,
+        return_state=True,
+    )
+    assert state.is_failed() and "alpaca-no-keys" in (state.message or "")
+    assert "the invest of 60000 was not made, its cash is free" in (state.message or "")
+    with Session(platform) as session:
+        statuses = session.scalars(select(UserSmallcaseInvestment.status)).all()
+    assert statuses == ["failed"]
+    # the 60000 is free again: the same amount through the paper connection goes through
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "60000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message

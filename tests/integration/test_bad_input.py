@@ -182,6 +182,18 @@ CASES: list[tuple[str, list[str], str]] = [
         "ghost@example.com",
     ),
     ("zerodha without --live", ["connections", "add", EMAIL, "zerodha"], "paper_trading"),
+    (
+        "alpaca paper at the live endpoint",
+        [
+            "connections",
+            "add",
+            EMAIL,
+            "alpaca",
+            "--metadata",
+            '{"base_url": "https://api.alpaca.markets/v2"}',
+        ],
+        "reaches a live account (base_url 'https://api.alpaca.markets/v2')",
+    ),
     ("unknown broker", ["connections", "add", EMAIL, "robinhood"], "broker_type 'robinhood'"),
     (
         "alias with spaces",

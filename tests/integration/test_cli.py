@@ -136,3 +136,27 @@ def test_zerodha_connections_are_live(embedded: Path) -> None:
     assert out[0]["broker_type"] == "zerodha"
     rows = json.loads(invoke("connections", "list", "--json"))
     assert [r["paper"] for r in rows if r["user"] == "kite@example.com"] == [False]
+
+
+def test_a_paper_row_at_alpacas_live_endpoint_is_listed_live(embedded: Path) -> None:
+    """A row written as paper before the CLI refused it: the list shows where orders go."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from models import User, UserBrokerConnection
+
+    invoke("db", "upgrade", "head")
+    invoke("users", "add", "old@example.com")
+    with Session(saras_db.get_engine()) as session, session.begin():
+        user_id = session.scalars(select(User.id).where(User.email == "old@example.com")).one()
+        session.add(
+            UserBrokerConnection(
+                user_id=user_id,
+                broker_type="alpaca",
+                alias="old-row",
+                paper_trading=True,
+                connection_metadata={"base_url": "https://api.alpaca.markets"},
+            )
+        )
+    rows = json.loads(invoke("connections", "list", "--json"))
+    assert [r["paper"] for r in rows if r["alias"] == "old-row"] == [False]

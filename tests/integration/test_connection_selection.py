@@ -75,3 +75,23 @@ def test_none_of_the_type(db: Session) -> None:
 def test_needs_alias_or_type(db: Session) -> None:
     with pytest.raises(ConnectionSelectionError, match="by alias or by broker type"):
         select_connection(db, f.user(db).id)
+
+
+def test_paper_or_live_is_what_the_connection_reaches_not_its_flag(db: Session) -> None:
+    u = f.user(db)
+    lying = create_connection(
+        db,
+        user_id=u.id,
+        broker_type="alpaca",
+        alias="says-paper",
+        paper_trading=True,
+        connection_metadata={"base_url": "https://api.alpaca.markets"},
+    )
+    paper = create_connection(db, user_id=u.id, broker_type="alpaca", alias="real-paper")
+    assert select_connection(db, u.id, broker_type="alpaca", paper_trading=True).id == paper.id
+    assert select_connection(db, u.id, broker_type="alpaca", paper_trading=False).id == lying.id
+    with pytest.raises(ConnectionSelectionError, match="reaches a live account, not paper"):
+        select_connection(db, u.id, alias="says-paper", paper_trading=True)
+    with pytest.raises(ConnectionSelectionError, match="'real-paper' reaches paper, not live"):
+        select_connection(db, u.id, alias="real-paper", paper_trading=False)
+    assert select_connection(db, u.id, alias="says-paper").id == lying.id

@@ -145,8 +145,6 @@ KIT_FILES = {
     "parsing.py",
 }
 BROKER_NAMES = {"alpaca", "zerodha", "paper"}
-#: files outside the kits allowed to compare a broker type: the demo seeds paper connections
-BROKER_TYPE_COMPARISONS = {"saras/services/demo.py"}
 
 
 def test_every_broker_kit_has_the_same_files() -> None:
@@ -154,55 +152,3 @@ def test_every_broker_kit_has_the_same_files() -> None:
     shapes = {p.name: {f.name for f in p.glob("*.py")} for p in kits if p.name != "kit"}
     assert set(shapes) == BROKER_NAMES
     assert {name: files for name, files in shapes.items() if files != KIT_FILES} == {}
-
-
-def _names_a_broker(node: ast.expr) -> bool:
-    if isinstance(node, ast.Attribute) and node.attr == "value":  # BrokerType.PAPER.value
-        node = node.value
-    if isinstance(node, ast.Constant):
-        return node.value in BROKER_NAMES
-    return (
-        isinstance(node, ast.Attribute)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "BrokerType"
-    )
-
-
-def broker_type_branches() -> set[tuple[str, int]]:
-    """(file, line) of every comparison with, or match on, a broker type outside the kits."""
-    found = set()
-    paths = [*(ROOT / "saras").rglob("*.py"), *(ROOT / "flows").rglob("*.py")]
-    paths += [*(ROOT / "tasks").rglob("*.py")]
-    for path in paths:
-        name = path.relative_to(ROOT).as_posix()
-        if name.startswith("saras/brokers/"):
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare):
-                if any(_names_a_broker(side) for side in (node.left, *node.comparators)):
-                    found.add((name, node.lineno))
-            elif isinstance(node, ast.Match) and any(
-                isinstance(p, ast.MatchValue) and _names_a_broker(p.value)
-                for case in node.cases
-                for p in ast.walk(case.pattern)
-            ):
-                found.add((name, node.lineno))
-    return found
-
-
-def test_no_branch_on_a_broker_type_outside_the_kits() -> None:
-    outside = {(f, line) for f, line in broker_type_branches() if f not in BROKER_TYPE_COMPARISONS}
-    assert outside == set(), "ask the broker's capabilities instead"
-
-
-def test_the_branch_finder_sees_a_branch(tmp_path: Path) -> None:
-    code = (
-        "if c.broker_type == 'zerodha' or t is BrokerType.ALPACA.value:\n    pass\n"
-        "match BrokerType(t):\n    case BrokerType.PAPER: pass\n"
-    )
-    tree = ast.parse(code)
-    compares = [n for n in ast.walk(tree) if isinstance(n, ast.Compare)]
-    assert any(_names_a_broker(s) for c in compares for s in (c.left, *c.comparators))
-    matches = [n for n in ast.walk(tree) if isinstance(n, ast.Match)]
-    assert matches and isinstance(matches[0].cases[0].pattern, ast.MatchValue)
-    assert _names_a_broker(matches[0].cases[0].pattern.value)
