@@ -101,6 +101,11 @@ LOOKUP_HORIZON_KEY = "lookup_horizon"
 DEFAULT_LOOKUP_HORIZON = 30.0
 
 
+def default_lookup_horizon(request_timeout: float | None) -> float:
+    """Return the horizon when none is set: 30 s, or twice a longer request timeout."""
+    return max(DEFAULT_LOOKUP_HORIZON, 2 * (request_timeout or 0.0))
+
+
 def metadata_seconds(config: ConnectionConfig, key: str) -> float | None:
     """Return a positive number of seconds from a connection's metadata, None when unset."""
     value = config.metadata.get(key)

@@ -47,13 +47,13 @@ from models import (
 )
 from models.base import utcnow
 from saras.brokers.base import (
-    DEFAULT_LOOKUP_HORIZON,
     LOOKUP_HORIZON_KEY,
     Broker,
     BrokerCapabilities,
     BrokerOrder,
     BrokerOrderStatus,
     OrderRequest,
+    default_lookup_horizon,
     metadata_seconds,
 )
 from saras.brokers.errors import (
@@ -822,9 +822,11 @@ def _lookup_horizon(
         configured = metadata_seconds(connection_config(connection), LOOKUP_HORIZON_KEY)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
-    horizon = settings.lookup_horizon or configured or DEFAULT_LOOKUP_HORIZON
     timeout = getattr(broker, "request_timeout", None)
-    if isinstance(timeout, int | float) and horizon <= timeout:
+    if not isinstance(timeout, int | float):
+        timeout = None
+    horizon = settings.lookup_horizon or configured or default_lookup_horizon(timeout)
+    if timeout is not None and horizon <= timeout:
         raise InvalidInputError(
             f"the lookup horizon ({horizon:g} s) must be longer than the request timeout of "
             f"connection {connection.alias!r} ({timeout:g} s)"

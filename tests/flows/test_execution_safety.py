@@ -322,6 +322,17 @@ def test_the_connections_own_request_timeout_is_checked_against_the_horizon(
     assert p.run_status(run_id) is RunStatus.APPROVED
 
 
+def test_a_long_request_timeout_alone_lengthens_the_default_horizon(kite: Platform) -> None:
+    """``request_timeout`` 40 s and no horizon: the horizon is twice it (80 s), as the Kite
+    adapter's own default, so the run executes instead of being refused."""
+    p = kite
+    _connection_metadata(p, request_timeout=40)
+    run_id = p.plan()
+    state = execute_run_flow(str(run_id), NO_OVERRIDES, return_state=True)
+    assert state.is_completed() and state.name == "Completed", state.message
+    assert p.run_status(run_id) is RunStatus.COMPLETED
+
+
 # --- item 9: fills at the broker's own prices ---------------------------------------------------
 
 

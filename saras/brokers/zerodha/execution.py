@@ -52,7 +52,6 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from saras.brokers.base import (
-    DEFAULT_LOOKUP_HORIZON,
     LOOKUP_HORIZON_KEY,
     REQUEST_TIMEOUT_KEY,
     AccountInfo,
@@ -66,6 +65,7 @@ from saras.brokers.base import (
     Fill,
     MarketClock,
     OrderRequest,
+    default_lookup_horizon,
     metadata_seconds,
 )
 from saras.brokers.errors import (
@@ -277,7 +277,7 @@ class ZerodhaBroker:
         horizon = (
             lookup_horizon
             or metadata_seconds(config, LOOKUP_HORIZON_KEY)
-            or max(DEFAULT_LOOKUP_HORIZON, 2 * self._timeout)
+            or default_lookup_horizon(self._timeout)
         )
         if horizon <= self._timeout:
             raise ValueError(
