@@ -12,7 +12,7 @@ from saras.domain.orders import (
     transition,
     transition_run,
 )
-from saras.domain.plan_hash import canonical_json, decimal_to_str, plan_hash
+from saras.domain.plan_hash import combined_plan_hash, decimal_to_str, run_orders_hash
 from saras.domain.rebalance import (
     SKIP_REASONS,
     BatchPlan,
@@ -56,12 +56,12 @@ __all__ = [
     "SkippedLeg",
     "UnknownInstrument",
     "UnresolvedOrders",
-    "canonical_json",
+    "combined_plan_hash",
     "decimal_to_str",
     "finish_event",
     "plan_batch",
-    "plan_hash",
     "plan_investment",
+    "run_orders_hash",
     "summarize_run_outcome",
     "transition",
     "transition_run",
