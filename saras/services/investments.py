@@ -197,6 +197,9 @@ def start_exit(session: Session, user_ref: str, smallcase_ref: str) -> UserSmall
                 [InvestmentStatus.ACTIVE.value, InvestmentStatus.EXITING.value]
             ),
         )
+        # the row stays locked until commit: a run finishing the investment meanwhile waits,
+        # and an investment no longer open is not marked exiting
+        .with_for_update()
     ).first()
     if investment is None:
         raise NotFoundError(f"{user.email} has no active investment in {smallcase.name!r}")
