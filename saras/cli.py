@@ -166,12 +166,21 @@ def _print_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
         typer.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
 
 
+#: the largest file a command reads (a constituents CSV of thousands of rows is ~100 KiB)
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+
+
 def _read_text(option: str, path: Path) -> str:
     """Read a text file a user named (UTF-8, with or without the BOM spreadsheets write)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:  # never more than the limit: /dev/zero is a file too
+            data = file.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise InvalidInputError(f"{option} {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInputError(
+            f"{option} {str(path)!r}: larger than {MAX_INPUT_BYTES // 2**20} MiB"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -187,7 +196,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     from saras import migrations
     from saras.settings import get_settings
 
-    migrations.upgrade(revision)
+    with _revision(revision):
+        migrations.upgrade(revision)
     typer.echo(f"database at {migrations.current_revision()} ({_where(get_settings())})")
 
 
@@ -198,8 +208,20 @@ def db_downgrade(
     """Downgrade the database to a revision (``base`` removes every table)."""
     from saras import migrations
 
-    migrations.downgrade(revision)
+    with _revision(revision):
+        migrations.downgrade(revision)
     typer.echo(f"database at {migrations.current_revision() or 'base'}")
+
+
+@contextmanager
+def _revision(revision: str) -> Iterator[None]:
+    """Report a revision Alembic cannot find (or reach) as bad input naming it."""
+    from alembic.util.exc import CommandError
+
+    try:
+        yield
+    except CommandError as exc:
+        raise InvalidInputError(f"revision {revision!r}: {_one_line(str(exc))}") from exc
 
 
 @db_app.command("current")

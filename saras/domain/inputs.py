@@ -84,6 +84,11 @@ def _text(max_len: int, *, multiline: bool = False) -> Any:
     return BeforeValidator(check)
 
 
+def _blank_is_none(value: str | None) -> str | None:
+    """An optional text left blank (or only spaces) is no text, not an empty string."""
+    return value or None
+
+
 def _not_empty(value: str) -> str:
     if not value:
         raise _Refused("must not be empty")
@@ -98,6 +103,8 @@ def to_decimal(value: object) -> Decimal:
         number = value
     elif isinstance(value, int | float | str):
         text = str(value).strip().replace("_", "#")  # no 1_000: a typo, not a number
+        if not text.isascii():  # Decimal reads full-width and Arabic-Indic digits: refuse
+            raise _Refused("not a decimal number (use the digits 0-9)")
         try:
             number = Decimal(text)
         except InvalidOperation:
@@ -137,6 +144,8 @@ def check_numeric(number: Decimal, spec: tuple[int, int]) -> None:
 
 def _email(value: str) -> str:
     value = value.lower()
+    if not value.isascii():  # a Cyrillic o in 'owner@...' is not the owner
+        raise _Refused("not ASCII (a look-alike letter?); write an international domain as xn--...")
     if not _EMAIL.match(value):
         raise _Refused("not an e-mail address (one @, a domain with a dot, no spaces)")
     return value
@@ -181,12 +190,12 @@ def _sane_date(value: date) -> date:
 
 
 Email = Annotated[str, _text(EMAIL_MAX), AfterValidator(_not_empty), AfterValidator(_email)]
-PersonName = Annotated[str | None, _text(PERSON_NAME_MAX)]
+PersonName = Annotated[str | None, _text(PERSON_NAME_MAX), AfterValidator(_blank_is_none)]
 Symbol = Annotated[str, _text(SYMBOL_MAX), AfterValidator(_not_empty), AfterValidator(_symbol)]
 ExchangeCode = Annotated[str, _text(EXCHANGE_MAX), AfterValidator(_exchange)]
 Currency = Annotated[str, _text(EXCHANGE_MAX), AfterValidator(_currency)]
 Alias = Annotated[str, _text(ALIAS_MAX), AfterValidator(_not_empty), AfterValidator(_alias)]
-FreeText = Annotated[str | None, _text(TEXT_MAX, multiline=True)]
+FreeText = Annotated[str | None, _text(TEXT_MAX, multiline=True), AfterValidator(_blank_is_none)]
 Money = Annotated[Decimal, _numeric(MONEY, minimum=Decimal(0))]
 Weight = Annotated[Decimal, _numeric(WEIGHT, positive=True)]
 SaneDate = Annotated[date, AfterValidator(_sane_date)]
@@ -221,7 +230,7 @@ class AssetInput(_Input):
     symbol: Symbol
     exchange: ExchangeCode
     currency: Currency
-    name: Annotated[str | None, _text(ASSET_NAME_MAX)] = None
+    name: Annotated[str | None, _text(ASSET_NAME_MAX), AfterValidator(_blank_is_none)] = None
     asset_type: AssetType = AssetType.EQUITY
     lot_size: Annotated[int | None, Field(gt=0, le=1_000_000)] = None
 
@@ -286,9 +295,15 @@ class SmallcaseInput(_Input):
 
     name: Annotated[str, _text(SMALLCASE_NAME_MAX), AfterValidator(_not_empty)]
     description: FreeText = None
-    category: Annotated[str | None, _text(CATEGORY_MAX)] = None
+    category: Annotated[str | None, _text(CATEGORY_MAX), AfterValidator(_blank_is_none)] = None
     min_investment: Money | None = None
     risk_level: RiskLevel | None = None
+
+
+class InvestmentParams(_Input):
+    """The invest flow's amount: positive money that fits the ledger's column."""
+
+    amount: Annotated[Decimal, _numeric(MONEY, positive=True)]
 
 
 class PriceHistoryParams(_Input):
@@ -335,7 +350,16 @@ def describe(exc: ValidationError) -> str:
     shown = value if isinstance(value, str) else str(value)
     if isinstance(value, dict):
         return f"{field}: {reason}"
-    return f"{field} {shown!r}: {reason}"
+    return f"{field} {shorten(shown)!r}: {reason}"
+
+
+#: how much of a refused value a message shows (a 20,000-character cell is not one line)
+SHOWN_MAX = 60
+
+
+def shorten(text: str) -> str:
+    """Return ``text`` cut to ``SHOWN_MAX`` characters, with an ellipsis when cut."""
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
 
 
 def check_date(name: str, value: date | None) -> date | None:
@@ -352,6 +376,7 @@ __all__ = [
     "AssetInput",
     "ConnectionInput",
     "ConstituentRow",
+    "InvestmentParams",
     "PortfolioInput",
     "PriceHistoryParams",
     "SmallcaseInput",

@@ -16,9 +16,10 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from flows.investments import invest_in_smallcase
 from flows.position_snapshot import snapshot_positions
 from flows.price_history import ingest_price_history
-from models import PriceHistory
+from models import PriceHistory, UserSmallcaseInvestment
 from saras.errors import InvalidInputError
 from saras.secrets import generate_key, get_secret_box
 from saras.services import admin
@@ -126,3 +127,25 @@ def test_market_data_credentials_come_from_a_connection_and_never_reach_prefect(
     stored = b"".join(p.read_bytes() for p in Path(database).parent.glob(Path(database).name + "*"))
     assert b"md@example.com/md" in stored  # the parameters are there ...
     assert KEY.encode() not in stored and SECRET.encode() not in stored  # ... the secrets not
+
+
+@pytest.mark.parametrize(
+    ("amount", "culprit"),
+    [
+        ("abc", "amount 'abc': not a decimal number"),
+        ("NaN", "amount 'NaN': not a finite number"),
+        ("1e30", "amount '1e30': out of range"),
+        ("-5", "amount '-5': must be positive"),
+        ("\uff15\uff10\uff10", "amount '\uff15\uff10\uff10': not a decimal number"),
+    ],
+)
+def test_invest_refuses_a_bad_amount_naming_it_and_opens_nothing(
+    platform: Engine, amount: str, culprit: str
+) -> None:
+    with Session(platform) as session:
+        before = session.scalar(select(func.count()).select_from(UserSmallcaseInvestment))
+    state = invest_in_smallcase("asha@example.com", "US Tech Leaders", amount, return_state=True)
+    assert state.is_failed() and culprit in str(state.message), state.message
+    with Session(platform) as session:
+        after = session.scalar(select(func.count()).select_from(UserSmallcaseInvestment))
+    assert after == before
