@@ -13,6 +13,7 @@ value: ``cash '1e30': out of range (must be below 10^16)``.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
@@ -372,6 +373,27 @@ def check_date(name: str, value: date | None) -> date | None:
         raise InvalidInputError(f"{name} {str(value)!r}: {exc}") from None
 
 
+def check_instant(name: str, value: datetime | None) -> datetime | None:
+    """Refuse an instant whose UTC day is outside the sane range (``as_of`` in 2100)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError(f"{name} {value.isoformat()!r}: no time zone (give an offset)")
+    try:
+        _sane_date(value.astimezone(UTC).date())
+    except _Refused as exc:
+        raise InvalidInputError(f"{name} {value.isoformat()!r}: {exc}") from None
+    return value
+
+
+def check_run_id(value: str, name: str = "run_id") -> uuid.UUID:
+    """Read a run's id, refusing anything that is not a UUID, naming the parameter."""
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        raise InvalidInputError(f"{name} {shorten(str(value))!r}: not a run id (a UUID)") from None
+
+
 __all__ = [
     "AssetInput",
     "ConnectionInput",
@@ -382,7 +404,9 @@ __all__ = [
     "SmallcaseInput",
     "SnapshotParams",
     "UserInput",
+    "check_instant",
     "check_numeric",
+    "check_run_id",
     "describe",
     "parse",
     "to_decimal",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,9 +16,12 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from flows.evaluate_rebalances import evaluate_rebalances
+from flows.execution import execute_run
 from flows.investments import invest_in_smallcase
 from flows.position_snapshot import snapshot_positions
 from flows.price_history import ingest_price_history
+from flows.repair import repair_run
 from models import PriceHistory, UserSmallcaseInvestment
 from saras.errors import InvalidInputError
 from saras.secrets import generate_key, get_secret_box
@@ -149,3 +152,18 @@ def test_invest_refuses_a_bad_amount_naming_it_and_opens_nothing(
     with Session(platform) as session:
         after = session.scalar(select(func.count()).select_from(UserSmallcaseInvestment))
     assert after == before
+
+
+@pytest.mark.parametrize("flow_fn", [execute_run, repair_run], ids=["execute", "repair"])
+def test_a_run_id_that_is_no_id_is_named(flow_db: Engine, flow_fn: Any) -> None:
+    state = flow_fn("not-a-uuid", return_state=True)
+    assert state.is_failed()
+    assert "run_id 'not-a-uuid': not a run id" in str(state.message), state.message
+
+
+def test_evaluating_triggers_in_2100_is_refused(flow_db: Engine) -> None:
+    state = evaluate_rebalances(
+        as_of=datetime(2100, 1, 1, 16, tzinfo=UTC), start_runs=False, return_state=True
+    )
+    assert state.is_failed()
+    assert "as_of '2100-01-01T16:00:00+00:00': in the future" in str(state.message)
