@@ -115,7 +115,43 @@ def _main(
     """Saras: the batch side of a multi-broker smallcase platform."""
     from saras.settings import check_private_files
 
-    check_private_files()
+    check_private_files(_checked_settings())
+
+
+def _checked_settings() -> Any:
+    """Read the settings and check what every command needs of them, each refusal one line.
+
+    An unreadable ``SARAS_*`` value, a database URL that is none (or of a database Saras does
+    not run on), a data directory that is a file or cannot be created: exit 1, no traceback.
+    """
+    from pydantic_settings import SettingsError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from saras.settings import get_settings, private_dir
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise SarasError(f"settings: {exc}") from exc
+    try:  # never echo the URL: a mistyped one may still hold a password
+        backend = make_url(settings.resolved_database_url()).get_backend_name()
+    except ArgumentError:
+        raise SarasError("SARAS_DATABASE_URL is not a database URL") from None
+    if backend not in ("postgresql", "sqlite"):
+        raise SarasError(
+            f"SARAS_DATABASE_URL: Saras runs on PostgreSQL (postgresql://...) or, unset, on "
+            f"its embedded SQLite database, not on {backend}"
+        )
+    if settings.embedded:
+        try:
+            private_dir(settings.data_dir)
+        except OSError as exc:
+            raise SarasError(
+                f"SARAS_DATA_DIR {str(settings.data_dir)!r}: not a usable directory "
+                f"({exc.strerror or exc})"
+            ) from exc
+    return settings
 
 
 db_app = typer.Typer(

@@ -309,6 +309,11 @@ CASES: list[tuple[str, list[str], str]] = [
         ["smallcases", "policy", "set", "NoSuch", "cooldown_days=1"],
         "no smallcase 'NoSuch'",
     ),
+    (
+        "policy minimum trade of 1e30",
+        ["smallcases", "policy", "set", "Existing", "min_trade_value.USD=1e30"],
+        "minimum trade value for USD 1E+30: out of range",
+    ),
     ("migrate to no revision", ["db", "upgrade", "zzzz"], "revision 'zzzz'"),
     ("migrate down to a date", ["db", "downgrade", "2024-02-30"], "revision '2024-02-30'"),
     (
@@ -387,3 +392,41 @@ def test_blank_optional_text_is_stored_as_none(target: Target) -> None:
         portfolio = admin.add_portfolio(session, user, "p", "USD", description="  ")
         assert (user.first_name, user.last_name, portfolio.description) == (None, None, None)
         session.rollback()
+
+
+@pytest.mark.parametrize(
+    ("env", "culprit"),
+    [
+        ({"SARAS_DATABASE_URL": "garbage:hunter2@"}, "SARAS_DATABASE_URL is not a database URL"),
+        ({"SARAS_DATABASE_URL": "mysql://u:hunter2@h/d"}, "not on mysql"),
+        (
+            {"SARAS_PRICE_SOURCES": "yfinance"},
+            'settings: error parsing value for field "price_sources"',
+        ),
+        ({"SARAS_DATA_DIR": "{file}", "SARAS_DATABASE_URL": None}, "SARAS_DATA_DIR '"),
+    ],
+    ids=["url-garbage", "url-mysql", "price-sources-not-json", "data-dir-a-file"],
+)
+def test_a_bad_setting_is_one_line_exit_1(
+    target: Target, env: dict[str, str | None], culprit: str
+) -> None:
+    before = fingerprint(target.engine)
+    a_file = target.dir / "not-a-dir"
+    a_file.touch()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value.replace("{file}", str(a_file)))
+        get_settings.cache_clear()
+        try:
+            result = runner.invoke(app, ["users", "add", "new@example.com"])
+        finally:
+            get_settings.cache_clear()
+    get_settings.cache_clear()
+    assert result.exit_code == 1, (result.output, result.exception)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and culprit in line, line
+    assert "hunter2" not in result.output
+    assert fingerprint(target.engine) == before
