@@ -307,6 +307,14 @@ class InvestmentParams(_Input):
     amount: Annotated[Decimal, _numeric(MONEY, positive=True)]
 
 
+class ApprovalParams(_Input):
+    """How long a flow waits for an analyst's decision, and how often it looks (rebalance,
+    repair): a timeout of -1 would reject every plan at once, a poll of 0 spin on the API."""
+
+    approval_timeout_seconds: Annotated[int, Field(ge=1, le=30 * 86_400)]
+    approval_poll_seconds: Annotated[int, Field(ge=1, le=3_600)]
+
+
 class PriceHistoryParams(_Input):
     """The price-history flow's parameters that can be wrong on their own."""
 
@@ -395,6 +403,7 @@ def check_run_id(value: str, name: str = "run_id") -> uuid.UUID:
 
 
 __all__ = [
+    "ApprovalParams",
     "AssetInput",
     "ConnectionInput",
     "ConstituentRow",

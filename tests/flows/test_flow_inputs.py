@@ -21,8 +21,9 @@ from flows.execution import execute_run
 from flows.investments import invest_in_smallcase
 from flows.position_snapshot import snapshot_positions
 from flows.price_history import ingest_price_history
+from flows.rebalance import rebalance_smallcase
 from flows.repair import repair_run
-from models import PriceHistory, UserSmallcaseInvestment
+from models import PriceHistory, SmallcaseExecutionRun, UserSmallcaseInvestment
 from saras.errors import InvalidInputError
 from saras.secrets import generate_key, get_secret_box
 from saras.services import admin
@@ -167,3 +168,20 @@ def test_evaluating_triggers_in_2100_is_refused(flow_db: Engine) -> None:
     )
     assert state.is_failed()
     assert "as_of '2100-01-01T16:00:00+00:00': in the future" in str(state.message)
+
+
+@pytest.mark.parametrize(
+    ("waits", "culprit"),
+    [
+        ({"approval_timeout_seconds": -1}, "approval_timeout_seconds '-1'"),
+        ({"approval_timeout_seconds": 2, "approval_poll_seconds": 0}, "approval_poll_seconds '0'"),
+    ],
+    ids=["timeout-negative", "poll-zero"],
+)
+def test_a_rebalance_refuses_bad_waits_before_planning(
+    platform: Engine, waits: dict[str, int], culprit: str
+) -> None:
+    state = rebalance_smallcase("US Tech Leaders", **waits, return_state=True)
+    assert state.is_failed() and culprit in str(state.message), state.message
+    with Session(platform) as session:
+        assert session.scalar(select(func.count()).select_from(SmallcaseExecutionRun)) == 0
