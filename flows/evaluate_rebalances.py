@@ -12,6 +12,7 @@ from prefect.states import State
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.finish import ResultsTable, finish_flow
 from flows.kit.runners import SarasTaskRunner
+from saras.domain.inputs import check_instant
 from saras.errors import SarasError
 from tasks.triggers import evaluate_due, start_rebalance
 
@@ -46,8 +47,8 @@ def evaluate_rebalances(
     """
     began = time.monotonic()
     logger = get_run_logger()
-    when = as_of or datetime.now(UTC)
     try:
+        when = check_instant("as_of", as_of) or datetime.now(UTC)  # never a day in 2100
         evaluations = evaluate_due(smallcases, exchanges, when)
     except SarasError as exc:
         return finish_flow(EVENT, began, path=PATH, summary=None, problems=[str(exc)], failed=True)

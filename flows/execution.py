@@ -10,6 +10,7 @@ from prefect.states import State
 from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.review import finish
 from flows.kit.runners import SarasTaskRunner
+from saras.domain.inputs import check_run_id
 from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.execution import execute_one_run
@@ -28,7 +29,7 @@ def execute_run(run_id: str, execution: ExecutionParameters | None = None) -> St
     """
     began = time.monotonic()
     try:
-        result = execute_one_run(run_id, settings_kwargs(execution))
+        result = execute_one_run(str(check_run_id(run_id)), settings_kwargs(execution))
     except SarasError as exc:
         return finish("flow.execute_run", began, None, [], message=str(exc), failed=True, path=PATH)
     return finish("flow.execute_run", began, None, [result], path=PATH)

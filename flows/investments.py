@@ -12,6 +12,7 @@ from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.review import approve_or_reject, execute_planned, finish, publish_plan
 from flows.kit.runners import SarasTaskRunner
 from saras.domain.enums import RunType
+from saras.domain.inputs import InvestmentParams, parse
 from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 from tasks.investments import abandon_opening, begin_exit, open_or_top_up
@@ -112,6 +113,8 @@ def invest_in_smallcase(
     began = time.monotonic()
     path = "flows/investments.py:invest_in_smallcase"
     try:
+        # "abc", "NaN", "1e30" or "-5" fails here, naming it, before anything is written
+        amount = f"{parse(InvestmentParams, amount=amount).amount:f}"
         investment = open_or_top_up(
             user, smallcase, amount, broker_alias, broker_type, paper_trading, portfolio
         )

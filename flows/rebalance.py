@@ -13,6 +13,7 @@ from flows.kit.reports import publish_execution_report, publish_plan_report
 from flows.kit.review import approve_or_reject, execute_planned, finish, publish_plan
 from flows.kit.runners import SarasTaskRunner
 from flows.kit.smallcase_slot import smallcase_slot
+from saras.domain.inputs import ApprovalParams, parse
 from saras.domain.parameters import Composition, ExecutionParameters
 from saras.domain.policy import RebalancePolicy
 from saras.errors import SarasError
@@ -64,6 +65,11 @@ def rebalance_smallcase(
     """
     began = time.monotonic()
     try:
+        parse(
+            ApprovalParams,
+            approval_timeout_seconds=approval_timeout_seconds,
+            approval_poll_seconds=approval_poll_seconds,
+        )
         smallcase_id, name = resolve_smallcase(smallcase)
         with smallcase_slot(FLOW_NAME, smallcase_id, name):
             return _rebalance(

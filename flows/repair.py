@@ -11,6 +11,7 @@ from flows.kit.audit import AUDIT_HOOKS
 from flows.kit.repair import repair_and_execute
 from flows.kit.review import finish
 from flows.kit.runners import SarasTaskRunner
+from saras.domain.inputs import ApprovalParams, check_run_id, parse
 from saras.domain.parameters import ExecutionParameters, settings_kwargs
 from saras.errors import SarasError
 
@@ -44,8 +45,13 @@ def repair_run(
     """
     began = time.monotonic()
     try:
+        parse(
+            ApprovalParams,
+            approval_timeout_seconds=approval_timeout_seconds,
+            approval_poll_seconds=approval_poll_seconds,
+        )
         result = repair_and_execute(
-            run_id,
+            str(check_run_id(run_id)),
             require_approval=require_approval,
             wait_for_approval=wait_for_approval,
             approval_timeout_seconds=approval_timeout_seconds,

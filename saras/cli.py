@@ -115,7 +115,43 @@ def _main(
     """Saras: the batch side of a multi-broker smallcase platform."""
     from saras.settings import check_private_files
 
-    check_private_files()
+    check_private_files(_checked_settings())
+
+
+def _checked_settings() -> Any:
+    """Read the settings and check what every command needs of them, each refusal one line.
+
+    An unreadable ``SARAS_*`` value, a database URL that is none (or of a database Saras does
+    not run on), a data directory that is a file or cannot be created: exit 1, no traceback.
+    """
+    from pydantic_settings import SettingsError
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from saras.settings import get_settings, private_dir
+
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        raise SarasError(f"settings: {exc}") from exc
+    try:  # never echo the URL: a mistyped one may still hold a password
+        backend = make_url(settings.resolved_database_url()).get_backend_name()
+    except ArgumentError:
+        raise SarasError("SARAS_DATABASE_URL is not a database URL") from None
+    if backend not in ("postgresql", "sqlite"):
+        raise SarasError(
+            f"SARAS_DATABASE_URL: Saras runs on PostgreSQL (postgresql://...) or, unset, on "
+            f"its embedded SQLite database, not on {backend}"
+        )
+    if settings.embedded:
+        try:
+            private_dir(settings.data_dir)
+        except OSError as exc:
+            raise SarasError(
+                f"SARAS_DATA_DIR {str(settings.data_dir)!r}: not a usable directory "
+                f"({exc.strerror or exc})"
+            ) from exc
+    return settings
 
 
 db_app = typer.Typer(
@@ -166,12 +202,21 @@ def _print_rows(rows: Sequence[dict[str, Any]], as_json: bool) -> None:
         typer.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
 
 
+#: the largest file a command reads (a constituents CSV of thousands of rows is ~100 KiB)
+MAX_INPUT_BYTES = 10 * 1024 * 1024
+
+
 def _read_text(option: str, path: Path) -> str:
     """Read a text file a user named (UTF-8, with or without the BOM spreadsheets write)."""
     try:
-        data = path.read_bytes()
+        with path.open("rb") as file:  # never more than the limit: /dev/zero is a file too
+            data = file.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise InvalidInputError(f"{option} {str(path)!r}: {exc.strerror or exc}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInputError(
+            f"{option} {str(path)!r}: larger than {MAX_INPUT_BYTES // 2**20} MiB"
+        )
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -187,7 +232,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     from saras import migrations
     from saras.settings import get_settings
 
-    migrations.upgrade(revision)
+    with _revision(revision):
+        migrations.upgrade(revision)
     typer.echo(f"database at {migrations.current_revision()} ({_where(get_settings())})")
 
 
@@ -198,8 +244,20 @@ def db_downgrade(
     """Downgrade the database to a revision (``base`` removes every table)."""
     from saras import migrations
 
-    migrations.downgrade(revision)
+    with _revision(revision):
+        migrations.downgrade(revision)
     typer.echo(f"database at {migrations.current_revision() or 'base'}")
+
+
+@contextmanager
+def _revision(revision: str) -> Iterator[None]:
+    """Report a revision Alembic cannot find (or reach) as bad input naming it."""
+    from alembic.util.exc import CommandError
+
+    try:
+        yield
+    except CommandError as exc:
+        raise InvalidInputError(f"revision {revision!r}: {_one_line(str(exc))}") from exc
 
 
 @db_app.command("current")

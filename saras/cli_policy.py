@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from saras.errors import InvalidInputError, SarasError
+from saras.errors import InvalidInputError, NotFoundError, SarasError
 
 app = typer.Typer(
     help="Show or set a smallcase's rebalance policy (bands, minimums, cooldown, triggers).",
@@ -91,7 +91,7 @@ def show(
             row = admin.get_smallcase(session, smallcase)
             record = service.stored_policy(row).as_record()
             name = row.name
-    except InvalidInputError as exc:
+    except (InvalidInputError, NotFoundError) as exc:
         _fail(str(exc), BAD_INPUT)
     except SarasError as exc:
         _fail(str(exc))
@@ -126,7 +126,7 @@ def set_(
             row = admin.get_smallcase(session, smallcase)
             record = service.set_policy(session, row, changes, reset=reset).as_record()
             name = row.name
-    except InvalidInputError as exc:
+    except (InvalidInputError, NotFoundError) as exc:
         _fail(str(exc), BAD_INPUT)
     except SarasError as exc:
         _fail(str(exc))

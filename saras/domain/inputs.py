@@ -13,6 +13,7 @@ value: ``cash '1e30': out of range (must be below 10^16)``.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
@@ -84,6 +85,11 @@ def _text(max_len: int, *, multiline: bool = False) -> Any:
     return BeforeValidator(check)
 
 
+def _blank_is_none(value: str | None) -> str | None:
+    """An optional text left blank (or only spaces) is no text, not an empty string."""
+    return value or None
+
+
 def _not_empty(value: str) -> str:
     if not value:
         raise _Refused("must not be empty")
@@ -98,6 +104,8 @@ def to_decimal(value: object) -> Decimal:
         number = value
     elif isinstance(value, int | float | str):
         text = str(value).strip().replace("_", "#")  # no 1_000: a typo, not a number
+        if not text.isascii():  # Decimal reads full-width and Arabic-Indic digits: refuse
+            raise _Refused("not a decimal number (use the digits 0-9)")
         try:
             number = Decimal(text)
         except InvalidOperation:
@@ -137,6 +145,8 @@ def check_numeric(number: Decimal, spec: tuple[int, int]) -> None:
 
 def _email(value: str) -> str:
     value = value.lower()
+    if not value.isascii():  # a Cyrillic o in 'owner@...' is not the owner
+        raise _Refused("not ASCII (a look-alike letter?); write an international domain as xn--...")
     if not _EMAIL.match(value):
         raise _Refused("not an e-mail address (one @, a domain with a dot, no spaces)")
     return value
@@ -181,12 +191,12 @@ def _sane_date(value: date) -> date:
 
 
 Email = Annotated[str, _text(EMAIL_MAX), AfterValidator(_not_empty), AfterValidator(_email)]
-PersonName = Annotated[str | None, _text(PERSON_NAME_MAX)]
+PersonName = Annotated[str | None, _text(PERSON_NAME_MAX), AfterValidator(_blank_is_none)]
 Symbol = Annotated[str, _text(SYMBOL_MAX), AfterValidator(_not_empty), AfterValidator(_symbol)]
 ExchangeCode = Annotated[str, _text(EXCHANGE_MAX), AfterValidator(_exchange)]
 Currency = Annotated[str, _text(EXCHANGE_MAX), AfterValidator(_currency)]
 Alias = Annotated[str, _text(ALIAS_MAX), AfterValidator(_not_empty), AfterValidator(_alias)]
-FreeText = Annotated[str | None, _text(TEXT_MAX, multiline=True)]
+FreeText = Annotated[str | None, _text(TEXT_MAX, multiline=True), AfterValidator(_blank_is_none)]
 Money = Annotated[Decimal, _numeric(MONEY, minimum=Decimal(0))]
 Weight = Annotated[Decimal, _numeric(WEIGHT, positive=True)]
 SaneDate = Annotated[date, AfterValidator(_sane_date)]
@@ -221,7 +231,7 @@ class AssetInput(_Input):
     symbol: Symbol
     exchange: ExchangeCode
     currency: Currency
-    name: Annotated[str | None, _text(ASSET_NAME_MAX)] = None
+    name: Annotated[str | None, _text(ASSET_NAME_MAX), AfterValidator(_blank_is_none)] = None
     asset_type: AssetType = AssetType.EQUITY
     lot_size: Annotated[int | None, Field(gt=0, le=1_000_000)] = None
 
@@ -276,9 +286,23 @@ class SmallcaseInput(_Input):
 
     name: Annotated[str, _text(SMALLCASE_NAME_MAX), AfterValidator(_not_empty)]
     description: FreeText = None
-    category: Annotated[str | None, _text(CATEGORY_MAX)] = None
+    category: Annotated[str | None, _text(CATEGORY_MAX), AfterValidator(_blank_is_none)] = None
     min_investment: Money | None = None
     risk_level: RiskLevel | None = None
+
+
+class InvestmentParams(_Input):
+    """The invest flow's amount: positive money that fits the ledger's column."""
+
+    amount: Annotated[Decimal, _numeric(MONEY, positive=True)]
+
+
+class ApprovalParams(_Input):
+    """How long a flow waits for an analyst's decision, and how often it looks (rebalance,
+    repair): a timeout of -1 would reject every plan at once, a poll of 0 spin on the API."""
+
+    approval_timeout_seconds: Annotated[int, Field(ge=1, le=30 * 86_400)]
+    approval_poll_seconds: Annotated[int, Field(ge=1, le=3_600)]
 
 
 class PriceHistoryParams(_Input):
@@ -325,7 +349,16 @@ def describe(exc: ValidationError) -> str:
     shown = value if isinstance(value, str) else str(value)
     if isinstance(value, dict):
         return f"{field}: {reason}"
-    return f"{field} {shown!r}: {reason}"
+    return f"{field} {shorten(shown)!r}: {reason}"
+
+
+#: how much of a refused value a message shows (a 20,000-character cell is not one line)
+SHOWN_MAX = 60
+
+
+def shorten(text: str) -> str:
+    """Return ``text`` cut to ``SHOWN_MAX`` characters, with an ellipsis when cut."""
+    return text if len(text) <= SHOWN_MAX else text[: SHOWN_MAX - 3] + "..."
 
 
 def check_date(name: str, value: date | None) -> date | None:
@@ -338,16 +371,41 @@ def check_date(name: str, value: date | None) -> date | None:
         raise InvalidInputError(f"{name} {str(value)!r}: {exc}") from None
 
 
+def check_instant(name: str, value: datetime | None) -> datetime | None:
+    """Refuse an instant whose UTC day is outside the sane range (``as_of`` in 2100)."""
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidInputError(f"{name} {value.isoformat()!r}: no time zone (give an offset)")
+    try:
+        _sane_date(value.astimezone(UTC).date())
+    except _Refused as exc:
+        raise InvalidInputError(f"{name} {value.isoformat()!r}: {exc}") from None
+    return value
+
+
+def check_run_id(value: str, name: str = "run_id") -> uuid.UUID:
+    """Read a run's id, refusing anything that is not a UUID, naming the parameter."""
+    try:
+        return uuid.UUID(str(value).strip())
+    except ValueError:
+        raise InvalidInputError(f"{name} {shorten(str(value))!r}: not a run id (a UUID)") from None
+
+
 __all__ = [
+    "ApprovalParams",
     "AssetInput",
     "ConnectionInput",
     "ConstituentRow",
+    "InvestmentParams",
     "PortfolioInput",
     "PriceHistoryParams",
     "SmallcaseInput",
     "SnapshotParams",
     "UserInput",
+    "check_instant",
     "check_numeric",
+    "check_run_id",
     "describe",
     "parse",
     "to_decimal",

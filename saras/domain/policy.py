@@ -20,6 +20,7 @@ from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from saras.domain.inputs import MONEY, check_numeric
 from saras.domain.rebalance import PlanningPolicy
 
 #: smallcase's minimum order value in India (₹500) and Alpaca's minimum notional ($1)
@@ -142,6 +143,10 @@ class RebalancePolicy(BaseModel):
                 raise ValueError(f"currency {code!r} is not a 3-letter ISO code")
             if not amount.is_finite() or amount < 0:
                 raise ValueError(f"minimum trade value for {cur} must be >= 0, got {amount}")
+            try:  # money, as the ledger holds it: 1e30 is no minimum
+                check_numeric(amount, MONEY)
+            except ValueError as exc:
+                raise ValueError(f"minimum trade value for {cur} {amount}: {exc}") from None
             out[cur] = amount
         return out
 

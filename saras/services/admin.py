@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import (
@@ -140,6 +140,11 @@ def add_portfolio(
     checked = parse(
         PortfolioInput, name=name, currency=currency, cash=cash_balance, description=description
     )
+    taken = select(Portfolio.name).where(
+        Portfolio.user_id == user.id, func.lower(Portfolio.name) == checked.name.lower()
+    )
+    if (existing := session.scalars(taken).first()) is not None:
+        raise InvalidInputError(f"{user.email} already has a portfolio named {existing!r}")
     portfolio = Portfolio(
         user_id=user.id,
         name=checked.name,
@@ -239,6 +244,9 @@ def parse_constituents_csv(text: str) -> list[ConstituentInput]:
     reader = csv.DictReader(io.StringIO(text))
     names = reader.fieldnames or []
     fields = {f.strip().lower(): f for f in names if f is not None}
+    if len(fields) < len(names):
+        twice = next(f for f in fields if [n.strip().lower() for n in names].count(f) > 1)
+        raise InvalidInputError(f"constituents CSV header: column {twice!r} appears twice")
     missing = [c for c in ("symbol", "weight") if c not in fields]
     if missing:
         header = ",".join(names)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from models import Portfolio, Smallcase, UserBrokerConnection, UserSmallcaseInvestment
 from models.smallcases import OPEN_INVESTMENT_STATUSES
 from saras.domain.enums import ExecutionMode, InvestmentStatus, RunType
+from saras.domain.inputs import InvestmentParams, parse
 from saras.errors import InvalidInputError, NotFoundError
 from saras.repositories.connections import reaches_real_money, select_connection
 from saras.services import admin
@@ -99,8 +100,7 @@ def open_investment(
     portfolio_name: str | None = None,
 ) -> tuple[UserSmallcaseInvestment, RunType]:
     """Create a pending investment or top up the open one; return it and the run type."""
-    if amount <= 0:
-        raise InvalidInputError(f"amount {amount} must be positive")
+    amount = parse(InvestmentParams, amount=amount).amount  # finite, positive, fits
     user = admin.get_user(session, user_ref)
     smallcase = admin.get_smallcase(session, smallcase_ref)
     if not smallcase.is_active:

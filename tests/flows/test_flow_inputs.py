@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,9 +16,14 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from flows.evaluate_rebalances import evaluate_rebalances
+from flows.execution import execute_run
+from flows.investments import invest_in_smallcase
 from flows.position_snapshot import snapshot_positions
 from flows.price_history import ingest_price_history
-from models import PriceHistory
+from flows.rebalance import rebalance_smallcase
+from flows.repair import repair_run
+from models import PriceHistory, SmallcaseExecutionRun, UserSmallcaseInvestment
 from saras.errors import InvalidInputError
 from saras.secrets import generate_key, get_secret_box
 from saras.services import admin
@@ -126,3 +131,57 @@ def test_market_data_credentials_come_from_a_connection_and_never_reach_prefect(
     stored = b"".join(p.read_bytes() for p in Path(database).parent.glob(Path(database).name + "*"))
     assert b"md@example.com/md" in stored  # the parameters are there ...
     assert KEY.encode() not in stored and SECRET.encode() not in stored  # ... the secrets not
+
+
+@pytest.mark.parametrize(
+    ("amount", "culprit"),
+    [
+        ("abc", "amount 'abc': not a decimal number"),
+        ("NaN", "amount 'NaN': not a finite number"),
+        ("1e30", "amount '1e30': out of range"),
+        ("-5", "amount '-5': must be positive"),
+        ("\uff15\uff10\uff10", "amount '\uff15\uff10\uff10': not a decimal number"),
+    ],
+)
+def test_invest_refuses_a_bad_amount_naming_it_and_opens_nothing(
+    platform: Engine, amount: str, culprit: str
+) -> None:
+    with Session(platform) as session:
+        before = session.scalar(select(func.count()).select_from(UserSmallcaseInvestment))
+    state = invest_in_smallcase("asha@example.com", "US Tech Leaders", amount, return_state=True)
+    assert state.is_failed() and culprit in str(state.message), state.message
+    with Session(platform) as session:
+        after = session.scalar(select(func.count()).select_from(UserSmallcaseInvestment))
+    assert after == before
+
+
+@pytest.mark.parametrize("flow_fn", [execute_run, repair_run], ids=["execute", "repair"])
+def test_a_run_id_that_is_no_id_is_named(flow_db: Engine, flow_fn: Any) -> None:
+    state = flow_fn("not-a-uuid", return_state=True)
+    assert state.is_failed()
+    assert "run_id 'not-a-uuid': not a run id" in str(state.message), state.message
+
+
+def test_evaluating_triggers_in_2100_is_refused(flow_db: Engine) -> None:
+    state = evaluate_rebalances(
+        as_of=datetime(2100, 1, 1, 16, tzinfo=UTC), start_runs=False, return_state=True
+    )
+    assert state.is_failed()
+    assert "as_of '2100-01-01T16:00:00+00:00': in the future" in str(state.message)
+
+
+@pytest.mark.parametrize(
+    ("waits", "culprit"),
+    [
+        ({"approval_timeout_seconds": -1}, "approval_timeout_seconds '-1'"),
+        ({"approval_timeout_seconds": 2, "approval_poll_seconds": 0}, "approval_poll_seconds '0'"),
+    ],
+    ids=["timeout-negative", "poll-zero"],
+)
+def test_a_rebalance_refuses_bad_waits_before_planning(
+    platform: Engine, waits: dict[str, int], culprit: str
+) -> None:
+    state = rebalance_smallcase("US Tech Leaders", **waits, return_state=True)
+    assert state.is_failed() and culprit in str(state.message), state.message
+    with Session(platform) as session:
+        assert session.scalar(select(func.count()).select_from(SmallcaseExecutionRun)) == 0

@@ -112,6 +112,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("e-mail with two @", ["users", "add", "a@b@c"], "email 'a@b@c'"),
     ("e-mail with a newline", ["users", "add", "x@y.com\nz"], "email 'x@y.com\\nz'"),
     ("e-mail without a domain", ["users", "add", "nobody"], "email 'nobody'"),
+    (
+        "e-mail with a look-alike letter",  # a Cyrillic o: the owner's address to the eye
+        ["users", "add", "\u043ewner@example.com"],
+        "email '\u043ewner@example.com': not ASCII",
+    ),
     ("e-mail taken", ["users", "add", EMAIL.upper()], "already exists"),
     ("first name too long", ["users", "add", "n@example.com", "--first-name", LONG], "first_name"),
     (
@@ -174,6 +179,21 @@ CASES: list[tuple[str, list[str], str]] = [
         ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "1.00001"],
         "cash '1.00001'",
     ),
+    (
+        "cash in full-width digits",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "\uff11\uff10\uff10"],
+        "cash '\uff11\uff10\uff10'",
+    ),
+    (
+        "cash in Arabic-Indic digits",
+        ["portfolios", "add", EMAIL, "p", "--currency", "USD", "--cash", "\u0661\u0660\u0660"],
+        "cash '\u0661\u0660\u0660'",
+    ),
+    (
+        "portfolio name taken",
+        ["portfolios", "add", EMAIL, "MAIN", "--currency", "USD"],
+        "already has a portfolio named 'main'",
+    ),
     ("portfolio currency", ["portfolios", "add", EMAIL, "p", "--currency", "DOLLARS"], "currency"),
     ("portfolio name too long", ["portfolios", "add", EMAIL, LONG, "--currency", "USD"], "name"),
     (
@@ -216,6 +236,11 @@ CASES: list[tuple[str, list[str], str]] = [
         "header",
     ),
     ("constituents empty", ["smallcases", "add", "S", "{csv:}"], "empty"),
+    (
+        "constituents header names a column twice",
+        ["smallcases", "add", "S", "{csv:symbol,Symbol,weight\nAAPL,MSFT,100\n}"],
+        "column 'symbol' appears twice",
+    ),
     (
         "weight fifty",
         ["smallcases", "add", "S", "{csv:symbol,exchange,weight\nAAPL,NASDAQ,fifty\n}"],
@@ -287,6 +312,23 @@ CASES: list[tuple[str, list[str], str]] = [
         "risk_level 'yolo'",
     ),
     (
+        "constituents file is a directory",
+        ["smallcases", "add", "S", "--constituents", "/"],
+        "--constituents '/'",
+    ),
+    (
+        "policy of no smallcase",
+        ["smallcases", "policy", "set", "NoSuch", "cooldown_days=1"],
+        "no smallcase 'NoSuch'",
+    ),
+    (
+        "policy minimum trade of 1e30",
+        ["smallcases", "policy", "set", "Existing", "min_trade_value.USD=1e30"],
+        "minimum trade value for USD 1E+30: out of range",
+    ),
+    ("migrate to no revision", ["db", "upgrade", "zzzz"], "revision 'zzzz'"),
+    ("migrate down to a date", ["db", "downgrade", "2024-02-30"], "revision '2024-02-30'"),
+    (
         "constituents file missing",
         ["smallcases", "add", "S", "--constituents", "/nonexistent/c.csv"],
         "--constituents",
@@ -334,3 +376,69 @@ def test_a_spreadsheet_bom_and_a_blank_exchange_are_accepted(target: Target) -> 
     assert result.exit_code == 0, result.output
     with Session(target.engine) as session:
         assert admin.get_smallcase(session, "From Excel").name == "From Excel"
+
+
+def test_a_long_value_is_cut_in_the_one_line(target: Target) -> None:
+    path = _csv(target, "long.csv", f"symbol,weight,rationale\nAAPL,100,{'r' * 20_000}\n")
+    result = runner.invoke(app, ["smallcases", "add", "S", "--constituents", path])
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert "rationale 'rrrr" in line and "...'" in line and len(line) < 200, len(line)
+
+
+def test_a_file_beyond_the_limit_is_refused_unread(target: Target) -> None:
+    before = fingerprint(target.engine)
+    path = target.dir / "huge.csv"
+    with path.open("w") as file:  # 11 MiB of would-be constituents: read, it is no smallcase
+        file.write("symbol,weight\n" + "AAPL,0.0001\n" * (11 * 2**20 // 12))
+    result = runner.invoke(app, ["smallcases", "add", "S", "--constituents", str(path)])
+    path.unlink()
+    assert result.exit_code == 2, result.output
+    assert "larger than 10 MiB" in result.stderr and result.stderr.count("\n") == 1
+    assert fingerprint(target.engine) == before
+
+
+def test_blank_optional_text_is_stored_as_none(target: Target) -> None:
+    with Session(target.engine) as session:
+        user = admin.add_user(session, "blank@example.com", first_name="   ", last_name="")
+        portfolio = admin.add_portfolio(session, user, "p", "USD", description="  ")
+        assert (user.first_name, user.last_name, portfolio.description) == (None, None, None)
+        session.rollback()
+
+
+@pytest.mark.parametrize(
+    ("env", "culprit"),
+    [
+        ({"SARAS_DATABASE_URL": "garbage:hunter2@"}, "SARAS_DATABASE_URL is not a database URL"),
+        ({"SARAS_DATABASE_URL": "mysql://u:hunter2@h/d"}, "not on mysql"),
+        (
+            {"SARAS_PRICE_SOURCES": "yfinance"},
+            'settings: error parsing value for field "price_sources"',
+        ),
+        ({"SARAS_DATA_DIR": "{file}", "SARAS_DATABASE_URL": None}, "SARAS_DATA_DIR '"),
+    ],
+    ids=["url-garbage", "url-mysql", "price-sources-not-json", "data-dir-a-file"],
+)
+def test_a_bad_setting_is_one_line_exit_1(
+    target: Target, env: dict[str, str | None], culprit: str
+) -> None:
+    before = fingerprint(target.engine)
+    a_file = target.dir / "not-a-dir"
+    a_file.touch()
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value.replace("{file}", str(a_file)))
+        get_settings.cache_clear()
+        try:
+            result = runner.invoke(app, ["users", "add", "new@example.com"])
+        finally:
+            get_settings.cache_clear()
+    get_settings.cache_clear()
+    assert result.exit_code == 1, (result.output, result.exception)
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and culprit in line, line
+    assert "hunter2" not in result.output
+    assert fingerprint(target.engine) == before

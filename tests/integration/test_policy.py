@@ -113,7 +113,7 @@ def test_bad_policy_fails_naming_the_field_and_writes_nothing(
 
 def test_unknown_smallcase(embedded: Path) -> None:
     code, _, err = _run("smallcases", "policy", "show", "Nope")
-    assert code == 1 and "no smallcase 'Nope'" in err
+    assert code == 2 and "no smallcase 'Nope'" in err  # a name that is not there: bad input
 
 
 def test_effective_policy_merges_run_overrides(embedded: Path) -> None:
