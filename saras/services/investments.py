@@ -190,7 +190,8 @@ def start_exit(session: Session, user_ref: str, smallcase_ref: str) -> UserSmall
     user = admin.get_user(session, user_ref)
     smallcase = admin.get_smallcase(session, smallcase_ref)
     investment = session.scalars(
-        select(UserSmallcaseInvestment).where(
+        select(UserSmallcaseInvestment)
+        .where(
             UserSmallcaseInvestment.user_id == user.id,
             UserSmallcaseInvestment.smallcase_id == smallcase.id,
             UserSmallcaseInvestment.status.in_(
