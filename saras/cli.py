@@ -124,6 +124,7 @@ def _checked_settings() -> Any:
     An unreadable ``SARAS_*`` value, a database URL that is none (or of a database Saras does
     not run on), a data directory that is a file or cannot be created: exit 1, no traceback.
     """
+    from pydantic import ValidationError
     from pydantic_settings import SettingsError
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
@@ -134,9 +135,15 @@ def _checked_settings() -> Any:
         settings = get_settings()
     except SettingsError as exc:
         raise SarasError(f"settings: {exc}") from exc
+    except ValidationError as exc:  # a value of the wrong kind: named, never echoed
+        problems = "; ".join(
+            f"SARAS_{'_'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise SarasError(f"settings: {problems}") from None
     try:  # never echo the URL: a mistyped one may still hold a password
         backend = make_url(settings.resolved_database_url()).get_backend_name()
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: e.g. a port that is no number
         raise SarasError("SARAS_DATABASE_URL is not a database URL") from None
     if backend not in ("postgresql", "sqlite"):
         raise SarasError(

@@ -416,8 +416,18 @@ def test_blank_optional_text_is_stored_as_none(target: Target) -> None:
             'settings: error parsing value for field "price_sources"',
         ),
         ({"SARAS_DATA_DIR": "{file}", "SARAS_DATABASE_URL": None}, "SARAS_DATA_DIR '"),
+        # no user part: the password reads as a port, which is no number
+        ({"SARAS_DATABASE_URL": "postgresql://db:hunter2/saras"}, "is not a database URL"),
+        ({"SARAS_LIVE_TRADING": "hunter2"}, "SARAS_LIVE_TRADING: Input should be a valid boolean"),
     ],
-    ids=["url-garbage", "url-mysql", "price-sources-not-json", "data-dir-a-file"],
+    ids=[
+        "url-garbage",
+        "url-mysql",
+        "price-sources-not-json",
+        "data-dir-a-file",
+        "url-port-no-number",
+        "live-trading-no-boolean",
+    ],
 )
 def test_a_bad_setting_is_one_line_exit_1(
     target: Target, env: dict[str, str | None], culprit: str
