@@ -93,6 +93,17 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
     )
 
 
+def check_config(config: ConnectionConfig) -> None:
+    """Refuse a connection's settings its broker cannot use (ValueError naming the setting).
+
+    An adapter declares the check with a ``check_config(config)`` classmethod; one that does
+    not accepts any metadata here (and refuses what it cannot use when it opens).
+    """
+    declared = getattr(factory_for(config.broker_type), "check_config", None)
+    if callable(declared):
+        declared(config)
+
+
 def broker_capabilities(
     broker_type: str,
     *,

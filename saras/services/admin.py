@@ -21,7 +21,8 @@ from models import (
     User,
     UserBrokerConnection,
 )
-from saras.brokers.registry import broker_capabilities, broker_types
+from saras.brokers.base import ConnectionConfig
+from saras.brokers.registry import broker_capabilities, broker_types, check_config
 from saras.domain.enums import AssetType
 from saras.domain.inputs import (
     AssetInput,
@@ -190,6 +191,10 @@ def add_connection(
             "paper environment); add it with --live, or use broker type paper to practise"
         )
     checked = parse(ConnectionInput, alias=alias, paper_trading=paper_trading)
+    try:  # settings the broker cannot use (e.g. paper_fee_bps "abc") never reach the row
+        check_config(ConnectionConfig("", broker_type, checked.paper_trading, dict(metadata or {})))
+    except ValueError as exc:
+        raise InvalidInputError(f"connection metadata: {exc}") from None
     if (
         checked.paper_trading
         and broker_capabilities(

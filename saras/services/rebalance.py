@@ -53,9 +53,9 @@ from models import (
 )
 from models.base import utcnow
 from models.smallcases import OPEN_INVESTMENT_STATUSES
-from saras.brokers.base import BrokerCapabilities
+from saras.brokers.base import BrokerCapabilities, ConnectionConfig
 from saras.brokers.errors import BrokerError, FatalBrokerError
-from saras.brokers.registry import broker_capabilities
+from saras.brokers.registry import broker_capabilities, check_config
 from saras.brokers.registry import generation as registry_generation
 from saras.domain import exchanges as xt
 from saras.domain.enums import (
@@ -501,6 +501,14 @@ def check_connections(engine: Engine, investments: Sequence[InvestmentRow]) -> d
         seen.add(inv.connection_id)
         if inv.connection_status != ConnectionStatus.ACTIVE.value:
             bad[inv.connection_id] = f"connection {inv.connection_alias} is {inv.connection_status}"
+            continue
+        config = ConnectionConfig(
+            str(inv.connection_id), inv.broker_type, True, dict(inv.connection_metadata or {})
+        )
+        try:  # settings its broker cannot use (stored before they were checked on add)
+            check_config(config)
+        except ValueError as exc:
+            bad[inv.connection_id] = f"connection {inv.connection_alias}: {exc}"
             continue
         if not broker_capabilities(inv.broker_type).needs_credentials:
             continue  # the built-in paper broker cannot expire

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from prefect.flow_runs import resume_flow_run
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from flows.investments import invest_in_smallcase
@@ -735,3 +735,29 @@ def test_an_investment_that_plans_nothing_frees_its_cash(platform: Engine) -> No
         "asha@example.com", "US Tech Leaders", "60000", execution=FAST, return_state=True
     )
     assert state.is_completed(), state.message
+
+
+def test_a_stored_paper_connection_the_book_cannot_read_is_skipped_not_fatal(
+    pg_flow_db: Engine,
+) -> None:
+    """A paper row whose settings were stored before they were checked (``paper_fee_bps``
+    "abc") cannot open: planning skips its investment as ``connection_unusable``, naming the
+    setting, instead of failing the whole rebalance; adding such a row now is refused."""
+    from models import UserBrokerConnection
+    from saras.services.rebalance import plan_and_write
+
+    _seed(pg_flow_db)
+    state = invest_in_smallcase(
+        "asha@example.com", "US Tech Leaders", "10000", execution=FAST, return_state=True
+    )
+    assert state.is_completed(), state.message
+    with pg_flow_db.begin() as conn:
+        conn.execute(
+            update(UserBrokerConnection)
+            .where(UserBrokerConnection.broker_type == "paper")
+            .values(connection_metadata={"paper_fee_bps": "abc"})
+        )
+    plan = plan_and_write(pg_flow_db, "US Tech Leaders", constituents=NEW_US, dry_run=True)
+    assert plan.runs == ()
+    assert len(plan.skipped["connection_unusable"]) == 1
+    assert any("fee_bps" in problem for problem in plan.problems), plan.problems

@@ -231,6 +231,16 @@ CASES: list[tuple[str, list[str], str]] = [
         "--metadata",
     ),
     (
+        "paper setting the paper book cannot read",
+        ["connections", "add", EMAIL, "paper", "--metadata", '{"paper_fee_bps": "abc"}'],
+        "fee_bps",
+    ),
+    (
+        "unknown paper setting",
+        ["connections", "add", EMAIL, "paper", "--metadata", '{"paper_feebps": "1"}'],
+        "paper_feebps",
+    ),
+    (
         "constituents without a header",
         ["smallcases", "add", "S", "{csv:AAPL,NASDAQ,60,core\nMSFT,NASDAQ,40,x\n}"],
         "header",

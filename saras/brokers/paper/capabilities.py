@@ -7,6 +7,7 @@ from decimal import Decimal
 from saras.brokers.base import BrokerCapabilities, ConnectionConfig, paper_fractional
 from saras.brokers.paper.config import PaperSettings
 from saras.brokers.paper.costs import fee_model
+from saras.domain.costs import no_costs
 
 
 def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
@@ -14,9 +15,14 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
 
     A row that does not say ``paper_trading`` is treated as able to reach real money (the
     live-trading gate applies), as for any adapter that cannot prove otherwise. Its costs are
-    the fees its ``paper_*`` settings charge (a setting the paper book would refuse is refused
-    here too, naming it).
+    the fees its ``paper_*`` settings charge; settings the paper book cannot read (refused when
+    a connection is added, see :func:`check_config`) cost nothing here: such a connection does
+    not open, so planning skips its investments as ``connection_unusable``.
     """
+    try:
+        costs = fee_model(PaperSettings.from_metadata(config.metadata))
+    except ValueError:
+        costs = no_costs
     return BrokerCapabilities(
         real_money=not config.paper_trading,
         fractional=paper_fractional(config),
@@ -24,5 +30,10 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         min_order_value=Decimal(0),
         remote=not config.paper_trading,
         needs_credentials=False,
-        costs=fee_model(PaperSettings.from_metadata(config.metadata)),
+        costs=costs,
     )
+
+
+def check_config(config: ConnectionConfig) -> None:
+    """Refuse ``paper_*`` settings the paper book cannot read (ValueError naming the key)."""
+    PaperSettings.from_metadata(config.metadata)

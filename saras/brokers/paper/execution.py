@@ -72,6 +72,7 @@ from saras.brokers.base import (
 from saras.brokers.errors import OrderRejectedError
 from saras.brokers.kit.clock import market_clock
 from saras.brokers.paper.capabilities import capabilities as paper_capabilities
+from saras.brokers.paper.capabilities import check_config as paper_check_config
 from saras.brokers.paper.config import (
     _BPS,
     _MONEY_Q,
@@ -393,6 +394,11 @@ class PaperBroker:
     def capabilities(cls, config: ConnectionConfig) -> BrokerCapabilities:
         """Return the paper broker's capabilities (see ``capabilities.py``)."""
         return paper_capabilities(config)
+
+    @classmethod
+    def check_config(cls, config: ConnectionConfig) -> None:
+        """Refuse connection settings this broker cannot use (see ``capabilities.py``)."""
+        paper_check_config(config)
 
     def __init__(
         self,
