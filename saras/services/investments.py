@@ -114,9 +114,11 @@ def open_investment(
     ).first()
     if existing is not None:
         portfolio = lock_portfolio(session, existing.portfolio_id)
-        # read again under the lock: a concurrent top-up may have committed its amount (or an
-        # exit its status) since the read above; adding to the old amount would lose it
-        session.refresh(existing)
+        # read again under the lock, and lock the row: a concurrent top-up may have committed
+        # its amount (or an exit its status) since the read above, and an exit starting now
+        # waits for this top-up (start_exit locks the same row); adding to the old amount
+        # would lose it
+        session.refresh(existing, with_for_update=True)
         if existing.status != InvestmentStatus.ACTIVE.value:
             raise InvalidInputError(
                 f"{user.email}'s investment in {smallcase.name!r} is {existing.status}"

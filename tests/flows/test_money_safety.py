@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from prefect.flow_runs import resume_flow_run
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
 from flows.investments import invest_in_smallcase
@@ -447,6 +447,23 @@ def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) 
         assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
 
 
+def _until_a_session_waits_for_a_lock(engine: Engine, timeout: float = 60.0) -> None:
+    """Return once another session of this database waits for a lock (PostgreSQL's view)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with engine.connect() as conn:
+            waiting = conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        if waiting:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no session came to wait for the lock")
+
+
 def test_concurrent_top_ups_both_count(pg_flow_db: Engine) -> None:
     """A top-up waiting for the portfolio lock must add to the amount the first one wrote,
     not to the one it read before: a lost top-up would be spent but no longer reserved."""
@@ -469,7 +486,7 @@ def test_concurrent_top_ups_both_count(pg_flow_db: Engine) -> None:
 
         thread = threading.Thread(target=second)
         thread.start()
-        time.sleep(3)  # the second top-up reads the investment meanwhile, then waits
+        _until_a_session_waits_for_a_lock(pg_flow_db)  # the second top-up read, then waits
     thread.join(timeout=60)
     assert states["second"].is_completed(), states["second"].message
     with Session(pg_flow_db) as session:

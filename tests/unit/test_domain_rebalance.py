@@ -562,7 +562,7 @@ def test_policy_rules_and_instrument_validation() -> None:
 # ---- json, hash, batch ------------------------------------------------------------------------
 
 
-def test_to_json_is_plain_and_hashes_stably() -> None:
+def test_to_json_is_plain_and_stable_under_target_order() -> None:
     insts = instruments(("AAA", "190.12"), ("BBB", "410.5"), ("CCC", None))
     targets = {"AAA": D(40), "BBB": D(30), "CCC": D(30)}
     plan = plan_investment(
