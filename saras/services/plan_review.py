@@ -138,7 +138,7 @@ class _Collector:
                     connection=inv.connection_alias,
                     broker_type=inv.broker_type,
                     currency=currency,
-                    costs=planner.capabilities_of(inv).costs,
+                    costs=planner.planning_capabilities(inv).costs,
                 )
             )
 

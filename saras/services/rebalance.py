@@ -580,11 +580,13 @@ def load_assets(conn: Connection, asset_ids: Iterable[uuid.UUID]) -> dict[uuid.U
     return out
 
 
-def capabilities_of(inv: InvestmentRow) -> BrokerCapabilities:
-    """Return what an investment's broker can do (rules, costs), from its connection.
+def planning_capabilities(inv: InvestmentRow) -> BrokerCapabilities:
+    """Return what planning reads of an investment's broker: sizing rules and costs.
 
-    Memoised by broker type and metadata: a smallcase's many investments share a handful of
-    connection shapes, and reading capabilities costs tens of microseconds each.
+    Not its paper or live nature (``real_money``, ``remote``): the connection row decides that,
+    and it is not part of the memo's key. Memoised by broker type and metadata: a smallcase's
+    many investments share a handful of connection shapes, and reading capabilities costs tens
+    of microseconds each.
     """
     metadata = json.dumps(inv.connection_metadata or {}, sort_keys=True, default=str)
     return _capabilities(inv.broker_type, metadata, registry_generation())
@@ -597,7 +599,7 @@ def _capabilities(broker_type: str, metadata: str, _generation: int) -> BrokerCa
 
 def rules_for(inv: InvestmentRow) -> BrokerRules:
     """Return the planning rules of an investment's broker, from its capabilities."""
-    caps = capabilities_of(inv)
+    caps = planning_capabilities(inv)
     return BrokerRules.of(caps)
 
 
