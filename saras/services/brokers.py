@@ -137,9 +137,14 @@ def open_broker(
     *,
     box: SecretBox | None = None,
     for_trading: bool = False,
+    lookup_horizon: float | None = None,
     **overrides: Any,
 ) -> Broker:
-    """Build the adapter for a connection row; live orders need SARAS_LIVE_TRADING."""
+    """Build the adapter for a connection row; live orders need SARAS_LIVE_TRADING.
+
+    ``lookup_horizon`` (the run's own, when its ``execution`` parameter sets one) goes to an
+    adapter that keeps its own in-process horizon (Kite), so adapter and executor wait alike.
+    """
     real_money = capabilities(connection_config(connection)).real_money
     if for_trading and real_money and not get_settings().live_trading:
         from saras.errors import ConnectionSelectionError
@@ -165,6 +170,8 @@ def open_broker(
         "on_fatal": on_fatal,
         "confirm_placement": not for_trading,
     }
+    if lookup_horizon is not None:
+        offered["lookup_horizon"] = lookup_horizon
     for name in overrides:
         offered.pop(name, None)
     return create_broker(

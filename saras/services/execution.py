@@ -872,7 +872,13 @@ def execute_run(
             overrides: dict[str, Any] = {}
             if caps.remote and settings.request_timeout is not None:
                 overrides["timeout"] = settings.request_timeout
-            broker = open_broker(engine, connection, for_trading=True, **overrides)
+            broker = open_broker(
+                engine,
+                connection,
+                for_trading=True,
+                lookup_horizon=settings.lookup_horizon if caps.remote else None,
+                **overrides,
+            )
         horizon = _lookup_horizon(broker, connection, settings)
         ctx = repo.RunContext(run_id, investment.id, investment.portfolio_id, currency)
         if status is RunStatus.APPROVED:

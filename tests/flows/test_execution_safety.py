@@ -322,6 +322,19 @@ def test_the_connections_own_request_timeout_is_checked_against_the_horizon(
     assert p.run_status(run_id) is RunStatus.APPROVED
 
 
+def test_the_runs_own_lookup_horizon_reaches_the_adapter_too(kite: Platform) -> None:
+    """``execution.lookup_horizon`` (1 s) is the executor's and the Kite adapter's: a dropped
+    placement is sent again after it and the run completes within its 5 s deadline (were the
+    adapter left at its 30 s default, it would refuse the resend until then)."""
+    p = kite
+    run_id = p.plan()
+    p.fake.inject("drop_before_accept", times=1)
+    state = run_flow(run_id, deadline_seconds=5.0, request_timeout=0.5, lookup_horizon=1.0)
+    assert state.is_completed() and state.name == "Completed", state.message
+    for order in p.orders(run_id):
+        assert len(p.fake.orders_with_tag(kite_tag(client_order_id(order.id)))) == 1
+
+
 def test_a_long_request_timeout_alone_lengthens_the_default_horizon(kite: Platform) -> None:
     """``request_timeout`` 40 s and no horizon: the horizon is twice it (80 s), as the Kite
     adapter's own default, so the run executes instead of being refused."""
