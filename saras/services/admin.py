@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import (
@@ -141,10 +141,10 @@ def add_portfolio(
     checked = parse(
         PortfolioInput, name=name, currency=currency, cash=cash_balance, description=description
     )
-    taken = select(Portfolio.name).where(
-        Portfolio.user_id == user.id, func.lower(Portfolio.name) == checked.name.lower()
-    )
-    if (existing := session.scalars(taken).first()) is not None:
+    # compared in Python (casefold), so both databases agree: SQLite's lower() folds ASCII only
+    names = session.scalars(select(Portfolio.name).where(Portfolio.user_id == user.id))
+    wanted = checked.name.casefold()
+    if (existing := next((n for n in names if n.casefold() == wanted), None)) is not None:
         raise InvalidInputError(f"{user.email} already has a portfolio named {existing!r}")
     portfolio = Portfolio(
         user_id=user.id,

@@ -44,6 +44,7 @@ def _seed(engine: Engine) -> None:
         admin.add_asset(session, "INFY", "NSE", "INR")
         admin.add_asset(session, "INFY", "BSE", "INR")
         admin.add_portfolio(session, user, "main", "USD", Decimal(1000))
+        admin.add_portfolio(session, user, "ÉTÉ", "USD")
         admin.add_smallcase(
             session,
             "Existing",
@@ -193,6 +194,11 @@ CASES: list[tuple[str, list[str], str]] = [
         "portfolio name taken",
         ["portfolios", "add", EMAIL, "MAIN", "--currency", "USD"],
         "already has a portfolio named 'main'",
+    ),
+    (
+        "portfolio name taken, beyond ASCII (SQLite's lower() folds ASCII only)",
+        ["portfolios", "add", EMAIL, "été", "--currency", "USD"],
+        "already has a portfolio named 'ÉTÉ'",
     ),
     ("portfolio currency", ["portfolios", "add", EMAIL, "p", "--currency", "DOLLARS"], "currency"),
     ("portfolio name too long", ["portfolios", "add", EMAIL, LONG, "--currency", "USD"], "name"),
