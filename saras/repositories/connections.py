@@ -79,13 +79,17 @@ def reaches_real_money(connection: UserBrokerConnection) -> bool:
     Not the row's ``paper_trading`` flag alone: a "paper" Alpaca row whose ``base_url`` names
     the live endpoint reaches real money.
     """
-    config = ConnectionConfig(
-        str(connection.id),
-        connection.broker_type,
-        connection.paper_trading,
-        dict(connection.connection_metadata or {}),
+    return capabilities(connection_config(connection)).real_money
+
+
+def connection_config(connection: UserBrokerConnection) -> ConnectionConfig:
+    """Return what an adapter needs to know about a connection (no secrets)."""
+    return ConnectionConfig(
+        connection_id=str(connection.id),
+        broker_type=connection.broker_type,
+        paper_trading=connection.paper_trading,
+        metadata=dict(connection.connection_metadata or {}),
     )
-    return capabilities(config).real_money
 
 
 def select_connection(

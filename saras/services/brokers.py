@@ -12,9 +12,10 @@ from sqlalchemy import Engine, func, select, update
 
 from models import Asset, PriceHistory, UserBrokerConnection
 from models.base import utcnow
-from saras.brokers.base import Broker, BrokerCredentials, ConnectionConfig
-from saras.brokers.registry import capabilities, create_broker
+from saras.brokers.base import Broker, BrokerCredentials
+from saras.brokers.registry import create_broker
 from saras.domain.enums import ConnectionStatus
+from saras.repositories.connections import connection_config, reaches_real_money
 from saras.secrets import SecretBox, get_secret_box
 from saras.settings import get_settings
 
@@ -22,16 +23,6 @@ log = logging.getLogger(__name__)
 
 #: how an adapter is built for each broker type beyond config and credentials
 BrokerExtras = Callable[[Engine, UserBrokerConnection], dict[str, Any]]
-
-
-def connection_config(connection: UserBrokerConnection) -> ConnectionConfig:
-    """Return what an adapter needs to know about a connection (no secrets)."""
-    return ConnectionConfig(
-        connection_id=str(connection.id),
-        broker_type=connection.broker_type,
-        paper_trading=connection.paper_trading,
-        metadata=dict(connection.connection_metadata or {}),
-    )
 
 
 def connection_credentials(
@@ -145,7 +136,7 @@ def open_broker(
     ``lookup_horizon`` (the run's own, when its ``execution`` parameter sets one) goes to an
     adapter that keeps its own in-process horizon (Kite), so adapter and executor wait alike.
     """
-    real_money = capabilities(connection_config(connection)).real_money
+    real_money = reaches_real_money(connection)
     if for_trading and real_money and not get_settings().live_trading:
         from saras.errors import ConnectionSelectionError
 

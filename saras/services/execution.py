@@ -86,6 +86,7 @@ from saras.domain.orders import (
 )
 from saras.errors import InvalidInputError, SarasError
 from saras.repositories import execution as repo
+from saras.repositories.connections import reaches_real_money
 from saras.services.brokers import connection_config, mark_connection, open_broker
 from saras.settings import get_settings
 
@@ -792,7 +793,7 @@ def live_trading_refusal(connection: UserBrokerConnection) -> str | None:
     Every connection that can reach a real broker (the broker's capability, not the row's
     ``paper_trading`` flag alone) needs ``SARAS_LIVE_TRADING=true``.
     """
-    if not capabilities(connection_config(connection)).real_money:
+    if not reaches_real_money(connection):
         return None
     if get_settings().live_trading:
         return None
