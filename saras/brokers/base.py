@@ -90,6 +90,21 @@ class BrokerCapabilities:
         return Decimal(1)
 
 
+def undeclared_capabilities(config: ConnectionConfig) -> BrokerCapabilities:
+    """Return what an adapter that declares nothing can do: only its row says paper or live.
+
+    It never reaches real money only when its row says ``paper_trading`` (otherwise the
+    live-trading gate applies); its sizing follows the ``paper_fractional`` setting.
+    """
+    return BrokerCapabilities(
+        real_money=not config.paper_trading,
+        fractional=paper_fractional(config),
+        quantity_decimals=9,
+        min_order_value=Decimal(0),
+        remote=not config.paper_trading,
+    )
+
+
 def paper_fractional(config: ConnectionConfig) -> bool:
     """Tell whether a connection's ``paper_fractional`` setting allows fractions (default yes)."""
     return str(config.metadata.get("paper_fractional", "true")).lower() not in ("false", "0", "no")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any
 
 from saras.brokers.base import (
@@ -17,7 +16,7 @@ from saras.brokers.base import (
     BrokerCapabilities,
     BrokerCredentials,
     ConnectionConfig,
-    paper_fractional,
+    undeclared_capabilities,
 )
 
 BrokerFactory = Callable[..., Broker]
@@ -84,13 +83,7 @@ def capabilities(config: ConnectionConfig) -> BrokerCapabilities:
         if not isinstance(result, BrokerCapabilities):
             raise TypeError(f"{config.broker_type}.capabilities must return BrokerCapabilities")
         return result
-    return BrokerCapabilities(
-        real_money=not config.paper_trading,
-        fractional=paper_fractional(config),
-        quantity_decimals=9,
-        min_order_value=Decimal(0),
-        remote=not config.paper_trading,
-    )
+    return undeclared_capabilities(config)
 
 
 def check_config(config: ConnectionConfig) -> None:
