@@ -508,13 +508,7 @@ class PaperBroker:
                 if row is not None:
                     order, placed = _Order.from_row(row), False
                 else:
-                    reason = self._check_new_order(conn, order, request, price, market_open)
-                    if reason is not None:
-                        order.status, order.reason = BrokerOrderStatus.REJECTED, reason
-                    conn.execute(sa.insert(paper_orders).values(**order.values()))
-                    if reason is None:
-                        self._advance(conn, order, price, market_open, now)
-                        self._save(conn, order)
+                    self._open(conn, order, request, price, market_open, now)
         except sa_exc.IntegrityError:
             # The UNIQUE (account_id, client_order_id) constraint: someone placed it first.
             existing = self._find(client_order_id=request.client_order_id)
@@ -564,13 +558,7 @@ class PaperBroker:
             for request in fresh:
                 order = self._new_order(request, now)
                 price = prices[(request.symbol, request.exchange)]
-                reason = self._check_new_order(conn, order, request, price, market_open)
-                if reason is not None:
-                    order.status, order.reason = BrokerOrderStatus.REJECTED, reason
-                conn.execute(sa.insert(paper_orders).values(**order.values()))
-                if reason is None:
-                    self._advance(conn, order, price, market_open, now)
-                    self._save(conn, order)
+                self._open(conn, order, request, price, market_open, now)
             for request in requests:
                 known[request.client_order_id] = _broker_order_id(
                     self.account_id, request.client_order_id
@@ -1196,6 +1184,24 @@ class PaperBroker:
             submitted_at=now,
             updated_at=now,
         )
+
+    def _open(
+        self,
+        conn: Connection,
+        order: _Order,
+        request: OrderRequest,
+        price: Decimal | None,
+        market_open: bool,
+        now: datetime,
+    ) -> None:
+        """Book a new order: rejected with its reason, or accepted and filled as it may be."""
+        reason = self._check_new_order(conn, order, request, price, market_open)
+        if reason is not None:
+            order.status, order.reason = BrokerOrderStatus.REJECTED, reason
+        conn.execute(sa.insert(paper_orders).values(**order.values()))
+        if reason is None:
+            self._advance(conn, order, price, market_open, now)
+            self._save(conn, order)
 
     def _check_new_order(
         self,
