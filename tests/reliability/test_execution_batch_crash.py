@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 
 from saras.domain.enums import OrderStatus
-from saras.services.execution import ExecutionSettings, RunOutcome, RunRefused
+from saras.services.execution import ExecutionSettings
 from tests.reliability import test_execution_crash
-from tests.reliability.test_execution_crash import REPO, RUNNER, assert_left_behind
+from tests.reliability.test_execution_crash import REPO, RUNNER, assert_left_behind, resume
 from tests.support.execution import Platform, assert_invariants
 
 rebalance = test_execution_crash.rebalance  # the fixture: one sell and three buys
@@ -43,18 +42,6 @@ PATIENT = ExecutionSettings(
 )
 
 
-def resume(p: Platform, run_id: uuid.UUID) -> RunOutcome:
-    """Resume here once PostgreSQL has noticed the dead child and freed its lock."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return p.execute(run_id, settings=PATIENT)
-        except RunRefused as exc:
-            if "another process" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
 def kill_batched_child_at(run_id: uuid.UUID, checkpoint: str, occurrence: int) -> None:
     child = subprocess.run(
         [sys.executable, str(RUNNER), str(run_id), checkpoint, str(occurrence), str(BATCH)],
@@ -76,7 +63,7 @@ def test_sigkill_inside_a_batch_then_resume_places_each_order_once(
     assert_left_behind(p, run_id, LEFT_BEHIND[(checkpoint, occurrence)])
     assert_invariants(p, in_doubt_ok=True)
 
-    outcome = resume(p, run_id)
+    outcome = resume(p, run_id, PATIENT)
     assert outcome.status == "completed", outcome
     assert [p.placements(o) for o in p.orders()] == [1] * len(p.orders())
     assert_invariants(p)

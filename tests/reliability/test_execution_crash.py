@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from saras.domain.enums import OrderSide, OrderStatus, RunStatus, RunType
-from saras.services.execution import RunOutcome, RunRefused
-from tests.support.execution import Platform, assert_invariants
+from saras.services.execution import ExecutionSettings, RunOutcome, RunRefused
+from tests.support.execution import FAST, Platform, assert_invariants
 
 RUNNER = Path(__file__).with_name("crash_runner.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -71,7 +71,7 @@ def kill_child_at(run_id: uuid.UUID, checkpoint: str, occurrence: int) -> str:
     return f"{time.monotonic() - started:.2f}s"
 
 
-def resume(p: Platform, run_id: uuid.UUID) -> RunOutcome:
+def resume(p: Platform, run_id: uuid.UUID, settings: ExecutionSettings = FAST) -> RunOutcome:
     """Resume in this process once PostgreSQL has noticed the dead child and freed its lock.
 
     The child ran on the real clock and stored its send times in it; this process's virtual
@@ -81,7 +81,7 @@ def resume(p: Platform, run_id: uuid.UUID) -> RunOutcome:
     deadline = time.monotonic() + 10
     while True:
         try:
-            return p.execute(run_id)
+            return p.execute(run_id, settings=settings)
         except RunRefused as exc:
             if "another process" not in str(exc) or time.monotonic() > deadline:
                 raise
