@@ -422,31 +422,6 @@ def test_a_rejected_top_up_gives_its_amount_back(platform: Engine) -> None:
     assert Decimal(str(inv.investment_amount)) == Decimal("10000")
 
 
-def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) -> None:
-    from saras.services.investments import open_investment
-
-    _seed(pg_flow_db, _second_us_smallcase)
-    states: dict[str, Any] = {}
-    # a first invest has checked the cash and created its investment, not yet committed
-    with Session(pg_flow_db) as session, session.begin():
-        open_investment(session, "asha@example.com", "US Tech Leaders", Decimal("70000"))
-
-        def second() -> None:
-            states["second"] = invest_in_smallcase(
-                "asha@example.com", "US Chips", "70000", execution=FAST, return_state=True
-            )
-
-        thread = threading.Thread(target=second)
-        thread.start()
-        time.sleep(3)  # the second invest reads the portfolio meanwhile
-    thread.join(timeout=60)
-    state = states["second"]
-    assert state.is_failed(), state.message
-    assert "insufficient free cash" in state.message and "70000.00 USD reserved" in state.message
-    with Session(pg_flow_db) as session:
-        assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
-
-
 def _until_a_session_waits_for_a_lock(engine: Engine, timeout: float = 60.0) -> None:
     """Return once another session of this database waits for a lock (PostgreSQL's view)."""
     deadline = time.monotonic() + timeout
@@ -464,31 +439,55 @@ def _until_a_session_waits_for_a_lock(engine: Engine, timeout: float = 60.0) -> 
     raise AssertionError("no session came to wait for the lock")
 
 
+def _second_while_the_first_holds(
+    engine: Engine, first: tuple[str, str], second: tuple[str, str]
+) -> Any:
+    """Open ``first`` (smallcase, amount) without committing; run the invest flow for
+    ``second`` meanwhile, which reads, then waits for a lock; commit; return its state."""
+    from saras.services.investments import open_investment
+
+    states: dict[str, Any] = {}
+    with Session(engine) as session, session.begin():
+        open_investment(session, "asha@example.com", first[0], Decimal(first[1]))
+
+        def run_second() -> None:
+            states["second"] = invest_in_smallcase(
+                "asha@example.com", second[0], second[1], execution=FAST, return_state=True
+            )
+
+        thread = threading.Thread(target=run_second)
+        thread.start()
+        _until_a_session_waits_for_a_lock(engine)
+    thread.join(timeout=60)
+    return states["second"]
+
+
+def test_concurrent_invests_cannot_both_pass_the_cash_check(pg_flow_db: Engine) -> None:
+    _seed(pg_flow_db, _second_us_smallcase)
+    # a first invest has checked the cash and created its investment, not yet committed
+    state = _second_while_the_first_holds(
+        pg_flow_db, ("US Tech Leaders", "70000"), ("US Chips", "70000")
+    )
+    assert state.is_failed(), state.message
+    assert "insufficient free cash" in state.message and "70000.00 USD reserved" in state.message
+    with Session(pg_flow_db) as session:
+        assert session.scalar(select(func.count()).select_from(UserSmallcaseInvestment)) == 1
+
+
 def test_concurrent_top_ups_both_count(pg_flow_db: Engine) -> None:
     """A top-up waiting for the portfolio lock must add to the amount the first one wrote,
     not to the one it read before: a lost top-up would be spent but no longer reserved."""
-    from saras.services.investments import open_investment
-
     _seed(pg_flow_db)
     state = invest_in_smallcase(
         "asha@example.com", "US Tech Leaders", "10000", execution=FAST, return_state=True
     )
     assert state.is_completed(), state.message
-    states: dict[str, Any] = {}
-    # a first top-up has checked the cash and added its 5000, not yet committed
-    with Session(pg_flow_db) as session, session.begin():
-        open_investment(session, "asha@example.com", "US Tech Leaders", Decimal("5000"))
-
-        def second() -> None:
-            states["second"] = invest_in_smallcase(
-                "asha@example.com", "US Tech Leaders", "7000", execution=FAST, return_state=True
-            )
-
-        thread = threading.Thread(target=second)
-        thread.start()
-        _until_a_session_waits_for_a_lock(pg_flow_db)  # the second top-up read, then waits
-    thread.join(timeout=60)
-    assert states["second"].is_completed(), states["second"].message
+    # a first top-up has checked the cash and added its 5000, not yet committed; the second
+    # read the investment before it waits
+    second = _second_while_the_first_holds(
+        pg_flow_db, ("US Tech Leaders", "5000"), ("US Tech Leaders", "7000")
+    )
+    assert second.is_completed(), second.message
     with Session(pg_flow_db) as session:
         inv = session.scalars(select(UserSmallcaseInvestment)).one()
     assert Decimal(str(inv.investment_amount)) == Decimal("22000")
