@@ -26,19 +26,7 @@ from saras.brokers.kit.resend import (
 from saras.brokers.zerodha import nse_market_clock
 from saras.domain.enums import OrderSide
 from saras.marketdata.base import CalendarRangeError
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.fakes.fake_alpaca import FakeClock
 
 
 def order(cid: str = "c-1") -> BrokerOrder:
@@ -57,7 +45,7 @@ def test_a_resumed_order_found_at_the_venue_is_not_sent_again() -> None:
 
 
 def test_an_order_sent_moments_ago_and_not_yet_visible_is_not_sent_twice() -> None:
-    t = FakeTime()
+    t = FakeClock(start=100.0)
     log = SendLog(t)
     sends: list[int] = []
 
@@ -70,10 +58,10 @@ def test_an_order_sent_moments_ago_and_not_yet_visible_is_not_sent_twice() -> No
                           find=lambda: None, send=send, sent=log, horizon=30.0)  # fmt: skip
 
     attempt(False)
-    t.now += 10  # inside the horizon: absent proves nothing yet
+    t.advance(10)  # inside the horizon: absent proves nothing yet
     with pytest.raises(AmbiguousOrderError):
         attempt(True)
-    t.now += 25  # past the horizon: absent means absent
+    t.advance(25)  # past the horizon: absent means absent
     attempt(True)
     assert len(sends) == 2
 
@@ -95,7 +83,7 @@ def test_the_resend_rule_found_in_doubt_absent_and_never_sent() -> None:
 
 
 def test_resolve_looks_up_with_waits_and_reports_the_last_failure() -> None:
-    t = FakeTime()
+    t = FakeClock(start=100.0)
     answers: list[Callable[[], BrokerOrder | None]] = [
         lambda: (_ for _ in ()).throw(RetryableBrokerError("timeout")),
         lambda: None,
@@ -122,12 +110,12 @@ def test_resolve_looks_up_with_waits_and_reports_the_last_failure() -> None:
 
 
 def test_windows_pacing_and_the_venues_hold_combine() -> None:
-    t = FakeTime()
+    t = FakeClock(start=100.0)
     windowed = RateLimiter([(3, 1.0)], clock=t, sleep=t.sleep)
     stamps = []
     for _ in range(7):
         windowed.acquire()
-        stamps.append(t.now)
+        stamps.append(t())
     assert stamps == [100.0, 100.0, 100.0, 101.0, 101.0, 101.0, 102.0]
 
     paced = RateLimiter(interval=0.5, burst=2, clock=t, sleep=t.sleep)

@@ -18,6 +18,7 @@ from saras.marketdata import (
     get_source,
 )
 from saras.marketdata.validation import validate_bars
+from tests.fakes.fake_alpaca import FakeClock
 
 RELIANCE = [
     ("2023-11-09", 2290.0, 2305.0, 2280.0, 2300.0, 4_100_000),
@@ -29,21 +30,6 @@ INFY = [
     ("2023-11-09", 1390.0, 1400.0, 1385.0, 1395.0, 3_000_000),
     ("2023-11-10", 1395.0, 1399.0, 1380.0, 1384.0, 2_500_000),
 ]
-
-
-class FakeClock:
-    """A monotonic clock that only moves when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture
@@ -68,7 +54,7 @@ def r(
 
 
 def test_instruments_resolve_and_candles_keep_the_ist_date(kite: Any) -> None:
-    clock = FakeClock()
+    clock = FakeClock(start=100.0)
     src = KiteSource(opts(kite), sleep=clock.sleep, clock=clock)
     result = src.fetch_daily_bars([r("RELIANCE"), r("INFY")])
     assert result.failures == {} and result.adjusted is True and result.source == "kite"
@@ -132,7 +118,7 @@ def test_token_expiring_mid_batch_stops_the_batch(fakes: ModuleType, kite: Any) 
 def test_gateway_page_and_throttling_are_retried(fakes: ModuleType, kite: Any) -> None:
     kite.fail_next("/instruments/historical/738561", fakes.KITE_502_HTML)
     kite.fail_next("/instruments/historical/738561", fakes.KITE_429)
-    clock = FakeClock()
+    clock = FakeClock(start=100.0)
     src = KiteSource(opts(kite, rate_per_second=0), sleep=clock.sleep, clock=clock)
     result = src.fetch_daily_bars([r("RELIANCE")])
     assert len(result.bars) == 4 and result.failures == {}
