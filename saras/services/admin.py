@@ -22,7 +22,12 @@ from models import (
     UserBrokerConnection,
 )
 from saras.brokers.base import ConnectionConfig
-from saras.brokers.registry import broker_capabilities, broker_types, check_config
+from saras.brokers.registry import (
+    broker_capabilities,
+    broker_types,
+    capabilities,
+    check_config,
+)
 from saras.domain.enums import AssetType
 from saras.domain.inputs import (
     AssetInput,
@@ -191,16 +196,12 @@ def add_connection(
             "paper environment); add it with --live, or use broker type paper to practise"
         )
     checked = parse(ConnectionInput, alias=alias, paper_trading=paper_trading)
+    config = ConnectionConfig("", broker_type, checked.paper_trading, dict(metadata or {}))
     try:  # settings the broker cannot use (e.g. paper_fee_bps "abc") never reach the row
-        check_config(ConnectionConfig("", broker_type, checked.paper_trading, dict(metadata or {})))
+        check_config(config)
     except ValueError as exc:
         raise InvalidInputError(f"connection metadata: {exc}") from None
-    if (
-        checked.paper_trading
-        and broker_capabilities(
-            broker_type, paper_trading=True, metadata=dict(metadata or {})
-        ).real_money
-    ):
+    if checked.paper_trading and capabilities(config).real_money:
         # e.g. an Alpaca row whose base_url is the live endpoint: "paper" would be a lie
         where = (metadata or {}).get("base_url")
         raise InvalidInputError(
